@@ -1,0 +1,1 @@
+"""The cellguard.io API models."""

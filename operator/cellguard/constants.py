@@ -1,0 +1,41 @@
+"""Names shared by every part of cellguard: API group, labels, annotations, condition types.
+
+One module so that the webhook, the reconciler, the builders, the chart and the tests can
+never disagree on a spelling.
+"""
+
+from typing import Final
+
+GROUP: Final = "cellguard.io"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+
+# Kinds and plural resource names.
+STREAMCELL_KIND: Final = "StreamCell"
+STREAMCELL_PLURAL: Final = "streamcells"
+POLICY_KIND: Final = "ThreadBudgetPolicy"
+POLICY_PLURAL: Final = "threadbudgetpolicies"
+NODEBUDGET_KIND: Final = "NodeBudget"
+NODEBUDGET_PLURAL: Final = "nodebudgets"
+
+DEFAULT_POLICY_NAME: Final = "default"
+
+# Labels put on every object the operator creates for a cell (and on the cell's pods).
+LABEL_CELL: Final = f"{GROUP}/cell"
+LABEL_SERVICE: Final = f"{GROUP}/service"
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+MANAGED_BY_VALUE: Final = "cellguard"
+
+# Annotations.
+ANNOTATION_THREADS_PER_POD: Final = f"{GROUP}/threads-per-pod"
+ANNOTATION_APPROVED_REPLICAS: Final = f"{GROUP}/approved-replicas"
+
+# Condition types on StreamCell.status.conditions.
+CONDITION_READY: Final = "Ready"
+CONDITION_WITHIN_BUDGET: Final = "WithinBudget"
+CONDITION_SCALE_REFUSED: Final = "ScaleRefused"
+
+# Field managers (server-side apply) and kopf storage prefixes.
+FIELD_MANAGER_OPERATOR: Final = "cellguard-operator"
+FIELD_MANAGER_AGENT: Final = "cellguard-agent"
+KOPF_PREFIX: Final = GROUP
