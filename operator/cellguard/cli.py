@@ -1,0 +1,68 @@
+"""The `cellguard` command (also installed as the kubectl plugin `kubectl-cellguard`).
+
+Each subcommand lives in its own module exposing `add_arguments(parser)` and
+`run(args) -> int`; they are imported only when chosen, so `cellguard --help` stays fast
+and the node agent never imports the operator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import Protocol
+
+from cellguard import __version__
+
+
+class _Subcommand(Protocol):
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+# name -> (module, one-line help). Modules are imported lazily.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "dev-cluster": (
+        "cellguard.devcluster.cli",
+        "run a local real control plane (etcd, kube-apiserver, controllers, kwok nodes)",
+    ),
+    "agent": ("cellguard.agent.cli", "node agent: report this node's thread and PID budget"),
+}
+
+
+def _load(module_name: str) -> _Subcommand:
+    module: _Subcommand = importlib.import_module(module_name)  # type: ignore[assignment]
+    return module
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cellguard",
+        description="Refuse scale-ups that would push nodes past their thread and PID limits.",
+    )
+    parser.add_argument("--version", action="version", version=f"cellguard {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        # Only the chosen subcommand's module is imported to fill in its arguments.
+        if name == chosen:
+            _load(module_name).add_arguments(sub_parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(args_list)
+    args = parser.parse_args(args_list)
+    if not args.command:
+        parser.print_help()
+        return 2
+    module_name, _ = SUBCOMMANDS[args.command]
+    return _load(module_name).run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
