@@ -33,7 +33,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _load(module_name: str) -> _Subcommand:
-    module: _Subcommand = importlib.import_module(module_name)  # type: ignore[assignment]
+    module: _Subcommand = importlib.import_module(module_name)
     return module
 
 

@@ -1,0 +1,40 @@
+# The two commands a newcomer needs:
+#   make demo   - the main job: a local real control plane with simulated nodes (and, as it
+#                 grows, the operator, sample cells, a refused scale-up and live metrics)
+#   make test   - every check: lint, format, types, layering, unit and end-to-end tests
+# Each installs what it needs: the Python venv, the Go-built control plane (cached under
+# ~/.cache/cellguard, so only the first run builds) and Debian's prometheus package.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: demo test setup toolchain lint unit e2e crds clean
+
+demo: setup
+	$(BIN)/cellguard dev-cluster
+
+test: setup
+	bash scripts/test.sh $(PYTEST_ARGS)
+
+setup: $(VENV)/.installed toolchain
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+toolchain:
+	bash toolchain/build.sh >/dev/null
+	bash scripts/ensure-debian-packages.sh
+
+lint: $(VENV)/.installed
+	bash scripts/test.sh --lint-only
+
+crds: $(VENV)/.installed
+	$(BIN)/python -m cellguard.crdgen
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""A local real Kubernetes control plane (etcd, kube-apiserver, controllers, kwok)."""

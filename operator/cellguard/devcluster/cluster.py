@@ -1,0 +1,569 @@
+"""A local, real Kubernetes control plane with simulated nodes, for tests and the demo.
+
+etcd, kube-apiserver, kube-controller-manager and kube-scheduler run as local processes on
+loopback with free ports and freshly generated certificates; kwok turns Node objects into
+Ready simulated nodes and makes their pods Running. Everything is torn down on `stop()`,
+on leaving the `with` block, at interpreter exit, and - through PR_SET_PDEATHSIG - even
+when the Python process itself is killed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cellguard.devcluster import pki
+
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+KWOK_CUSTOM_STATUS_ANNOTATION = "kwok.x-k8s.io/status"
+SERVICE_CIDR = "10.96.0.0/16"
+POD_CIDR = "10.128.0.1/10"  # kwok hands out fake pod IPs from here; nothing is ever sent there.
+_PR_SET_PDEATHSIG = 1
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """A simulated node: what kwok will pretend exists."""
+
+    name: str
+    labels: dict[str, str] = field(default_factory=dict)
+    taints: tuple[dict[str, str], ...] = ()
+    cpu: str = "32"
+    memory: str = "256Gi"
+    pods: str = "110"
+
+    def manifest(self) -> dict[str, Any]:
+        labels = {
+            "kubernetes.io/hostname": self.name,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64",
+            "type": "kwok",
+            **self.labels,
+        }
+        resources_ = {"cpu": self.cpu, "memory": self.memory, "pods": self.pods}
+        return {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": self.name,
+                "labels": labels,
+                "annotations": {KWOK_NODE_ANNOTATION: "fake"},
+            },
+            "spec": {"taints": [dict(t) for t in self.taints]},
+            "status": {"allocatable": resources_, "capacity": resources_},
+        }
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: ask the kernel to SIGTERM it when we die.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class _Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+
+class LocalCluster:
+    """A real control plane on loopback. Use as a context manager or call start()/stop()."""
+
+    def __init__(
+        self,
+        bin_dir: Path,
+        *,
+        nodes: Sequence[NodeSpec] = (),
+        workdir: Path | None = None,
+        keep_workdir: bool = False,
+        progress: Callable[[str], None] = lambda _msg: None,
+    ) -> None:
+        self.bin_dir = bin_dir
+        self.initial_nodes = list(nodes)
+        self.progress = progress
+        self._own_workdir = workdir is None
+        self.keep_workdir = keep_workdir
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="cellguard-cluster-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.pki_dir = self.workdir / "pki"
+        self.kubeconfig = self.workdir / "admin.kubeconfig"
+        self.processes: dict[str, _Process] = {}
+        self.apiserver_port = 0
+        self.etcd_port = 0
+        self.ca: pki.KeyPair | None = None
+        self.admin: pki.KeyPair | None = None
+        self._stopped = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    @property
+    def server_url(self) -> str:
+        return f"https://127.0.0.1:{self.apiserver_port}"
+
+    def start(self, timeout: float = 120.0) -> None:
+        atexit.register(self.stop)
+        started = time.monotonic()
+        try:
+            self._make_pki()
+            self._start_etcd()
+            self._start_apiserver()
+            self._wait_apiserver(deadline=started + timeout)
+            self._start_controller_manager()
+            self._start_scheduler()
+            self._start_kwok()
+            self._wait_component_health(deadline=started + timeout)
+            self._wait_default_service_account(deadline=started + timeout)
+            if self.initial_nodes:
+                self.add_nodes(self.initial_nodes)
+                self.wait_nodes_ready(
+                    [n.name for n in self.initial_nodes], timeout=max(30.0, timeout / 2)
+                )
+        except BaseException:
+            self.progress("control plane failed to start; component logs follow")
+            self.progress(self.log_tails())
+            self.stop()
+            raise
+        self.progress(f"control plane ready in {time.monotonic() - started:.1f} s")
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        # Reverse start order: kwok and controllers first, etcd last.
+        for proc in reversed(list(self.processes.values())):
+            if proc.popen.poll() is None:
+                proc.popen.terminate()
+        deadline = time.monotonic() + 15
+        for proc in reversed(list(self.processes.values())):
+            try:
+                proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait()
+        etcd_data = getattr(self, "etcd_data", None)
+        if etcd_data is not None:
+            shutil.rmtree(etcd_data, ignore_errors=True)
+        if self._own_workdir and not self.keep_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        with contextlib.suppress(ValueError):
+            atexit.unregister(self.stop)
+
+    # ------------------------------------------------------------------ components
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        log_path = self.workdir / f"{name}.log"
+        log = log_path.open("ab")
+        popen = subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=self.workdir,
+            env={**os.environ, **(env or {})},
+            preexec_fn=_die_with_parent,
+        )
+        log.close()
+        self.processes[name] = _Process(name, popen, log_path)
+
+    def _bin(self, name: str) -> str:
+        return str(self.bin_dir / name)
+
+    def _make_pki(self) -> None:
+        self.pki_dir.mkdir(exist_ok=True)
+        self.ca = pki.make_ca(self.pki_dir, "cellguard-local-ca")
+        self.apiserver_serving = pki.issue(
+            self.ca,
+            self.pki_dir,
+            "apiserver",
+            "kube-apiserver",
+            dns_names=(
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ),
+            ip_addresses=("127.0.0.1", "10.96.0.1"),
+            server=True,
+        )
+        self.admin = pki.issue(
+            self.ca,
+            self.pki_dir,
+            "admin",
+            "cellguard-admin",
+            organizations=("system:masters",),
+            client=True,
+        )
+        self.service_account_keys = pki.make_service_account_keys(self.pki_dir)
+        self.apiserver_port = free_port()
+        for component, user in (
+            ("controller-manager", "system:kube-controller-manager"),
+            ("scheduler", "system:kube-scheduler"),
+        ):
+            pair = pki.issue(self.ca, self.pki_dir, component, user, client=True)
+            self._write_kubeconfig(self.workdir / f"{component}.kubeconfig", pair, user)
+        self._write_kubeconfig(self.kubeconfig, self.admin, "cellguard-admin")
+
+    def _write_kubeconfig(self, path: Path, pair: pki.KeyPair, user: str) -> None:
+        assert self.ca is not None
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "cellguard-local",
+                    "cluster": {
+                        "server": self.server_url,
+                        "certificate-authority": str(self.ca.cert_path),
+                    },
+                }
+            ],
+            "users": [
+                {
+                    "name": user,
+                    "user": {
+                        "client-certificate": str(pair.cert_path),
+                        "client-key": str(pair.key_path),
+                    },
+                }
+            ],
+            "contexts": [
+                {"name": "cellguard-local", "context": {"cluster": "cellguard-local", "user": user}}
+            ],
+            "current-context": "cellguard-local",
+        }
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o600)
+
+    def _start_etcd(self) -> None:
+        self.etcd_port, peer_port = free_port(), free_port()
+        # tmpfs when there is one: etcd's fsyncs dominate API latency on a small disk.
+        shm = Path("/dev/shm")
+        data_root = shm if shm.is_dir() and os.access(shm, os.W_OK) else self.workdir
+        self.etcd_data = Path(tempfile.mkdtemp(prefix="cellguard-etcd-", dir=data_root))
+        self._spawn(
+            "etcd",
+            [
+                self._bin("etcd"),
+                "--name=cellguard",
+                f"--data-dir={self.etcd_data}",
+                f"--listen-client-urls=http://127.0.0.1:{self.etcd_port}",
+                f"--advertise-client-urls=http://127.0.0.1:{self.etcd_port}",
+                f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
+                f"--initial-cluster=cellguard=http://127.0.0.1:{peer_port}",
+                "--listen-metrics-urls=",
+                "--unsafe-no-fsync",
+                "--quota-backend-bytes=8589934592",
+                "--log-level=warn",
+            ],
+        )
+
+    def _start_apiserver(self) -> None:
+        assert self.ca is not None
+        issuer = "https://kubernetes.default.svc.cluster.local"
+        self._spawn(
+            "kube-apiserver",
+            [
+                self._bin("kube-apiserver"),
+                f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.apiserver_port}",
+                f"--cert-dir={self.workdir / 'apiserver-certs'}",
+                f"--tls-cert-file={self.apiserver_serving.cert_path}",
+                f"--tls-private-key-file={self.apiserver_serving.key_path}",
+                f"--client-ca-file={self.ca.cert_path}",
+                f"--service-account-issuer={issuer}",
+                f"--service-account-key-file={self.service_account_keys.cert_path}",
+                f"--service-account-signing-key-file={self.service_account_keys.key_path}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--authorization-mode=Node,RBAC",
+                "--allow-privileged=true",
+                # No real network behind the fake nodes: nothing to reconcile endpoints to.
+                "--endpoint-reconciler-type=none",
+                # One small machine under test load: don't let APF queue the test's own bursts.
+                "--enable-priority-and-fairness=false",
+                "--max-requests-inflight=2000",
+                "--max-mutating-requests-inflight=1000",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
+
+    def _start_controller_manager(self) -> None:
+        assert self.ca is not None
+        kubeconfig = self.workdir / "controller-manager.kubeconfig"
+        self.controller_manager_port = free_port()
+        self._spawn(
+            "kube-controller-manager",
+            [
+                self._bin("kube-controller-manager"),
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={self.controller_manager_port}",
+                f"--cert-dir={self.workdir / 'controller-manager-certs'}",
+                "--leader-elect=false",
+                "--use-service-account-credentials=true",
+                f"--service-account-private-key-file={self.service_account_keys.key_path}",
+                f"--root-ca-file={self.ca.cert_path}",
+                f"--cluster-signing-cert-file={self.ca.cert_path}",
+                f"--cluster-signing-key-file={self.ca.key_path}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--kube-api-qps=200",
+                "--kube-api-burst=400",
+                "--concurrent-deployment-syncs=10",
+                "--concurrent-replicaset-syncs=10",
+                "--v=1",
+            ],
+        )
+
+    def _start_scheduler(self) -> None:
+        kubeconfig = self.workdir / "scheduler.kubeconfig"
+        config_path = self.workdir / "scheduler-config.yaml"
+        config_path.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "kubescheduler.config.k8s.io/v1",
+                    "kind": "KubeSchedulerConfiguration",
+                    "clientConnection": {"kubeconfig": str(kubeconfig), "qps": 300, "burst": 600},
+                    "leaderElection": {"leaderElect": False},
+                }
+            )
+        )
+        self.scheduler_port = free_port()
+        self._spawn(
+            "kube-scheduler",
+            [
+                self._bin("kube-scheduler"),
+                f"--config={config_path}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={self.scheduler_port}",
+                f"--cert-dir={self.workdir / 'scheduler-certs'}",
+                "--v=1",
+            ],
+        )
+
+    def _start_kwok(self) -> None:
+        stages = resources.files("cellguard.devcluster").joinpath("kwok-stages.yaml")
+        config_path = self.workdir / "kwok.yaml"
+        config_path.write_text(stages.read_text())
+        self._spawn(
+            "kwok",
+            [
+                self._bin("kwok"),
+                f"--kubeconfig={self.kubeconfig}",
+                f"--config={config_path}",
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
+                f"--disregard-status-with-annotation-selector={KWOK_CUSTOM_STATUS_ANNOTATION}=custom",
+                f"--cidr={POD_CIDR}",
+                "--node-ip=10.255.0.1",
+                "--node-lease-duration-seconds=40",
+            ],
+        )
+
+    # ------------------------------------------------------------------ health
+
+    def check_alive(self) -> None:
+        for proc in self.processes.values():
+            code = proc.popen.poll()
+            if code is not None:
+                raise ClusterError(f"{proc.name} exited with code {code}; see {proc.log_path}")
+
+    def _admin_ssl_context(self) -> ssl.SSLContext:
+        assert self.ca is not None and self.admin is not None
+        context = ssl.create_default_context(cafile=str(self.ca.cert_path))
+        context.load_cert_chain(str(self.admin.cert_path), str(self.admin.key_path))
+        return context
+
+    def api_get(self, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
+        """GET an API path as the cluster admin; (status, body)."""
+        request = urllib.request.Request(self.server_url + path)
+        try:
+            with urllib.request.urlopen(
+                request, context=self._admin_ssl_context(), timeout=timeout
+            ) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    def _wait_apiserver(self, deadline: float) -> None:
+        self.progress("waiting for kube-apiserver /readyz ...")
+        last_error = ""
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                status, body = self.api_get("/readyz", timeout=5)
+                if status == 200:
+                    return
+                last_error = body.decode(errors="replace")[-500:]
+            except OSError as error:
+                last_error = str(error)
+            time.sleep(0.25)
+        raise ClusterError(f"kube-apiserver not ready in time: {last_error}")
+
+    def _wait_component_health(self, deadline: float) -> None:
+        self.progress("waiting for kube-controller-manager and kube-scheduler /healthz ...")
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE  # local self-signed serving certs
+        pending = {
+            "kube-controller-manager": self.controller_manager_port,
+            "kube-scheduler": self.scheduler_port,
+        }
+        while pending and time.monotonic() < deadline:
+            self.check_alive()
+            for name, port in list(pending.items()):
+                with contextlib.suppress(OSError):
+                    url = f"https://127.0.0.1:{port}/healthz"
+                    with urllib.request.urlopen(url, context=insecure, timeout=3) as response:
+                        if response.status == 200:
+                            del pending[name]
+            time.sleep(0.25)
+        if pending:
+            raise ClusterError(f"not healthy in time: {', '.join(pending)}")
+
+    def _wait_default_service_account(self, deadline: float) -> None:
+        # Pods are refused until the service-account controller made `default`.
+        while time.monotonic() < deadline:
+            self.check_alive()
+            status, _ = self.api_get("/api/v1/namespaces/default/serviceaccounts/default")
+            if status == 200:
+                return
+            time.sleep(0.25)
+        raise ClusterError("the default ServiceAccount never appeared")
+
+    # ------------------------------------------------------------------ nodes and kubectl
+
+    def kubectl(
+        self,
+        *args: str,
+        input_text: str | None = None,
+        check: bool = True,
+        timeout: float = 120.0,
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [self._bin("kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
+            input=input_text,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise ClusterError(
+                f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}"
+            )
+        return result
+
+    def apply(self, manifests: Iterable[dict[str, Any]]) -> None:
+        text = yaml.safe_dump_all(list(manifests))
+        self.kubectl("apply", "--server-side", "-f", "-", input_text=text)
+
+    def add_nodes(self, nodes: Sequence[NodeSpec], parallelism: int = 16) -> None:
+        """Create Node objects (status included) for kwok to bring up."""
+        self.progress(f"creating {len(nodes)} simulated nodes ...")
+        from kubernetes import client as k8s_client  # heavy import, only when needed
+
+        api = k8s_client.CoreV1Api(self.api_client())
+
+        def create(node: NodeSpec) -> None:
+            # Node create keeps status (kubelets register that way), so one call per node.
+            api.create_node(node.manifest())  # type: ignore[arg-type]  # dicts are accepted
+
+        with ThreadPoolExecutor(max_workers=parallelism) as pool:
+            list(pool.map(create, nodes))
+
+    def api_client(self) -> Any:
+        from kubernetes import client as k8s_client
+        from kubernetes import config as k8s_config
+
+        configuration = k8s_client.Configuration()
+        k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=str(self.kubeconfig), client_configuration=configuration
+        )
+        configuration.connection_pool_maxsize = 32
+        return k8s_client.ApiClient(configuration)
+
+    def ready_nodes(self) -> set[str]:
+        status, body = self.api_get("/api/v1/nodes")
+        if status != 200:
+            raise ClusterError(f"listing nodes failed: {status} {body[:200]!r}")
+        ready = set()
+        for item in json.loads(body)["items"]:
+            conditions = item.get("status", {}).get("conditions", [])
+            if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+                ready.add(item["metadata"]["name"])
+        return ready
+
+    def wait_nodes_ready(self, names: Iterable[str], timeout: float = 60.0) -> None:
+        wanted = set(names)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            missing = wanted - self.ready_nodes()
+            if not missing:
+                return
+            time.sleep(0.25)
+        raise ClusterError(f"nodes not Ready after {timeout:.0f} s: {sorted(missing)[:10]}")
+
+    def log_tails(self, lines: int = 30) -> str:
+        parts = []
+        for proc in self.processes.values():
+            try:
+                tail = proc.log_path.read_text(errors="replace").splitlines()[-lines:]
+            except OSError:
+                tail = ["(no log)"]
+            state = proc.popen.poll()
+            header = f"----- {proc.name} ({'running' if state is None else f'exited {state}'})"
+            parts.append("\n".join([header, *tail]))
+        return "\n".join(parts)
+
+
+def default_nodes(count: int, prefix: str = "node") -> list[NodeSpec]:
+    width = max(2, len(str(count)))
+    return [NodeSpec(name=f"{prefix}-{i:0{width}d}") for i in range(1, count + 1)]
