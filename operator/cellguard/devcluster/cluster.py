@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from cellguard.devcluster import pki
+from cellguard import pki
 
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 KWOK_CUSTOM_STATUS_ANNOTATION = "kwok.x-k8s.io/status"

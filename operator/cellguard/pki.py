@@ -1,4 +1,4 @@
-"""Certificates for a local control plane: one CA, serving and client certificates.
+"""Certificates: one CA, serving and client certificates (local clusters, local webhooks).
 
 Generated fresh for every cluster, so nothing secret is ever committed or reused.
 """
