@@ -39,3 +39,14 @@ CONDITION_SCALE_REFUSED: Final = "ScaleRefused"
 FIELD_MANAGER_OPERATOR: Final = "cellguard-operator"
 FIELD_MANAGER_AGENT: Final = "cellguard-agent"
 KOPF_PREFIX: Final = GROUP
+
+# Admission webhooks: kopf serves each handler at /<handler id>; the chart and the local
+# registration build their ValidatingWebhookConfiguration from these same ids.
+WEBHOOK_CONFIGURATION_NAME: Final = "cellguard"
+WEBHOOK_STREAMCELL: Final = "validate-streamcell"
+WEBHOOK_STREAMCELL_SCALE: Final = "validate-streamcell-scale"
+WEBHOOK_DEPLOYMENT: Final = "validate-cell-deployment"
+WEBHOOK_DEPLOYMENT_SCALE: Final = "validate-cell-deployment-scale"
+
+# Namespace label set by the API server on every namespace (used to exempt namespaces).
+NAMESPACE_NAME_LABEL: Final = "kubernetes.io/metadata.name"

@@ -1,0 +1,131 @@
+"""The Kubernetes client as cellguard's edges use it: loading config, server-side apply,
+and one-line error descriptions. (The pure core never imports this.)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+APPLY_PATCH_CONTENT_TYPE = "application/apply-patch+yaml"
+MERGE_PATCH_CONTENT_TYPE = "application/merge-patch+json"
+
+# Core kinds the operator applies, by (apiVersion, kind) -> (URL prefix, plural, namespaced).
+_KNOWN_KINDS: dict[tuple[str, str], tuple[str, str, bool]] = {
+    ("apps/v1", "Deployment"): ("/apis/apps/v1", "deployments", True),
+    ("v1", "Service"): ("/api/v1", "services", True),
+    ("policy/v1", "PodDisruptionBudget"): ("/apis/policy/v1", "poddisruptionbudgets", True),
+    ("coordination.k8s.io/v1", "Lease"): ("/apis/coordination.k8s.io/v1", "leases", True),
+    ("v1", "Event"): ("/api/v1", "events", True),
+    (
+        "admissionregistration.k8s.io/v1",
+        "ValidatingWebhookConfiguration",
+    ): ("/apis/admissionregistration.k8s.io/v1", "validatingwebhookconfigurations", False),
+}
+
+
+def load_api_client(kubeconfig: Path | None = None, pool_size: int = 16) -> client.ApiClient:
+    """An API client from `kubeconfig` if given, else in-cluster, else the default
+    kubeconfig (~/.kube/config or $KUBECONFIG)."""
+    configuration = client.Configuration()
+    # kubernetes.config is untyped, unlike kubernetes.client: hence the ignores.
+    if kubeconfig is not None:
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=str(kubeconfig), client_configuration=configuration
+        )
+    else:
+        try:
+            config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
+        except config.ConfigException:
+            config.load_kube_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
+    configuration.connection_pool_maxsize = pool_size
+    return client.ApiClient(configuration)
+
+
+def object_path(manifest: dict[str, Any]) -> str:
+    """The URL path of a manifest's object, for the kinds cellguard writes."""
+    key = (manifest["apiVersion"], manifest["kind"])
+    if key not in _KNOWN_KINDS:
+        raise ValueError(f"cellguard does not apply {key[1]} ({key[0]}) objects")
+    prefix, plural, namespaced = _KNOWN_KINDS[key]
+    name = manifest["metadata"]["name"]
+    if namespaced:
+        return f"{prefix}/namespaces/{manifest['metadata']['namespace']}/{plural}/{name}"
+    return f"{prefix}/{plural}/{name}"
+
+
+def request_json(
+    api_client: client.ApiClient,
+    method: str,
+    path: str,
+    *,
+    query: list[tuple[str, str]] | None = None,
+    body: Any = None,
+    content_type: str = "application/json",
+    timeout: float = 30.0,
+) -> dict[str, Any]:
+    """One raw API request; the response body as JSON. Non-2xx raises ApiException."""
+    _method, url, headers, serialized, _post = api_client.param_serialize(
+        method=method,
+        resource_path=path,
+        query_params=query or [],
+        header_params={"Content-Type": content_type, "Accept": "application/json"},
+        body=body,
+        auth_settings=["BearerToken"],
+    )
+    response = api_client.call_api(
+        method, url, header_params=headers, body=serialized, _request_timeout=timeout
+    )
+    data = response.read()  # type: ignore[no-untyped-call]
+    if not 200 <= response.status <= 299:
+        text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else str(data)
+        raise ApiException.from_response(http_resp=response, body=text, data=None)
+    result: dict[str, Any] = json.loads(data) if data else {}
+    return result
+
+
+def server_side_apply(
+    api_client: client.ApiClient,
+    manifest: dict[str, Any],
+    field_manager: str,
+    *,
+    force: bool = True,
+    timeout: float = 30.0,
+) -> dict[str, Any]:
+    """Apply `manifest` with server-side apply; returns the object as stored."""
+    return request_json(
+        api_client,
+        "PATCH",
+        object_path(manifest),
+        query=[("fieldManager", field_manager), ("force", "true" if force else "false")],
+        body=manifest,
+        content_type=APPLY_PATCH_CONTENT_TYPE,
+        timeout=timeout,
+    )
+
+
+def describe_api_error(exc: ApiException) -> str:
+    """`HTTP 422 Unprocessable Entity: <the Status message>` on one line."""
+    summary = f"HTTP {exc.status} {exc.reason or ''}".rstrip()
+    message = status_message(exc.body)
+    return f"{summary}: {message}" if message else summary
+
+
+def status_message(body: object) -> str | None:
+    """The `message` of a Kubernetes Status body, if the body is one."""
+    if not isinstance(body, str | bytes) or not body:
+        return None
+    try:
+        status = json.loads(body)
+    except ValueError:
+        return None
+    message = status.get("message") if isinstance(status, dict) else None
+    return message if isinstance(message, str) else None

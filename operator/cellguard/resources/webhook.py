@@ -1,0 +1,119 @@
+"""Pure builder of cellguard's ValidatingWebhookConfiguration.
+
+kopf's own managed configuration has a fixed 30 s timeout and no namespace selector; ours
+is scoped so that it can never block kube-system or cellguard's own namespace, and the
+Deployment rules only see Deployments that belong to a cell.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cellguard.constants import (
+    GROUP,
+    LABEL_CELL,
+    NAMESPACE_NAME_LABEL,
+    STREAMCELL_PLURAL,
+    VERSION,
+    WEBHOOK_CONFIGURATION_NAME,
+    WEBHOOK_DEPLOYMENT,
+    WEBHOOK_DEPLOYMENT_SCALE,
+    WEBHOOK_STREAMCELL,
+    WEBHOOK_STREAMCELL_SCALE,
+)
+
+ClientConfig = dict[str, Any]
+
+
+def url_client_config(base_url: str, ca_bundle_b64: str) -> ClientConfig:
+    """Webhook reached by URL (the operator runs outside the cluster, e.g. on loopback)."""
+    return {"url": base_url.rstrip("/"), "caBundle": ca_bundle_b64}
+
+
+def service_client_config(
+    namespace: str, service: str, port: int, ca_bundle_b64: str
+) -> ClientConfig:
+    """Webhook reached through an in-cluster Service."""
+    return {
+        "service": {"namespace": namespace, "name": service, "port": port, "path": ""},
+        "caBundle": ca_bundle_b64,
+    }
+
+
+def _with_path(client: ClientConfig, handler_id: str) -> ClientConfig:
+    if "url" in client:
+        return {**client, "url": f"{client['url']}/{handler_id}"}
+    service = {**client["service"], "path": f"{client['service'].get('path', '')}/{handler_id}"}
+    return {**client, "service": service}
+
+
+def validating_webhook_configuration(
+    client: ClientConfig,
+    *,
+    exempt_namespaces: list[str],
+    timeout_seconds: int = 10,
+    name: str = WEBHOOK_CONFIGURATION_NAME,
+) -> dict[str, Any]:
+    """Four webhooks: StreamCell writes, StreamCell /scale, cell Deployments and their /scale."""
+    if not 1 <= timeout_seconds <= 30:
+        raise ValueError(f"webhook timeoutSeconds must be 1..30, got {timeout_seconds}")
+    namespace_selector = {
+        "matchExpressions": [
+            {"key": NAMESPACE_NAME_LABEL, "operator": "NotIn", "values": sorted(exempt_namespaces)}
+        ]
+    }
+    cell_objects = {"matchExpressions": [{"key": LABEL_CELL, "operator": "Exists"}]}
+
+    def webhook(
+        handler_id: str,
+        group: str,
+        version: str,
+        resource: str,
+        operations: list[str],
+        object_selector: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        hook: dict[str, Any] = {
+            "name": f"{handler_id}.{GROUP}",
+            "admissionReviewVersions": ["v1"],
+            "clientConfig": _with_path(client, handler_id),
+            # Fail closed: when cellguard cannot answer, no scale-up gets through unchecked.
+            "failurePolicy": "Fail",
+            "matchPolicy": "Equivalent",
+            # Dry runs reach the webhook and change nothing: `kubectl --dry-run=server` asks.
+            "sideEffects": "None",
+            "timeoutSeconds": timeout_seconds,
+            "namespaceSelector": namespace_selector,
+            "rules": [
+                {
+                    "apiGroups": [group],
+                    "apiVersions": [version],
+                    "resources": [resource],
+                    "operations": operations,
+                    "scope": "Namespaced",
+                }
+            ],
+        }
+        if object_selector is not None:
+            hook["objectSelector"] = object_selector
+        return hook
+
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "cellguard"}},
+        "webhooks": [
+            webhook(WEBHOOK_STREAMCELL, GROUP, VERSION, STREAMCELL_PLURAL, ["CREATE", "UPDATE"]),
+            webhook(
+                WEBHOOK_STREAMCELL_SCALE, GROUP, VERSION, f"{STREAMCELL_PLURAL}/scale", ["UPDATE"]
+            ),
+            webhook(WEBHOOK_DEPLOYMENT, "apps", "v1", "deployments", ["UPDATE"], cell_objects),
+            webhook(
+                WEBHOOK_DEPLOYMENT_SCALE,
+                "apps",
+                "v1",
+                "deployments/scale",
+                ["UPDATE"],
+                cell_objects,
+            ),
+        ],
+    }

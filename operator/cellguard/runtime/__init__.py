@@ -1,0 +1,1 @@
+"""The operator process: leader election, probes, metrics server, kopf wiring."""

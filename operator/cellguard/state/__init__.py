@@ -1,0 +1,1 @@
+"""What the operator knows of the cluster, and the reservations of admitted changes (pure)."""
