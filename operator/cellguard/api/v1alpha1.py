@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 
@@ -24,6 +24,16 @@ class _Model(BaseModel):
         extra="forbid",
         validate_assignment=True,
     )
+
+
+def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
+    """CEL rules for the CRD schema (`x-kubernetes-validations`), as (rule, message) pairs.
+
+    Each rule is mirrored by a pydantic validator on the same model, so what the API
+    server refuses the models refuse too, with the same message. (The models refuse a
+    little more: see StreamCellSpec, whose template CEL cannot look into.)
+    """
+    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
 
 
 # --------------------------------------------------------------------------- shared types
@@ -40,8 +50,39 @@ class TaintEffect(StrEnum):
     NO_EXECUTE = "NoExecute"
 
 
+_TOLERATION_EXISTS_NO_VALUE = (
+    "a toleration with operator Exists matches every value of its key: drop `value`, "
+    "or use operator Equal"
+)
+_TOLERATION_EMPTY_KEY_EXISTS = (
+    "a toleration without `key` tolerates every taint and needs operator Exists: "
+    "set `key`, or set operator: Exists"
+)
+_TOLERATION_SECONDS_NO_EXECUTE = (
+    "tolerationSeconds applies only to NoExecute taints: set effect: NoExecute, "
+    "or drop tolerationSeconds"
+)
+
+
 class Toleration(_Model):
     """A core/v1 Toleration, as the scheduler reads it."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "self.operator != 'Exists' || !has(self.value) || self.value == ''",
+                _TOLERATION_EXISTS_NO_VALUE,
+            ),
+            (
+                "(has(self.key) && self.key != '') || self.operator == 'Exists'",
+                _TOLERATION_EMPTY_KEY_EXISTS,
+            ),
+            (
+                "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+                _TOLERATION_SECONDS_NO_EXECUTE,
+            ),
+        )
+    )
 
     key: str | None = Field(
         default=None, description="Taint key the toleration applies to; empty matches all keys."
@@ -59,6 +100,16 @@ class Toleration(_Model):
         ge=0,
         description="How long a NoExecute taint is tolerated before eviction.",
     )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Toleration:
+        if self.operator is TolerationOperator.EXISTS and self.value:
+            raise ValueError(_TOLERATION_EXISTS_NO_VALUE)
+        if not self.key and self.operator is not TolerationOperator.EXISTS:
+            raise ValueError(_TOLERATION_EMPTY_KEY_EXISTS)
+        if self.toleration_seconds is not None and self.effect is not TaintEffect.NO_EXECUTE:
+            raise ValueError(_TOLERATION_SECONDS_NO_EXECUTE)
+        return self
 
 
 class Condition(_Model):
@@ -127,6 +178,17 @@ class Placement(_Model):
     )
 
 
+_TEMPLATE_NODE_AFFINITY = (
+    "spec.template.spec.affinity.nodeAffinity is not supported: cellguard budgets the "
+    "nodes spec.placement allows, and a narrower node affinity would break its spread "
+    "bound; express node constraints with spec.placement.nodeSelector"
+)
+_TEMPLATE_NODE_NAME = (
+    "spec.template.spec.nodeName is not supported: pods pinned to a node bypass the "
+    "scheduler's spread that cellguard budgets for; use spec.placement.nodeSelector"
+)
+
+
 class StreamCellSpec(_Model):
     """Desired state of one cell of a stream service."""
 
@@ -183,6 +245,20 @@ class StreamCellSpec(_Model):
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
 
+    # Not a CEL rule: CEL cannot see into a field with x-kubernetes-preserve-unknown-fields
+    # and no declared properties, so the admission webhook (which validates the spec with
+    # this model) is where this one is enforced.
+    @model_validator(mode="after")
+    def _placement_only_through_spec(self) -> StreamCellSpec:
+        pod_spec = self.template.get("spec")
+        if isinstance(pod_spec, dict):
+            affinity = pod_spec.get("affinity")
+            if isinstance(affinity, dict) and "nodeAffinity" in affinity:
+                raise ValueError(_TEMPLATE_NODE_AFFINITY)
+            if "nodeName" in pod_spec:
+                raise ValueError(_TEMPLATE_NODE_NAME)
+        return self
+
 
 class RefusalReason(StrEnum):
     """Machine reason codes of a refused scale change."""
@@ -236,7 +312,13 @@ class StreamCellStatus(_Model):
         default=None, ge=0, description="The .metadata.generation last acted upon."
     )
     conditions: list[Condition] = Field(
-        default_factory=list, description="Ready, WithinBudget and ScaleRefused."
+        default_factory=list,
+        description="Ready, WithinBudget and ScaleRefused.",
+        # metav1.Condition lists are maps keyed by type (server-side apply merges by type).
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+        },
     )
 
 
@@ -274,8 +356,24 @@ class DefaultLimits(_Model):
     )
 
 
+_ALERTS_ORDER = (
+    "criticalHeadroom must be smaller than warningHeadroom: the critical alert fires "
+    "closer to the limit than the warning (e.g. warning 0.3, critical 0.15)"
+)
+
+
 class AlertThresholds(_Model):
     """Thresholds the shipped alert rules and the status conditions use."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!has(self.criticalHeadroom) || !has(self.warningHeadroom)"
+                " || self.criticalHeadroom < self.warningHeadroom",
+                _ALERTS_ORDER,
+            ),
+        )
+    )
 
     warning_headroom: float = Field(
         default=0.3,
@@ -296,9 +394,31 @@ class AlertThresholds(_Model):
         description="Fraction of maxSafeReplicas at which a cell counts as near its limit.",
     )
 
+    @model_validator(mode="after")
+    def _critical_below_warning(self) -> AlertThresholds:
+        if not self.critical_headroom < self.warning_headroom:
+            raise ValueError(_ALERTS_ORDER)
+        return self
+
+
+_USE_DEFAULTS_NEEDS_DEFAULTS = (
+    "unknownBudget: UseDefaults needs the limits to assume: set spec.defaults "
+    "(threadsMax and pidMax at least), or use unknownBudget: Refuse"
+)
+
 
 class ThreadBudgetPolicySpec(_Model):
     """How strictly cellguard budgets threads and PIDs."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!has(self.unknownBudget) || self.unknownBudget != 'UseDefaults'"
+                " || has(self.defaults)",
+                _USE_DEFAULTS_NEEDS_DEFAULTS,
+            ),
+        )
+    )
 
     safety_margin: float = Field(
         default=0.2,
@@ -341,17 +461,31 @@ class ThreadBudgetPolicySpec(_Model):
         ),
     )
     alerts: AlertThresholds = Field(
-        default_factory=AlertThresholds, description="Alerting and condition thresholds."
+        default_factory=AlertThresholds,
+        description="Alerting and condition thresholds.",
+        # `default: {}` in the CRD, so the API server fills in the thresholds' defaults.
+        json_schema_extra={"default": {}},
     )
+
+    @model_validator(mode="after")
+    def _defaults_when_used(self) -> ThreadBudgetPolicySpec:
+        if self.unknown_budget is UnknownBudgetAction.USE_DEFAULTS and self.defaults is None:
+            raise ValueError(_USE_DEFAULTS_NEEDS_DEFAULTS)
+        return self
 
 
 class ThreadBudgetPolicy(_Model):
-    """Cluster-wide budgeting policy; the one named `default` applies unless a cell names another."""
+    """Cluster-wide budget policy; the one named `default` applies unless a cell names another."""
 
     api_version: Literal["cellguard.io/v1alpha1"] = "cellguard.io/v1alpha1"
     kind: Literal["ThreadBudgetPolicy"] = "ThreadBudgetPolicy"
     metadata: dict[str, Any] = Field(default_factory=dict)
-    spec: ThreadBudgetPolicySpec = Field(default_factory=ThreadBudgetPolicySpec)
+    spec: ThreadBudgetPolicySpec = Field(
+        default_factory=ThreadBudgetPolicySpec,
+        # `default: {}` in the CRD: a policy written without spec is stored with every
+        # default filled in, as the operator reads it.
+        json_schema_extra={"default": {}},
+    )
 
 
 # --------------------------------------------------------------------------- NodeBudget
@@ -363,8 +497,22 @@ class CgroupVersion(StrEnum):
     UNKNOWN = "unknown"
 
 
+_UNLIMITED_HAS_NO_MAX = (
+    "kubepods pids.max reads `max` (unlimited): leave `max` empty when `unlimited` is true"
+)
+
+
 class KubepodsPids(_Model):
     """The pids controller of the kubepods cgroup (all pods of the node together)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!(has(self.unlimited) && self.unlimited && has(self.max))",
+                _UNLIMITED_HAS_NO_MAX,
+            ),
+        )
+    )
 
     cgroup_version: CgroupVersion = Field(
         default=CgroupVersion.UNKNOWN, description="cgroup hierarchy found: v1, v2 or unknown."
@@ -377,6 +525,12 @@ class KubepodsPids(_Model):
     )
     unlimited: bool = Field(default=False, description="True when pids.max reads `max`.")
     current: int | None = Field(default=None, ge=0, description="pids.current of kubepods.")
+
+    @model_validator(mode="after")
+    def _unlimited_has_no_max(self) -> KubepodsPids:
+        if self.unlimited and self.max is not None:
+            raise ValueError(_UNLIMITED_HAS_NO_MAX)
+        return self
 
 
 class NodeBudgetSpec(_Model):
@@ -407,10 +561,24 @@ class NodeBudgetSpec(_Model):
     )
 
 
+_NODEBUDGET_NAME = "a NodeBudget is named after its node: metadata.name must equal spec.nodeName"
+
+
 class NodeBudget(_Model):
     """Observed thread and PID budget of one node; the name is the node's name."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(("self.metadata.name == self.spec.nodeName", _NODEBUDGET_NAME))
+    )
 
     api_version: Literal["cellguard.io/v1alpha1"] = "cellguard.io/v1alpha1"
     kind: Literal["NodeBudget"] = "NodeBudget"
     metadata: dict[str, Any] = Field(default_factory=dict)
     spec: NodeBudgetSpec
+
+    @model_validator(mode="after")
+    def _named_after_node(self) -> NodeBudget:
+        name = self.metadata.get("name")
+        if name is not None and name != self.spec.node_name:
+            raise ValueError(_NODEBUDGET_NAME)
+        return self
