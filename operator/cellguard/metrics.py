@@ -1,0 +1,235 @@
+"""Prometheus metrics of the operator.
+
+Node and cell gauges are produced by a collector from the latest fleet report at scrape
+time, so the series of a deleted node or cell disappear with it (no stale label sets).
+Counters and the admission histogram are ordinary prometheus-client metrics.
+
+Naming: `cellguard_` prefix, base units, `_ratio` for fractions, `_total` for counters,
+`_seconds` for durations (Prometheus conventions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+# Every metric name the operator exports; alert rules and the dashboard may use only these
+# (a test checks it).
+NODE_THREAD_LIMIT = "cellguard_node_thread_limit"
+NODE_THREADS_ALLOWED = "cellguard_node_threads_allowed"
+NODE_THREADS_OBSERVED = "cellguard_node_threads_observed"
+NODE_THREADS_PROJECTED = "cellguard_node_threads_projected"
+NODE_THREAD_HEADROOM = "cellguard_node_thread_headroom_ratio"
+NODE_PID_LIMIT = "cellguard_node_pid_limit"
+NODE_PID_HEADROOM = "cellguard_node_pid_headroom_ratio"
+NODE_BUDGET_AGE = "cellguard_node_budget_age_seconds"
+NODE_BUDGET_KNOWN = "cellguard_node_budget_known"
+CELL_REPLICAS = "cellguard_cell_replicas"
+CELL_MAX_SAFE = "cellguard_cell_max_safe_replicas"
+CELL_THREADS_PER_POD = "cellguard_cell_threads_per_pod"
+CELL_HEADROOM = "cellguard_cell_headroom_ratio"
+CELL_SCALE_REFUSED = "cellguard_cell_scale_refused"
+DECISIONS = "cellguard_decisions"  # exported as cellguard_decisions_total
+ADMISSION_DURATION = "cellguard_admission_duration_seconds"
+RESERVATIONS = "cellguard_reservations_active"
+OPERATOR_READY = "cellguard_operator_ready"
+
+EXPORTED_NAMES = frozenset(
+    {
+        NODE_THREAD_LIMIT,
+        NODE_THREADS_ALLOWED,
+        NODE_THREADS_OBSERVED,
+        NODE_THREADS_PROJECTED,
+        NODE_THREAD_HEADROOM,
+        NODE_PID_LIMIT,
+        NODE_PID_HEADROOM,
+        NODE_BUDGET_AGE,
+        NODE_BUDGET_KNOWN,
+        CELL_REPLICAS,
+        CELL_MAX_SAFE,
+        CELL_THREADS_PER_POD,
+        CELL_HEADROOM,
+        CELL_SCALE_REFUSED,
+        f"{DECISIONS}_total",
+        f"{ADMISSION_DURATION}_bucket",
+        f"{ADMISSION_DURATION}_count",
+        f"{ADMISSION_DURATION}_sum",
+        RESERVATIONS,
+        OPERATOR_READY,
+    }
+)
+
+
+@dataclass(frozen=True)
+class NodeFigures:
+    """One node's figures as the operator sees them (None: unknown)."""
+
+    node: str
+    thread_limit: int | None
+    threads_allowed: int | None
+    threads_observed: int | None
+    threads_projected: int | None
+    thread_headroom_ratio: float | None
+    pid_limit: int | None
+    pid_headroom_ratio: float | None
+    budget_age_seconds: float | None
+    budget_known: bool
+
+
+@dataclass(frozen=True)
+class CellFiguresRow:
+    namespace: str
+    cell: str
+    service: str
+    replicas: int
+    max_safe_replicas: int | None
+    threads_per_pod: int
+    headroom_ratio: float | None
+    scale_refused: bool
+
+
+@dataclass
+class FleetReport:
+    nodes: list[NodeFigures] = field(default_factory=list)
+    cells: Mapping[tuple[str, str], CellFiguresRow] = field(default_factory=dict)
+
+
+class FleetSource(Protocol):
+    def fleet_report(self) -> FleetReport: ...
+
+
+class FleetCollector(Collector):
+    """Yields node and cell gauges from the source's current report at scrape time."""
+
+    def __init__(self, source: FleetSource) -> None:
+        self.source = source
+
+    def describe(self) -> list[Metric]:
+        return []  # dynamic label sets: no fixed description
+
+    def collect(self) -> Iterator[Metric]:
+        report = self.source.fleet_report()
+        node_gauges = {
+            NODE_THREAD_LIMIT: (
+                "Effective thread limit of the node: min(threads-max, pid_max, kubepods pids.max).",
+                "thread_limit",
+            ),
+            NODE_THREADS_ALLOWED: (
+                "Threads the node may be projected to: the limit less the policy margin.",
+                "threads_allowed",
+            ),
+            NODE_THREADS_OBSERVED: (
+                "Threads (tasks) in use on the node, as its agent last observed.",
+                "threads_observed",
+            ),
+            NODE_THREADS_PROJECTED: (
+                "Threads projected on the node: max(observed, modelled) + reserved.",
+                "threads_projected",
+            ),
+            NODE_THREAD_HEADROOM: (
+                "Free fraction of the node's thread limit after projection (1 - projected/limit).",
+                "thread_headroom_ratio",
+            ),
+            NODE_PID_LIMIT: ("kernel.pid_max of the node.", "pid_limit"),
+            NODE_PID_HEADROOM: (
+                "Free fraction of the node's kubepods pids.max (or pid_max when unlimited).",
+                "pid_headroom_ratio",
+            ),
+            NODE_BUDGET_AGE: (
+                "Seconds since the node's NodeBudget was observed.",
+                "budget_age_seconds",
+            ),
+        }
+        for name, (help_text, attribute) in node_gauges.items():
+            family = GaugeMetricFamily(name, help_text, labels=["node"])
+            for node in report.nodes:
+                value = getattr(node, attribute)
+                if value is not None:
+                    family.add_metric([node.node], float(value))
+            yield family
+        known = GaugeMetricFamily(
+            NODE_BUDGET_KNOWN,
+            "1 when the node's budget is known and fresh, 0 when missing, invalid or stale.",
+            labels=["node"],
+        )
+        for node in report.nodes:
+            known.add_metric([node.node], 1.0 if node.budget_known else 0.0)
+        yield known
+
+        labels = ["namespace", "cell", "service"]
+        cell_gauges = {
+            CELL_REPLICAS: ("Replicas of the cell (spec).", "replicas"),
+            CELL_MAX_SAFE: (
+                "Largest replica count that fits every budget now.",
+                "max_safe_replicas",
+            ),
+            CELL_THREADS_PER_POD: (
+                "Modelled threads per pod at the current size.",
+                "threads_per_pod",
+            ),
+            CELL_HEADROOM: (
+                "Smallest thread headroom ratio over the cell's nodes.",
+                "headroom_ratio",
+            ),
+        }
+        for name, (help_text, attribute) in cell_gauges.items():
+            family = GaugeMetricFamily(name, help_text, labels=labels)
+            for row in report.cells.values():
+                value = getattr(row, attribute)
+                if value is not None:
+                    family.add_metric([row.namespace, row.cell, row.service], float(value))
+            yield family
+        refused = GaugeMetricFamily(
+            CELL_SCALE_REFUSED,
+            "1 while the cell's desired scale is refused (ScaleRefused=True).",
+            labels=labels,
+        )
+        for row in report.cells.values():
+            refused.add_metric(
+                [row.namespace, row.cell, row.service], 1.0 if row.scale_refused else 0.0
+            )
+        yield refused
+
+
+class OperatorMetrics:
+    """The operator's counters, histogram and gauges, registered on one registry."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.registry = registry
+        self.decisions = Counter(
+            DECISIONS,
+            "Scale decisions by outcome (allowed/refused) and reason code.",
+            ["decision", "reason"],
+            registry=registry,
+        )
+        self.admission_duration = Histogram(
+            ADMISSION_DURATION,
+            "Time to answer an admission review, by webhook.",
+            ["webhook"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=registry,
+        )
+        self.reservations = Gauge(
+            RESERVATIONS, "Admitted scale changes holding a reservation.", registry=registry
+        )
+        self.ready = Gauge(
+            OPERATOR_READY,
+            "1 when this replica leads and its caches are complete.",
+            registry=registry,
+        )
+
+    def attach_fleet(self, source: FleetSource) -> FleetCollector:
+        collector = FleetCollector(source)
+        self.registry.register(collector)
+        return collector
+
+    def count_decision(self, allowed: bool, reason: str) -> None:
+        self.decisions.labels("allowed" if allowed else "refused", reason).inc()
+
+    def observe_admission(self, webhook: str, seconds: float) -> None:
+        self.admission_duration.labels(webhook).observe(seconds)
