@@ -1,0 +1,168 @@
+"""A node's thread limit, as one policy sees it: known, unknown, stale, or assumed.
+
+Every thread is a task: it counts against kernel.threads-max, kernel.pid_max and the
+kubepods pids cgroup, and hitting any of them makes thread creation fail. The effective
+limit is therefore the smallest of the three. A node whose figures are missing or too old
+has an unknown budget: the planner refuses to place pods there (fail closed) unless the
+policy says `UseDefaults`, in which case the policy's assumed limits stand in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from fractions import Fraction
+
+from cellguard.api.v1alpha1 import (
+    DefaultLimits,
+    NodeBudgetSpec,
+    ThreadBudgetPolicySpec,
+    UnknownBudgetAction,
+)
+
+
+class BudgetStatus(StrEnum):
+    KNOWN = "Known"
+    UNKNOWN = "Unknown"
+    STALE = "Stale"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLimits:
+    """A node's budget under one policy. `limit` is None when nothing may be placed there."""
+
+    node: str
+    status: BudgetStatus
+    limit: int | None
+    allowed: int | None  # limit less the policy's margin, rounded down
+    observed: int | None  # threads in use on the host
+    pod_pids_limit: int | None  # None: no per-pod limit (or none known)
+    limit_source: str | None  # which figure is the limit, e.g. "kernel.pid_max"
+    from_defaults: bool  # figures are the policy's assumptions, not observations
+    detail: str  # why the budget is unknown or stale ('' when known)
+    age_seconds: float | None  # how old the observation is
+
+    @property
+    def usable(self) -> bool:
+        return self.limit is not None
+
+
+def margin_fraction(policy: ThreadBudgetPolicySpec) -> Fraction:
+    """The safety margin exactly as written (0.2 is 1/5, not 0.2000000000000000111)."""
+    return Fraction(str(policy.safety_margin))
+
+
+def allowed_threads(limit: int, margin: Fraction) -> int:
+    """limit * (1 - margin), rounded down, in exact arithmetic."""
+    kept = 1 - margin
+    return limit * kept.numerator // kept.denominator
+
+
+def effective_limit(
+    threads_max: int, pid_max: int, kubepods_pids_max: int | None
+) -> tuple[int, str]:
+    """The smallest of the limits every thread counts against, and which one it is."""
+    candidates = [(threads_max, "kernel.threads-max"), (pid_max, "kernel.pid_max")]
+    if kubepods_pids_max is not None:
+        candidates.append((kubepods_pids_max, "kubepods pids.max"))
+    return min(candidates, key=lambda candidate: candidate[0])
+
+
+def _missing(budget: NodeBudgetSpec) -> list[str]:
+    figures = {
+        "threadsMax": budget.threads_max,
+        "pidMax": budget.pid_max,
+        "threadsInUse": budget.threads_in_use,
+    }
+    return [name for name, value in figures.items() if value is None]
+
+
+def _age_seconds(observed_at: datetime, now: datetime) -> float:
+    if observed_at.tzinfo is None:
+        observed_at = observed_at.replace(tzinfo=UTC)
+    return (now - observed_at).total_seconds()
+
+
+def node_limits(
+    node: str,
+    budget: NodeBudgetSpec | None,
+    policy: ThreadBudgetPolicySpec,
+    now: datetime,
+    *,
+    margin: Fraction | None = None,
+    node_exists: bool = True,
+) -> NodeLimits:
+    """The node's budget under `policy` at `now`."""
+    margin = margin_fraction(policy) if margin is None else margin
+    age: float | None = None
+    if not node_exists:
+        status, detail = BudgetStatus.UNKNOWN, "the node is not in the cluster"
+    elif budget is None:
+        status, detail = (
+            BudgetStatus.UNKNOWN,
+            "no NodeBudget: is the cellguard agent running there?",
+        )
+    elif missing := _missing(budget):
+        status, detail = BudgetStatus.UNKNOWN, f"its NodeBudget lacks {', '.join(missing)}"
+    else:
+        age = _age_seconds(budget.observed_at, now)
+        if age > policy.stale_after_seconds:
+            status = BudgetStatus.STALE
+            detail = (
+                f"observed {age:,.0f}s ago, more than the {policy.stale_after_seconds:,}s "
+                "the policy allows"
+            )
+        else:
+            status, detail = BudgetStatus.KNOWN, ""
+    if status is BudgetStatus.KNOWN:
+        assert budget is not None
+        assert budget.threads_max is not None and budget.pid_max is not None
+        limit, source = effective_limit(budget.threads_max, budget.pid_max, budget.kubepods.max)
+        return NodeLimits(
+            node=node,
+            status=status,
+            limit=limit,
+            allowed=allowed_threads(limit, margin),
+            observed=budget.threads_in_use,
+            pod_pids_limit=budget.pod_pids_limit,
+            limit_source=source,
+            from_defaults=False,
+            detail="",
+            age_seconds=age,
+        )
+    defaults = _defaults_in_force(policy)
+    if defaults is not None:
+        limit, source = effective_limit(
+            defaults.threads_max, defaults.pid_max, defaults.kubepods_pids_max
+        )
+        return NodeLimits(
+            node=node,
+            status=status,
+            limit=limit,
+            allowed=allowed_threads(limit, margin),
+            observed=defaults.threads_in_use,
+            pod_pids_limit=defaults.pod_pids_limit,
+            limit_source=f"{source} (policy defaults)",
+            from_defaults=True,
+            detail=detail,
+            age_seconds=age,
+        )
+    return NodeLimits(
+        node=node,
+        status=status,
+        limit=None,
+        allowed=None,
+        observed=None,
+        pod_pids_limit=None,
+        limit_source=None,
+        from_defaults=False,
+        detail=detail,
+        age_seconds=age,
+    )
+
+
+def _defaults_in_force(policy: ThreadBudgetPolicySpec) -> DefaultLimits | None:
+    if policy.unknown_budget is UnknownBudgetAction.USE_DEFAULTS:
+        return policy.defaults
+    return None

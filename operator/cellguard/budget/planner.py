@@ -1,0 +1,651 @@
+"""The decision: may a cell go from N to M replicas without pushing a node past its limits?
+
+For a scale-up (DESIGN.md, "The decision"):
+1. per pod: threads per pod at M ≤ the pod PID limit less the margin;
+2. per node: for every node that hosts or may receive the cell's pods,
+   projected = max(observed, modelled) + other cells' reservations + Δ ≤ limit less margin,
+   Δ = growth of the cell's pods already there + threads of the new pods it may receive
+   (worst case of the scheduler's water-filling, see `spread`);
+3. M ≤ the cell size cap.
+A node whose budget is unknown or stale refuses (unless the policy uses defaults).
+Scale-downs and no-ops are always allowed: refusing them could only make things worse.
+
+The projection only grows with M, so `max_safe_replicas` is a binary search. Everything
+that does not depend on M is prepared once per decision (`CellPlan`), and what does not
+depend on the cell once per snapshot (`usage`), so a decision costs O(E) set operations
+and O(P log cap) arithmetic for E eligible nodes and a cell of P pods.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from fractions import Fraction
+from types import MappingProxyType
+
+from cellguard.api.v1alpha1 import RefusalReason
+from cellguard.budget import messages
+from cellguard.budget.eligibility import eligible_nodes, ineligibility
+from cellguard.budget.limits import BudgetStatus, NodeLimits, allowed_threads
+from cellguard.budget.snapshot import CellKey, CellView, ClusterSnapshot, Reservation
+from cellguard.budget.spread import WaterFill
+from cellguard.budget.threads import threads_per_pod
+from cellguard.budget.usage import (
+    PolicyNodes,
+    modelled_threads,
+    policy_nodes,
+    reserved_threads,
+    slack,
+    used_threads,
+)
+
+
+class AllowedReason(StrEnum):
+    """Reason codes of an allowed change."""
+
+    WITHIN_BUDGET = "WithinBudget"
+    SCALE_DOWN = "ScaleDown"
+    NO_CHANGE = "NoChange"
+
+
+DecisionReason = RefusalReason | AllowedReason
+
+_EMPTY: Mapping[str, int] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRow:
+    """One node as a decision projects it."""
+
+    node: str
+    pods: int  # the cell's pods on the node now
+    new_pods: int  # new pods of the cell it may receive (worst case)
+    now: int | None  # threads counted as in use: max(observed, modelled)
+    reserved: int  # threads other cells' admitted changes hold there
+    projected: int | None
+    limit: int | None
+    allowed: int | None  # limit less margin
+    headroom: float | None  # 1 - projected / limit
+    budget: BudgetStatus
+    from_defaults: bool
+
+    @property
+    def fits(self) -> bool:
+        return (
+            self.projected is not None
+            and self.allowed is not None
+            and (self.projected <= self.allowed)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Projection:
+    """The cell at one size, as the decision projects it (whatever its current size)."""
+
+    cell: CellKey
+    replicas: int
+    threads_per_pod: int
+    fits: bool
+    reason: RefusalReason | None  # why it does not fit
+    refused_node: str | None  # the node the refusal names, if any
+    limiting: NodeRow | None  # the node with the least headroom
+    rows: tuple[NodeRow, ...]  # nodes hosting the cell + tightest receiving node per limit
+    receiving_nodes: int  # nodes that may receive new pods
+    headroom: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer to 'may this cell go from N to M replicas?', with the figures behind it."""
+
+    allowed: bool
+    reason: DecisionReason
+    cell: CellKey
+    from_replicas: int
+    to_replicas: int
+    threads_per_pod: int  # at to_replicas
+    max_safe_replicas: int
+    cell_size_cap: int | None
+    margin: float | None
+    limiting_node: str | None  # least headroom among the nodes the cell uses at M
+    projected: int | None  # … its projected threads
+    limit: int | None  # … its limit
+    allowed_threads: int | None  # … its limit less margin
+    headroom: float | None  # … 1 - projected / limit
+    refused_node: str | None  # the node a refusal names (unknown budget, PID limit ...)
+    nodes: tuple[NodeRow, ...]
+    receiving_nodes: int
+    reservation: Mapping[str, int]  # threads per node to hold until the change is applied
+    message: str
+
+    def reservation_until(self, expires_at: datetime) -> Reservation:
+        """The reservation the operator holds for this (allowed) change."""
+        return Reservation(
+            cell=self.cell,
+            threads_by_node=self.reservation,
+            expires_at=expires_at,
+            target_replicas=self.to_replicas,
+        )
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True, slots=True)
+class _Host:
+    """A node hosting pods of the cell."""
+
+    name: str
+    pods: int
+    eligible: bool
+    figures: NodeLimits
+    used: int
+    reserved: int  # other cells'
+
+
+@dataclass(frozen=True, slots=True)
+class _Tightest:
+    """Of the eligible nodes without pods of the cell and one limit, the least free."""
+
+    name: str
+    figures: NodeLimits
+    used: int
+    reserved: int
+    free: int  # allowed - used - reserved
+
+
+class CellPlan:
+    """Everything about one cell in one snapshot that does not depend on the target size."""
+
+    def __init__(self, snapshot: ClusterSnapshot, cell: CellView, nodes: PolicyNodes) -> None:
+        self.snapshot = snapshot
+        self.cell = cell
+        self.nodes = nodes
+        self.margin = nodes.margin
+        policy = nodes.policy
+        self.cap = (
+            cell.max_replicas if cell.max_replicas is not None else policy.default_max_replicas
+        )
+        self.current = cell.replicas
+        self.threads_now = threads_per_pod(cell.base, cell.per_peer, cell.replicas)
+
+        free = slack(snapshot, nodes.policy_name)
+        modelled = modelled_threads(snapshot)
+        reserved = reserved_threads(snapshot)
+        own = reserved.by_cell.get(cell.key, {})
+        hosting = snapshot.pods.of_cell(cell.key)
+        self.eligible = eligible_nodes(snapshot, cell)
+        self.placed = sum(hosting.values())
+
+        hosts = []
+        for name in sorted(hosting):
+            pods = hosting[name]
+            if pods <= 0:
+                continue
+            figures = nodes.of(snapshot, name)
+            hosts.append(
+                _Host(
+                    name=name,
+                    pods=pods,
+                    eligible=name in self.eligible,
+                    figures=figures,
+                    used=used_threads(figures, modelled.get(name, 0)),
+                    reserved=reserved.others(cell.key, name),
+                )
+            )
+        self.hosts = tuple(hosts)
+        self.unusable_host = next((h for h in self.hosts if not h.figures.usable), None)
+
+        # Eligible nodes without pods of the cell: up to thousands, handled as groups.
+        self.empty = self.eligible.difference(hosting)
+        histogram = Counter(h.pods for h in self.hosts if h.eligible)
+        histogram[0] += len(self.empty)
+        self.fill = WaterFill(histogram)
+        unusable_empty = nodes.unusable.intersection(self.empty)
+        self.unusable_empty = nodes.of(snapshot, min(unusable_empty)) if unusable_empty else None
+        self.tightest = tuple(
+            self._tightest_per_limit(free.tightest_first, free.free, own, reserved.total)
+        )
+        self.pod_limit = self._smallest_pod_limit()
+
+    def _tightest_per_limit(
+        self,
+        order: Mapping[int, tuple[str, ...]],
+        free: Mapping[str, int],
+        own: Mapping[str, int],
+        reserved_total: Mapping[str, int],
+    ) -> list[_Tightest]:
+        found = []
+        empty = self.empty
+        for names in order.values():
+            # The first empty node in (free, name) order is the tightest, except that
+            # nodes under the cell's own reservation get that reservation back.
+            best: tuple[int, str] | None = None
+            for name in names:
+                if name in empty and name not in own:
+                    best = (free[name], name)
+                    break
+            for name, held in own.items():
+                if name in empty and name in free:
+                    candidate = (free[name] + held, name)
+                    if best is None or candidate < best:
+                        best = candidate
+            if best is None:
+                continue
+            node_free, name = best
+            figures = self.nodes.limits[name]
+            assert figures.allowed is not None
+            reserved = reserved_total.get(name, 0) - own.get(name, 0)
+            found.append(
+                _Tightest(
+                    name=name,
+                    figures=figures,
+                    used=figures.allowed - node_free - reserved,
+                    reserved=reserved,
+                    free=node_free,
+                )
+            )
+        return found
+
+    def _smallest_pod_limit(self) -> tuple[int, str] | None:
+        """The smallest per-pod PID limit where the cell's pods are or may go."""
+        hosts = {h.name for h in self.hosts}
+        for limit, names in self.nodes.pod_limits:
+            where = (names & self.eligible) | (names & hosts)
+            if where:
+                return limit, min(where)
+        return None
+
+    # ----------------------------------------------------------------- at size M
+
+    def new_pods(self, replicas: int) -> int:
+        # Pods not yet placed (pending, or admitted but not created) are new pods too.
+        return max(0, replicas - min(self.placed, self.current))
+
+    def level(self, replicas: int) -> int:
+        new = self.new_pods(replicas)
+        return self.fill.level(new) if new and self.fill.node_count else 0
+
+    def refusal(self, replicas: int) -> tuple[RefusalReason, str | None] | None:
+        """Why the cell does not fit at `replicas` (None when it does). Cheap: no rows."""
+        if replicas > self.cap:
+            return RefusalReason.CELL_SIZE_CAP, None
+        new = self.new_pods(replicas)
+        if new and not self.fill.node_count:
+            return RefusalReason.NO_ELIGIBLE_NODES, None
+        level = self.fill.level(new) if new else 0
+        unknown = self.unusable_host.figures if self.unusable_host else None
+        if unknown is None and level and self.unusable_empty is not None:
+            unknown = self.unusable_empty
+        if unknown is not None:
+            return _budget_reason(unknown), unknown.node
+        per_pod = threads_per_pod(self.cell.base, self.cell.per_peer, replicas)
+        if self.pod_limit is not None and replicas > 0:
+            pod_limit, node = self.pod_limit
+            if per_pod > allowed_threads(pod_limit, self.margin):
+                return RefusalReason.POD_PID_LIMIT, node
+        growth = per_pod - self.threads_now
+        for host in self.hosts:
+            received = WaterFill.received(level, host.pods) if host.eligible else 0
+            projected = host.used + host.reserved + growth * host.pods + per_pod * received
+            assert host.figures.allowed is not None
+            if projected > host.figures.allowed:
+                return RefusalReason.NODE_THREAD_LIMIT, host.name
+        if level:
+            for tight in self.tightest:
+                if tight.free < per_pod * level:
+                    return RefusalReason.NODE_THREAD_LIMIT, tight.name
+        return None
+
+    def rows(self, replicas: int) -> list[NodeRow]:
+        per_pod = threads_per_pod(self.cell.base, self.cell.per_peer, replicas)
+        growth = per_pod - self.threads_now
+        level = self.level(replicas)
+        rows = []
+        for host in self.hosts:
+            received = WaterFill.received(level, host.pods) if host.eligible else 0
+            add = growth * host.pods + per_pod * received
+            rows.append(
+                _row(host.name, host.figures, host.pods, received, host.used, host.reserved, add)
+            )
+        if level:
+            for tight in self.tightest:
+                rows.append(
+                    _row(
+                        tight.name,
+                        tight.figures,
+                        0,
+                        level,
+                        tight.used,
+                        tight.reserved,
+                        per_pod * level,
+                    )
+                )
+        rows.sort(key=_tightest_first)
+        return rows
+
+    def receiving(self, replicas: int) -> int:
+        level = self.level(replicas)
+        if not level:
+            return 0
+        return len(self.empty) + sum(1 for h in self.hosts if h.eligible and h.pods < level)
+
+    def reservation(self, replicas: int) -> dict[str, int]:
+        """Threads per node the cell at `replicas` needs beyond what it holds now."""
+        per_pod = threads_per_pod(self.cell.base, self.cell.per_peer, replicas)
+        growth = per_pod - self.threads_now
+        level = self.level(replicas)
+        held = dict.fromkeys(self.empty, per_pod * level) if level else {}
+        for host in self.hosts:
+            received = WaterFill.received(level, host.pods) if host.eligible else 0
+            add = growth * host.pods + per_pod * received
+            if add > 0:
+                held[host.name] = add
+        return held
+
+    def project(self, replicas: int) -> Projection:
+        refusal = self.refusal(replicas)
+        rows = tuple(self.rows(replicas))
+        limiting = next((row for row in rows if row.headroom is not None), None)
+        refused_node = refusal[1] if refusal else None
+        if refusal is not None and refusal[0] is RefusalReason.NODE_THREAD_LIMIT:
+            # Name the node that is furthest over (rows come tightest first).
+            limiting = next((row for row in rows if not row.fits), limiting)
+            refused_node = limiting.node if limiting else refused_node
+        return Projection(
+            cell=self.cell.key,
+            replicas=replicas,
+            threads_per_pod=threads_per_pod(self.cell.base, self.cell.per_peer, replicas),
+            fits=refusal is None,
+            reason=refusal[0] if refusal else None,
+            refused_node=refused_node,
+            limiting=limiting,
+            rows=rows,
+            receiving_nodes=self.receiving(replicas),
+            headroom=limiting.headroom if limiting else None,
+        )
+
+    def max_safe_replicas(self) -> int:
+        """The largest size in 0..cap that fits (0 when none does)."""
+        if self.refusal(0) is not None:
+            return 0
+        low, high = 0, self.cap  # refusal(low) is None; search the last such size
+        while low < high:
+            middle = (low + high + 1) // 2
+            if self.refusal(middle) is None:
+                low = middle
+            else:
+                high = middle - 1
+        return low
+
+
+def _budget_reason(figures: NodeLimits) -> RefusalReason:
+    if figures.status is BudgetStatus.STALE:
+        return RefusalReason.BUDGET_STALE
+    return RefusalReason.BUDGET_UNKNOWN
+
+
+def _row(
+    name: str, figures: NodeLimits, pods: int, received: int, used: int, reserved: int, add: int
+) -> NodeRow:
+    if figures.limit is None:
+        return NodeRow(
+            node=name,
+            pods=pods,
+            new_pods=received,
+            now=None,
+            reserved=reserved,
+            projected=None,
+            limit=None,
+            allowed=None,
+            headroom=None,
+            budget=figures.status,
+            from_defaults=figures.from_defaults,
+        )
+    projected = used + reserved + add
+    return NodeRow(
+        node=name,
+        pods=pods,
+        new_pods=received,
+        now=used,
+        reserved=reserved,
+        projected=projected,
+        limit=figures.limit,
+        allowed=figures.allowed,
+        headroom=1 - projected / figures.limit,
+        budget=figures.status,
+        from_defaults=figures.from_defaults,
+    )
+
+
+def _tightest_first(row: NodeRow) -> tuple[int, Fraction, str]:
+    # Exact ratio, so that ties are broken by name and not by float noise.
+    if row.projected is None or row.limit is None:
+        return (1, Fraction(0), row.node)
+    return (0, Fraction(row.limit - row.projected, row.limit), row.node)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def cell_of(snapshot: ClusterSnapshot, cell_key: tuple[str, str]) -> CellView:
+    key = CellKey(*cell_key)
+    try:
+        return snapshot.cells[key]
+    except KeyError:
+        raise KeyError(f"cell {key} is not in the snapshot (add it with with_cell)") from None
+
+
+def plan_for(snapshot: ClusterSnapshot, cell: CellView) -> CellPlan | None:
+    if cell.policy_name not in snapshot.policies:
+        return None
+    return CellPlan(snapshot, cell, policy_nodes(snapshot, cell.policy_name))
+
+
+def project(snapshot: ClusterSnapshot, cell_key: tuple[str, str], replicas: int) -> Projection:
+    """The cell at `replicas`, projected, regardless of its current size.
+
+    Raises KeyError when the cell or its policy is not in the snapshot.
+    """
+    cell = cell_of(snapshot, cell_key)
+    plan = plan_for(snapshot, cell)
+    if plan is None:
+        raise KeyError(f"ThreadBudgetPolicy {cell.policy_name} is not in the snapshot")
+    return plan.project(replicas)
+
+
+def max_safe_replicas(snapshot: ClusterSnapshot, cell_key: tuple[str, str]) -> int:
+    """The largest replica count the cell can have now without any check failing.
+
+    0 when even that does not fit (e.g. a node hosting the cell has an unknown budget)
+    or when the cell's policy does not exist.
+    """
+    cell = cell_of(snapshot, cell_key)
+    plan = plan_for(snapshot, cell)
+    return plan.max_safe_replicas() if plan is not None else 0
+
+
+def decide(snapshot: ClusterSnapshot, cell_key: tuple[str, str], target_replicas: int) -> Decision:
+    """May the cell go from its current replicas (in the snapshot) to `target_replicas`?"""
+    if target_replicas < 0:
+        raise ValueError(f"target replicas must be ≥ 0, not {target_replicas}")
+    cell = cell_of(snapshot, cell_key)
+    current = cell.replicas
+    plan = plan_for(snapshot, cell)
+    change = messages.change(str(cell.key), current, target_replicas)
+
+    if plan is None:
+        if target_replicas <= current:
+            return _unchecked(cell, target_replicas, change)
+        return _refused_without_plan(cell, target_replicas, change)
+
+    projection = plan.project(target_replicas)
+    max_safe = plan.max_safe_replicas()
+    if target_replicas <= current:
+        reason = AllowedReason.NO_CHANGE if target_replicas == current else AllowedReason.SCALE_DOWN
+        message = (
+            f"{cell.key} stays at {messages.figure(current)} replicas"
+            if reason is AllowedReason.NO_CHANGE
+            else f"{change}: scaling down is always allowed"
+        )
+        return _decision(plan, projection, max_safe, True, reason, message, _EMPTY)
+
+    if projection.fits:
+        return _decision(
+            plan,
+            projection,
+            max_safe,
+            True,
+            AllowedReason.WITHIN_BUDGET,
+            _allowed_message(change, plan, projection, max_safe),
+            MappingProxyType(plan.reservation(target_replicas)),
+        )
+    assert projection.reason is not None
+    message = _refusal_message(change, plan, projection, max_safe)
+    return _decision(plan, projection, max_safe, False, projection.reason, message, _EMPTY)
+
+
+def _decision(
+    plan: CellPlan,
+    projection: Projection,
+    max_safe: int,
+    allowed: bool,
+    reason: DecisionReason,
+    message: str,
+    reservation: Mapping[str, int],
+) -> Decision:
+    limiting = projection.limiting
+    return Decision(
+        allowed=allowed,
+        reason=reason,
+        cell=plan.cell.key,
+        from_replicas=plan.current,
+        to_replicas=projection.replicas,
+        threads_per_pod=projection.threads_per_pod,
+        max_safe_replicas=max_safe,
+        cell_size_cap=plan.cap,
+        margin=float(plan.margin),
+        limiting_node=limiting.node if limiting else None,
+        projected=limiting.projected if limiting else None,
+        limit=limiting.limit if limiting else None,
+        allowed_threads=limiting.allowed if limiting else None,
+        headroom=limiting.headroom if limiting else None,
+        refused_node=projection.refused_node,
+        nodes=projection.rows,
+        receiving_nodes=projection.receiving_nodes,
+        reservation=reservation,
+        message=message,
+    )
+
+
+def _unchecked(cell: CellView, target: int, change: str) -> Decision:
+    """A scale-down or no-op of a cell whose policy is missing: allowed, no figures."""
+    if target == cell.replicas:
+        message = f"{cell.key} stays at {messages.figure(target)} replicas"
+        return _bare(cell, target, True, AllowedReason.NO_CHANGE, message)
+    message = f"{change}: scaling down is always allowed"
+    return _bare(cell, target, True, AllowedReason.SCALE_DOWN, message)
+
+
+def _refused_without_plan(cell: CellView, target: int, change: str) -> Decision:
+    message = (
+        f"{change}: ThreadBudgetPolicy {cell.policy_name} does not exist; "
+        "create it or set spec.policyRef to an existing policy"
+    )
+    return _bare(cell, target, False, RefusalReason.POLICY_NOT_FOUND, message)
+
+
+def _bare(
+    cell: CellView, target: int, allowed: bool, reason: DecisionReason, message: str
+) -> Decision:
+    return Decision(
+        allowed=allowed,
+        reason=reason,
+        cell=cell.key,
+        from_replicas=cell.replicas,
+        to_replicas=target,
+        threads_per_pod=threads_per_pod(cell.base, cell.per_peer, target),
+        max_safe_replicas=0,
+        cell_size_cap=cell.max_replicas,
+        margin=None,
+        limiting_node=None,
+        projected=None,
+        limit=None,
+        allowed_threads=None,
+        headroom=None,
+        refused_node=None,
+        nodes=(),
+        receiving_nodes=0,
+        reservation=_EMPTY,
+        message=message,
+    )
+
+
+def _allowed_message(change: str, plan: CellPlan, projection: Projection, max_safe: int) -> str:
+    limiting = projection.limiting
+    fits = f"at most {messages.figure(max_safe)} replicas fit"
+    if limiting is None or limiting.projected is None:
+        return f"{change} fits; {fits}"
+    assert limiting.limit is not None and limiting.allowed is not None
+    return (
+        f"{change} fits: the tightest node, {limiting.node}, goes to "
+        f"{messages.figure(limiting.projected)} threads "
+        f"({messages.limit_clause(limiting.limit, plan.margin, limiting.allowed)}); {fits}"
+    )
+
+
+def _refusal_message(change: str, plan: CellPlan, projection: Projection, max_safe: int) -> str:
+    cell = plan.cell
+    reason = projection.reason
+    fits = messages.what_fits(max_safe, plan.current)
+    if reason is RefusalReason.CELL_SIZE_CAP:
+        source = (
+            "spec.maxReplicas"
+            if cell.max_replicas is not None
+            else f"defaultMaxReplicas of ThreadBudgetPolicy {cell.policy_name}"
+        )
+        return (
+            f"{change} exceeds its cell size cap of {messages.figure(plan.cap)} ({source}); "
+            "add a cell"
+        )
+    if reason is RefusalReason.NO_ELIGIBLE_NODES:
+        why = ineligibility(plan.snapshot, cell)
+        parts = [f"{count:,} {text}" for text, count in sorted(why.items(), key=lambda i: -i[1])]
+        detail = (
+            f"of {len(plan.snapshot.nodes):,} nodes: {', '.join(parts)}" if parts else "no nodes"
+        )
+        return f"{change}: no node can take its pods ({detail}); adjust spec.placement or add nodes"
+    if reason in (RefusalReason.BUDGET_UNKNOWN, RefusalReason.BUDGET_STALE):
+        node = projection.refused_node
+        figures = plan.nodes.of(plan.snapshot, node or "")
+        state = "stale" if reason is RefusalReason.BUDGET_STALE else "unknown"
+        return (
+            f"{change} needs node {node}, whose thread budget is {state} ({figures.detail}); "
+            f"cellguard refuses until the node agent reports it (or set unknownBudget: "
+            f"UseDefaults in ThreadBudgetPolicy {cell.policy_name})"
+        )
+    if reason is RefusalReason.POD_PID_LIMIT:
+        assert plan.pod_limit is not None
+        pod_limit, node = plan.pod_limit
+        allowed = allowed_threads(pod_limit, plan.margin)
+        fix = (
+            messages.remedy(cell.per_peer)
+            if cell.per_peer > 0
+            else "raise the kubelet's podPidsLimit or lower spec.threads.base"
+        )
+        return (
+            f"{change} would need {messages.figure(projection.threads_per_pod)} threads per pod "
+            f"(pod PID {messages.limit_clause(pod_limit, plan.margin, allowed)} on node {node}); "
+            f"{fits}; {fix}"
+        )
+    limiting = projection.limiting
+    assert limiting is not None and limiting.projected is not None
+    assert limiting.limit is not None and limiting.allowed is not None
+    return (
+        f"{change} would put node {limiting.node} at {messages.figure(limiting.projected)} "
+        f"threads ({messages.limit_clause(limiting.limit, plan.margin, limiting.allowed)}); "
+        f"{fits}; {messages.remedy(cell.per_peer)}"
+    )

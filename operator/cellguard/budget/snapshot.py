@@ -1,0 +1,264 @@
+"""The cluster as the decision sees it: plain frozen values, no API objects, no I/O.
+
+The operator builds a `ClusterSnapshot` from its caches (nodes, NodeBudgets, StreamCells,
+policies, pod counts, reservations) and asks the planner about it. Snapshots are
+immutable; what the planner derives from one (indexes by label, taint, policy ...) is
+computed once, on first use, and kept with it. `with_cell` / `with_reservation` make a
+new snapshot that keeps every derived index the change does not touch, so a burst of
+decisions does not rebuild the world each time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, NamedTuple, Protocol, TypeVar
+
+from cellguard.api.v1alpha1 import (
+    Isolation,
+    NodeBudgetSpec,
+    StreamCell,
+    TaintEffect,
+    ThreadBudgetPolicySpec,
+    Toleration,
+)
+from cellguard.constants import DEFAULT_POLICY_NAME
+
+
+class CellKey(NamedTuple):
+    """A cell's identity. A plain `(namespace, name)` tuple compares and hashes equal."""
+
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Taint:
+    """A core/v1 node taint."""
+
+    key: str
+    value: str = ""
+    effect: str = TaintEffect.NO_SCHEDULE
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    """One node: what decides where pods may land, and its observed budget."""
+
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    taints: tuple[Taint, ...] = ()
+    ready: bool = True
+    unschedulable: bool = False
+    budget: NodeBudgetSpec | None = None
+
+    @classmethod
+    def from_manifest(cls, node: Mapping[str, Any], budget: NodeBudgetSpec | None) -> NodeView:
+        """From a core/v1 Node as the API returns it (a dict)."""
+        metadata = node.get("metadata") or {}
+        spec = node.get("spec") or {}
+        conditions = (node.get("status") or {}).get("conditions") or []
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+        taints = tuple(
+            Taint(key=t.get("key", ""), value=t.get("value") or "", effect=t.get("effect", ""))
+            for t in spec.get("taints") or []
+        )
+        return cls(
+            name=metadata["name"],
+            labels=dict(metadata.get("labels") or {}),
+            taints=taints,
+            ready=ready,
+            unschedulable=bool(spec.get("unschedulable", False)),
+            budget=budget,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CellView:
+    """One StreamCell as the decision needs it."""
+
+    namespace: str
+    name: str
+    service: str
+    base: int
+    per_peer: int
+    replicas: int
+    max_replicas: int | None = None
+    isolation: Isolation = Isolation.NODE_EXCLUSIVE
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Toleration, ...] = ()
+    policy_name: str = DEFAULT_POLICY_NAME
+
+    @property
+    def key(self) -> CellKey:
+        return CellKey(self.namespace, self.name)
+
+    @classmethod
+    def from_streamcell(cls, cell: StreamCell, *, replicas: int | None = None) -> CellView:
+        """From a validated StreamCell; `replicas` overrides spec.replicas.
+
+        Placement is what the pods will carry: the template's own nodeSelector and
+        tolerations merged with spec.placement's, as the Deployment builder merges them.
+        """
+        spec = cell.spec
+        pod_spec = spec.template.get("spec") or {}
+        node_selector = {**(pod_spec.get("nodeSelector") or {}), **spec.placement.node_selector}
+        tolerations = tuple(
+            Toleration.model_validate(t) for t in pod_spec.get("tolerations") or []
+        ) + tuple(spec.placement.tolerations)
+        return cls(
+            namespace=cell.metadata.get("namespace", "default"),
+            name=cell.metadata["name"],
+            service=spec.service,
+            base=spec.threads.base,
+            per_peer=spec.threads.per_peer,
+            replicas=spec.replicas if replicas is None else replicas,
+            max_replicas=spec.max_replicas,
+            isolation=spec.isolation,
+            node_selector=node_selector,
+            tolerations=tolerations,
+            policy_name=spec.policy_ref,
+        )
+
+
+class ReservationLike(Protocol):
+    """Anything that holds threads for an admitted change (the operator's ledger entries)."""
+
+    @property
+    def cell(self) -> tuple[str, str]: ...
+
+    @property
+    def threads_by_node(self) -> Mapping[str, int]: ...
+
+    @property
+    def expires_at(self) -> datetime: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Threads an admitted, not yet applied change holds on each node until it expires."""
+
+    cell: CellKey
+    threads_by_node: Mapping[str, int]
+    expires_at: datetime
+    target_replicas: int = 0
+
+
+@dataclass(frozen=True)
+class PodPlacement:
+    """How many pods of each cell run on each node: cell -> node -> count.
+
+    Pods not yet bound to a node are not counted here (the planner treats the cell's
+    missing pods as pods still to place).
+    """
+
+    by_cell: Mapping[CellKey, Mapping[str, int]] = field(default_factory=dict)
+
+    @classmethod
+    def from_pairs(cls, pods: Iterable[tuple[tuple[str, str], str]]) -> PodPlacement:
+        """From (cell key, node name) pairs, one per bound pod."""
+        by_cell: dict[CellKey, dict[str, int]] = {}
+        for cell, node in pods:
+            nodes = by_cell.setdefault(CellKey(*cell), {})
+            nodes[node] = nodes.get(node, 0) + 1
+        return cls(by_cell)
+
+    def of_cell(self, cell: tuple[str, str]) -> Mapping[str, int]:
+        return self.by_cell.get(CellKey(*cell), {})
+
+    def on_node(self, node: str) -> dict[CellKey, int]:
+        """Pods per cell on one node (a scan; the planner never needs it in a hot path)."""
+        return {cell: nodes[node] for cell, nodes in self.by_cell.items() if node in nodes}
+
+
+_T = TypeVar("_T")
+
+# What a derived index depends on; `with_*` keeps indexes whose inputs did not change.
+NODES, CELLS, PODS, POLICIES, RESERVATIONS, NOW = (
+    "nodes",
+    "cells",
+    "pods",
+    "policies",
+    "reservations",
+    "now",
+)
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, eq=False)
+class ClusterSnapshot:
+    """Everything one decision looks at, at one moment."""
+
+    nodes: Mapping[str, NodeView]
+    cells: Mapping[CellKey, CellView]
+    pods: PodPlacement
+    policies: Mapping[str, ThreadBudgetPolicySpec]
+    now: datetime
+    reservations: tuple[ReservationLike, ...] = ()
+    # Derived indexes: name -> (inputs it depends on, value). Filled lazily by `derived`.
+    _derived: dict[str, tuple[frozenset[str], Any]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "now", _utc(self.now))
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        nodes: Iterable[NodeView],
+        cells: Iterable[CellView],
+        pods: PodPlacement | Iterable[tuple[tuple[str, str], str]],
+        policies: Mapping[str, ThreadBudgetPolicySpec],
+        now: datetime,
+        reservations: Iterable[ReservationLike] = (),
+    ) -> ClusterSnapshot:
+        placement = pods if isinstance(pods, PodPlacement) else PodPlacement.from_pairs(pods)
+        return cls(
+            nodes={node.name: node for node in nodes},
+            cells={cell.key: cell for cell in cells},
+            pods=placement,
+            policies=dict(policies),
+            now=now,
+            reservations=tuple(reservations),
+        )
+
+    def derived(self, name: str, depends_on: frozenset[str], compute: Callable[[], _T]) -> _T:
+        """A derived index, computed on first use and kept for the snapshot's lifetime."""
+        entry = self._derived.get(name)
+        if entry is None:
+            entry = (depends_on, compute())
+            self._derived[name] = entry
+        value: _T = entry[1]
+        return value
+
+    def _changed(self, changed: set[str], **fields: Any) -> ClusterSnapshot:
+        kept = {name: entry for name, entry in self._derived.items() if not entry[0] & changed}
+        return replace(self, _derived=kept, **fields)
+
+    def with_cell(self, cell: CellView) -> ClusterSnapshot:
+        """This snapshot with one cell added or replaced (e.g. the cell being created)."""
+        return self._changed({CELLS}, cells={**self.cells, cell.key: cell})
+
+    def with_reservation(self, reservation: ReservationLike) -> ClusterSnapshot:
+        """This snapshot with `reservation` replacing any other of the same cell."""
+        cell = CellKey(*reservation.cell)
+        kept = tuple(r for r in self.reservations if CellKey(*r.cell) != cell)
+        return self._changed({RESERVATIONS}, reservations=(*kept, reservation))
+
+    def without_reservation(self, cell: tuple[str, str]) -> ClusterSnapshot:
+        key = CellKey(*cell)
+        kept = tuple(r for r in self.reservations if CellKey(*r.cell) != key)
+        return self._changed({RESERVATIONS}, reservations=kept)
+
+    def at(self, now: datetime) -> ClusterSnapshot:
+        """This snapshot seen at another moment (staleness and expiry move on)."""
+        return self._changed({NOW}, now=now)
