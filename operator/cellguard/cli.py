@@ -24,6 +24,7 @@ class _Subcommand(Protocol):
 
 # name -> (module, one-line help). Modules are imported lazily.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("cellguard.runtime.main", "run the operator: admission webhook and reconciler"),
     "dev-cluster": (
         "cellguard.devcluster.cli",
         "run a local real control plane (etcd, kube-apiserver, controllers, kwok nodes)",

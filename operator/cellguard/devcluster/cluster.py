@@ -243,6 +243,19 @@ class LocalCluster:
             self._write_kubeconfig(self.workdir / f"{component}.kubeconfig", pair, user)
         self._write_kubeconfig(self.kubeconfig, self.admin, "cellguard-admin")
 
+    def user_kubeconfig(self, username: str, groups: tuple[str, ...] = ()) -> Path:
+        """A kubeconfig that authenticates as `username` (in `groups`) by client certificate.
+
+        A service account's name works too (system:serviceaccount:NS:NAME), so a local
+        process can act with exactly the identity and RBAC it would have in the cluster.
+        """
+        assert self.ca is not None
+        stem = "user-" + "".join(c if c.isalnum() else "-" for c in username)
+        pair = pki.issue(self.ca, self.pki_dir, stem, username, organizations=groups, client=True)
+        path = self.workdir / f"{stem}.kubeconfig"
+        self._write_kubeconfig(path, pair, username)
+        return path
+
     def _write_kubeconfig(self, path: Path, pair: pki.KeyPair, user: str) -> None:
         assert self.ca is not None
         config = {

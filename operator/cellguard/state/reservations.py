@@ -8,19 +8,9 @@ at most one reservation: a newer admitted change replaces the older one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
 
-CellKey = tuple[str, str]  # (namespace, name)
-
-
-@dataclass(frozen=True)
-class Reservation:
-    cell: CellKey
-    target_replicas: int
-    threads_by_node: Mapping[str, int]
-    expires_at: datetime
+from cellguard.budget.snapshot import CellKey, Reservation
 
 
 class ReservationLedger:
@@ -28,39 +18,37 @@ class ReservationLedger:
 
     def __init__(self) -> None:
         self._by_cell: dict[CellKey, Reservation] = {}
+        self.version = 0  # bumped on every change, so cached snapshots know they are old
 
     def hold(self, reservation: Reservation) -> None:
-        self._by_cell[reservation.cell] = reservation
+        self._by_cell[CellKey(*reservation.cell)] = reservation
+        self.version += 1
 
-    def release(self, cell: CellKey) -> Reservation | None:
-        return self._by_cell.pop(cell, None)
+    def release(self, cell: tuple[str, str]) -> Reservation | None:
+        released = self._by_cell.pop(CellKey(*cell), None)
+        if released is not None:
+            self.version += 1
+        return released
 
-    def release_if_applied(self, cell: CellKey, observed_pods: int) -> bool:
+    def release_if_applied(self, cell: tuple[str, str], observed_pods: int) -> bool:
         """Drop the cell's reservation once its pods reached the reserved size."""
-        held = self._by_cell.get(cell)
+        held = self._by_cell.get(CellKey(*cell))
         if held is not None and observed_pods >= held.target_replicas:
-            del self._by_cell[cell]
+            self.release(cell)
             return True
         return False
 
     def expire(self, now: datetime) -> list[Reservation]:
         expired = [r for r in self._by_cell.values() if r.expires_at <= now]
         for reservation in expired:
-            del self._by_cell[reservation.cell]
+            self.release(reservation.cell)
         return expired
 
-    def get(self, cell: CellKey) -> Reservation | None:
-        return self._by_cell.get(cell)
+    def get(self, cell: tuple[str, str]) -> Reservation | None:
+        return self._by_cell.get(CellKey(*cell))
 
-    def threads_by_node(self, now: datetime, *, excluding: CellKey | None = None) -> dict[str, int]:
-        """Reserved threads per node of every live reservation except `excluding`'s."""
-        totals: dict[str, int] = {}
-        for reservation in self._by_cell.values():
-            if reservation.cell == excluding or reservation.expires_at <= now:
-                continue
-            for node, threads in reservation.threads_by_node.items():
-                totals[node] = totals.get(node, 0) + threads
-        return totals
+    def live(self, now: datetime) -> list[Reservation]:
+        return [r for r in self._by_cell.values() if r.expires_at > now]
 
     def __len__(self) -> int:
         return len(self._by_cell)

@@ -9,25 +9,21 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import ValidationError
 
-from cellguard.api.v1alpha1 import NodeBudgetSpec, StreamCellSpec, ThreadBudgetPolicySpec
+from cellguard.api.v1alpha1 import (
+    NodeBudgetSpec,
+    StreamCell,
+    StreamCellSpec,
+    ThreadBudgetPolicySpec,
+)
+from cellguard.budget.snapshot import CellKey, CellView, NodeView
 from cellguard.constants import LABEL_CELL
 
-CellKey = tuple[str, str]  # (namespace, name)
 PodKey = tuple[str, str]
-
-
-@dataclass(frozen=True)
-class NodeRecord:
-    name: str
-    labels: Mapping[str, str]
-    taints: tuple[Mapping[str, str], ...]
-    ready: bool
-    unschedulable: bool
 
 
 @dataclass(frozen=True)
@@ -37,10 +33,11 @@ class CellRecord:
     uid: str
     generation: int
     spec: StreamCellSpec
+    view: CellView
 
     @property
     def key(self) -> CellKey:
-        return (self.namespace, self.name)
+        return CellKey(self.namespace, self.name)
 
 
 @dataclass(frozen=True)
@@ -48,24 +45,6 @@ class PodRecord:
     cell: CellKey
     node: str | None
     terminating: bool
-
-
-def parse_node(raw: Mapping[str, Any]) -> NodeRecord:
-    metadata = raw.get("metadata", {})
-    spec = raw.get("spec", {}) or {}
-    conditions = (raw.get("status", {}) or {}).get("conditions", []) or []
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-    taints = tuple(
-        {k: str(v) for k, v in taint.items() if k in ("key", "value", "effect")}
-        for taint in spec.get("taints", []) or []
-    )
-    return NodeRecord(
-        name=metadata["name"],
-        labels=dict(metadata.get("labels", {}) or {}),
-        taints=taints,
-        ready=ready,
-        unschedulable=bool(spec.get("unschedulable", False)),
-    )
 
 
 def parse_pod(raw: Mapping[str, Any]) -> tuple[PodKey, PodRecord] | None:
@@ -80,7 +59,7 @@ def parse_pod(raw: Mapping[str, Any]) -> tuple[PodKey, PodRecord] | None:
     namespace = metadata["namespace"]
     node = (raw.get("spec", {}) or {}).get("nodeName") or None
     record = PodRecord(
-        cell=(namespace, cell_name),
+        cell=CellKey(namespace, cell_name),
         node=node,
         terminating=metadata.get("deletionTimestamp") is not None,
     )
@@ -91,16 +70,18 @@ class ClusterState:
     """The operator's cache. Not thread-safe: mutate it from the event loop only."""
 
     def __init__(self) -> None:
-        self.nodes: dict[str, NodeRecord] = {}
+        # Node views carry their current budget, so a snapshot takes them as they are.
+        self.nodes: dict[str, NodeView] = {}
         self.budgets: dict[str, NodeBudgetSpec] = {}
         self.budget_errors: dict[str, str] = {}
         self.cells: dict[CellKey, CellRecord] = {}
         self.cell_errors: dict[CellKey, str] = {}
         self.policies: dict[str, ThreadBudgetPolicySpec] = {}
         self.pods: dict[PodKey, PodRecord] = {}
-        # node -> cell -> pods of that cell bound to that node (terminating ones included:
-        # their threads are still there until they are gone).
-        self.pods_by_node: dict[str, dict[CellKey, int]] = defaultdict(dict)
+        # cell -> node -> pods of that cell bound to that node (terminating ones included:
+        # their threads are there until the pods are gone); the planner's PodPlacement shape.
+        self.placement: dict[CellKey, dict[str, int]] = defaultdict(dict)
+        # cell -> pods of the cell, bound or not.
         self.pods_by_cell: dict[CellKey, int] = defaultdict(int)
         self.synced = False
         self.version = 0  # bumped on every change that can move a decision
@@ -108,10 +89,16 @@ class ClusterState:
     # ------------------------------------------------------------------ nodes and budgets
 
     def upsert_node(self, raw: Mapping[str, Any]) -> None:
-        record = parse_node(raw)
-        if self.nodes.get(record.name) != record:
-            self.nodes[record.name] = record
+        name = raw["metadata"]["name"]
+        view = NodeView.from_manifest(raw, self.budgets.get(name))
+        if self.nodes.get(name) != view:
+            self.nodes[name] = view
             self.version += 1
+
+    def _attach_budget(self, name: str) -> None:
+        view = self.nodes.get(name)
+        if view is not None:
+            self.nodes[name] = replace(view, budget=self.budgets.get(name))
 
     def delete_node(self, name: str) -> None:
         if self.nodes.pop(name, None) is not None:
@@ -128,20 +115,27 @@ class ClusterState:
         else:
             self.budgets[name] = spec
             self.budget_errors.pop(name, None)
+        self._attach_budget(name)
         self.version += 1
 
     def delete_budget(self, name: str) -> None:
         self.budgets.pop(name, None)
         self.budget_errors.pop(name, None)
+        self._attach_budget(name)
         self.version += 1
 
     # ------------------------------------------------------------------ cells and policies
 
     def upsert_cell(self, raw: Mapping[str, Any]) -> CellRecord | None:
         metadata = raw["metadata"]
-        key = (metadata["namespace"], metadata["name"])
+        key = CellKey(metadata["namespace"], metadata["name"])
         try:
-            spec = StreamCellSpec.model_validate(raw.get("spec", {}))
+            cell = StreamCell.model_validate(
+                {
+                    "metadata": {"name": key.name, "namespace": key.namespace},
+                    "spec": raw.get("spec", {}),
+                }
+            )
         except ValidationError as error:
             self.cells.pop(key, None)
             self.cell_errors[key] = _first_error(error)
@@ -152,7 +146,8 @@ class ClusterState:
             name=key[1],
             uid=metadata.get("uid", ""),
             generation=int(metadata.get("generation", 0)),
-            spec=spec,
+            spec=cell.spec,
+            view=CellView.from_streamcell(cell),
         )
         self.cells[key] = record
         self.cell_errors.pop(key, None)
@@ -207,12 +202,12 @@ class ClusterState:
             del self.pods_by_cell[record.cell]
         if record.node is None:
             return
-        per_cell = self.pods_by_node[record.node]
-        per_cell[record.cell] = per_cell.get(record.cell, 0) + delta
-        if per_cell[record.cell] <= 0:
-            del per_cell[record.cell]
-        if not per_cell:
-            del self.pods_by_node[record.node]
+        per_node = self.placement[record.cell]
+        per_node[record.node] = per_node.get(record.node, 0) + delta
+        if per_node[record.node] <= 0:
+            del per_node[record.node]
+        if not per_node:
+            del self.placement[record.cell]
 
     # ------------------------------------------------------------------ bulk
 
@@ -227,10 +222,10 @@ class ClusterState:
     ) -> None:
         """Load a complete listing (start-up and periodic resync); then the cache is synced."""
         fresh = ClusterState()
-        for raw in nodes:
-            fresh.upsert_node(raw)
         for raw in budgets:
             fresh.upsert_budget(raw)
+        for raw in nodes:
+            fresh.upsert_node(raw)
         for raw in cells:
             fresh.upsert_cell(raw)
         for raw in policies:
@@ -243,9 +238,9 @@ class ClusterState:
             fresh.budget_errors,
         )
         self.cells, self.cell_errors, self.policies = fresh.cells, fresh.cell_errors, fresh.policies
-        self.pods, self.pods_by_node, self.pods_by_cell = (
+        self.pods, self.placement, self.pods_by_cell = (
             fresh.pods,
-            fresh.pods_by_node,
+            fresh.placement,
             fresh.pods_by_cell,
         )
         self.version += 1

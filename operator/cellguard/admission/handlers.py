@@ -1,0 +1,179 @@
+"""Validating admission: thin kopf handlers that ask the scale gate and answer.
+
+Four webhooks (see `resources.webhook`): StreamCell create/update, the StreamCell /scale
+subresource (kubectl scale, the HorizontalPodAutoscaler), and direct changes to a cell's
+own Deployment or its /scale, which are refused: the StreamCell is the only door.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from cellguard.api.v1alpha1 import StreamCellSpec
+from cellguard.constants import (
+    GROUP,
+    LABEL_CELL,
+    STREAMCELL_PLURAL,
+    VERSION,
+    WEBHOOK_DEPLOYMENT,
+    WEBHOOK_DEPLOYMENT_SCALE,
+    WEBHOOK_STREAMCELL,
+    WEBHOOK_STREAMCELL_SCALE,
+)
+from cellguard.context import OperatorContext
+from cellguard.state.gate import GateAnswer
+
+# 403 Forbidden: kubectl shows "admission webhook ... denied the request: <message>".
+_REFUSED = 403
+
+
+def _refuse(answer: GateAnswer) -> None:
+    if not answer.allowed:
+        raise kopf.AdmissionError(answer.message, code=_REFUSED)
+
+
+def _spec_of(body: kopf.Body | None) -> dict[str, Any]:
+    return dict(body.spec) if body is not None else {}
+
+
+def _replicas(body: kopf.Body | None) -> Any:
+    return _spec_of(body).get("replicas")
+
+
+def _parse_spec(body: kopf.Body | None) -> StreamCellSpec:
+    try:
+        return StreamCellSpec.model_validate(_spec_of(body))
+    except ValidationError as error:
+        problems = "; ".join(
+            f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+        )
+        raise kopf.AdmissionError(f"invalid StreamCell: {problems}", code=422) from error
+
+
+def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
+    """Attach the admission handlers to `registry`."""
+
+    @kopf.on.validate(
+        GROUP,
+        VERSION,
+        STREAMCELL_PLURAL,
+        id=WEBHOOK_STREAMCELL,
+        operations=["CREATE", "UPDATE"],
+        registry=registry,
+    )
+    async def validate_streamcell(
+        body: kopf.Body, dryrun: bool, warnings: list[str], **kwargs: Any
+    ) -> None:
+        started = time.perf_counter()
+        old, new, operation = kwargs.get("old"), kwargs.get("new"), kwargs.get("operation")
+        try:
+            new_spec = _parse_spec(new)
+            old_spec = _parse_spec(old) if operation == "UPDATE" and old else None
+            namespace = body.metadata.get("namespace") or ""
+            name = body.metadata.get("name") or ""
+            answer = await ctx.gate.admit_cell_change(
+                (namespace, name), old_spec, new_spec, dry_run=dryrun
+            )
+            warnings.extend(answer.warnings)
+            _refuse(answer)
+        finally:
+            ctx.metrics.observe_admission(WEBHOOK_STREAMCELL, time.perf_counter() - started)
+
+    @kopf.on.validate(
+        GROUP,
+        VERSION,
+        STREAMCELL_PLURAL,
+        id=WEBHOOK_STREAMCELL_SCALE,
+        subresource="scale",
+        operations=["UPDATE"],
+        registry=registry,
+    )
+    async def validate_streamcell_scale(
+        body: kopf.Body, dryrun: bool, warnings: list[str], **kwargs: Any
+    ) -> None:
+        # The object is an autoscaling/v1 Scale, not the cell: look the cell up ourselves.
+        started = time.perf_counter()
+        try:
+            namespace = body.metadata.get("namespace") or ""
+            name = body.metadata.get("name") or ""
+            target = int(_replicas(kwargs.get("new")) or 0)
+            answer = await ctx.gate.admit_scale((namespace, name), target, dry_run=dryrun)
+            warnings.extend(answer.warnings)
+            _refuse(answer)
+        finally:
+            ctx.metrics.observe_admission(WEBHOOK_STREAMCELL_SCALE, time.perf_counter() - started)
+
+    @kopf.on.validate(
+        "apps",
+        "v1",
+        "deployments",
+        id=WEBHOOK_DEPLOYMENT,
+        operations=["UPDATE"],
+        labels={LABEL_CELL: kopf.PRESENT},
+        registry=registry,
+    )
+    async def validate_cell_deployment(userinfo: kopf.UserInfo, **kwargs: Any) -> None:
+        started = time.perf_counter()
+        try:
+            if ctx.is_own_request(userinfo):
+                return
+            old, new = kwargs.get("old"), kwargs.get("new")
+            old_spec = _spec_of(old)
+            new_spec = _spec_of(new)
+            # Controllers (the deployment controller's revision annotation, the garbage
+            # collector) touch metadata only: the spec is what nobody but us may change.
+            if old_spec == new_spec:
+                return
+            cell = (new.metadata.labels if new is not None else {}).get(LABEL_CELL, "")
+            if old_spec.get("replicas") != new_spec.get("replicas"):
+                raise kopf.AdmissionError(
+                    f"this Deployment belongs to StreamCell {cell}, whose every scale is "
+                    f"checked against node thread limits: scale the StreamCell instead "
+                    f"(kubectl scale streamcell/{cell} --replicas=N)",
+                    code=_REFUSED,
+                )
+            raise kopf.AdmissionError(
+                f"this Deployment is managed by StreamCell {cell}: edit the StreamCell's "
+                f"spec.template instead (kubectl edit streamcell/{cell})",
+                code=_REFUSED,
+            )
+        finally:
+            ctx.metrics.observe_admission(WEBHOOK_DEPLOYMENT, time.perf_counter() - started)
+
+    @kopf.on.validate(
+        "apps",
+        "v1",
+        "deployments",
+        id=WEBHOOK_DEPLOYMENT_SCALE,
+        subresource="scale",
+        operations=["UPDATE"],
+        registry=registry,
+    )
+    async def validate_cell_deployment_scale(
+        body: kopf.Body, userinfo: kopf.UserInfo, **kwargs: Any
+    ) -> None:
+        started = time.perf_counter()
+        try:
+            if ctx.is_own_request(userinfo):
+                return
+            old_replicas = _replicas(kwargs.get("old"))
+            new_replicas = _replicas(kwargs.get("new"))
+            if old_replicas == new_replicas:
+                return
+            namespace = body.metadata.get("namespace") or ""
+            name = body.metadata.get("name") or ""
+            cell = ctx.cell_of_deployment(namespace, name)
+            if cell is None:
+                return  # not a cell's Deployment (the Scale object carries no labels)
+            raise kopf.AdmissionError(
+                f"this Deployment belongs to StreamCell {cell}, whose every scale is checked "
+                f"against node thread limits: scale the StreamCell instead "
+                f"(kubectl scale streamcell/{cell} --replicas={new_replicas})",
+                code=_REFUSED,
+            )
+        finally:
+            ctx.metrics.observe_admission(WEBHOOK_DEPLOYMENT_SCALE, time.perf_counter() - started)

@@ -1,0 +1,1 @@
+"""The reconciler (thin kopf handlers) and pure status construction."""

@@ -1,0 +1,331 @@
+"""`cellguard run`: the operator process.
+
+Order of things: probes up (live, not ready) → win the Lease → learn our own identity →
+list everything into the cache → serve the webhook and start kopf → ready. Losing the
+Lease, a signal, or kopf stopping ends the process; the Lease is released on a clean stop
+so a follower takes over at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import logging
+import signal
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import kopf
+from kubernetes import client
+
+from cellguard import kubeclient, pki
+from cellguard import settings as settings_module
+from cellguard.admission import handlers as admission_handlers
+from cellguard.constants import (
+    FIELD_MANAGER_OPERATOR,
+    GROUP,
+    KOPF_PREFIX,
+    LABEL_CELL,
+    NODEBUDGET_PLURAL,
+    POLICY_PLURAL,
+    STREAMCELL_PLURAL,
+    VERSION,
+)
+from cellguard.context import OperatorContext
+from cellguard.metrics import OperatorMetrics
+from cellguard.reconcile import handlers as reconcile_handlers
+from cellguard.resources import webhook as webhook_config
+from cellguard.runtime.leader import LeaderElector, LeaseConfig
+from cellguard.runtime.probes import ProbeServer
+from cellguard.settings import Settings, WebhookMode
+
+log = logging.getLogger("cellguard")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    settings_module.add_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_module.from_args(args)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # kopf logs every handler run at INFO: one line per pod event is noise at scale.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    return asyncio.run(run_operator(settings))
+
+
+# ---------------------------------------------------------------------- listing
+
+
+def _list_all(
+    api: client.ApiClient, path: str, label_selector: str | None = None
+) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    token = ""
+    while True:
+        query = [("limit", "500")]
+        if token:
+            query.append(("continue", token))
+        if label_selector:
+            query.append(("labelSelector", label_selector))
+        page = kubeclient.request_json(api, "GET", path, query=query, timeout=120)
+        items.extend(page.get("items", []))
+        token = page.get("metadata", {}).get("continue") or ""
+        if not token:
+            return items
+
+
+def initial_sync(api: client.ApiClient, ctx: OperatorContext) -> None:
+    """Load a complete listing into the cache (blocking; run in a thread)."""
+    crd = f"/apis/{GROUP}/{VERSION}"
+    namespaces = ctx.settings.namespaces
+
+    def namespaced(group_path: str, plural: str, selector: str | None = None) -> list[Any]:
+        if not namespaces:
+            return _list_all(api, f"{group_path}/{plural}", selector)
+        return [
+            item
+            for ns in namespaces
+            for item in _list_all(api, f"{group_path}/namespaces/{ns}/{plural}", selector)
+        ]
+
+    cell_selector = LABEL_CELL
+    ctx.state.replace_all(
+        nodes=_list_all(api, "/api/v1/nodes"),
+        budgets=_list_all(api, f"{crd}/{NODEBUDGET_PLURAL}"),
+        cells=namespaced(crd, STREAMCELL_PLURAL),
+        policies=_list_all(api, f"{crd}/{POLICY_PLURAL}"),
+        pods=namespaced("/api/v1", "pods", cell_selector),
+    )
+    for deployment in namespaced("/apis/apps/v1", "deployments", cell_selector):
+        ctx.note_deployment(deployment)
+
+
+def own_username(api: client.ApiClient) -> str:
+    review = kubeclient.request_json(
+        api,
+        "POST",
+        "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+        body={"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
+    )
+    username: str = review["status"]["userInfo"]["username"]
+    return username
+
+
+# ---------------------------------------------------------------------- webhook
+
+
+def webhook_server(settings: Settings, workdir: Path) -> tuple[kopf.WebhookServer, bytes]:
+    """The webhook server and the CA bundle the API server must trust."""
+    if settings.webhook_cert and settings.webhook_key:
+        certfile, keyfile = settings.webhook_cert, settings.webhook_key
+        ca_path = settings.webhook_ca or settings.webhook_cert
+        ca_bundle = ca_path.read_bytes()
+    else:
+        # Local runs: a throwaway CA and a serving certificate for loopback.
+        ca = pki.make_ca(workdir, "cellguard-webhook-ca")
+        serving = pki.issue(
+            ca,
+            workdir,
+            "webhook",
+            "cellguard-webhook",
+            dns_names=("localhost",),
+            ip_addresses=("127.0.0.1",),
+            server=True,
+        )
+        certfile, keyfile = serving.cert_path, serving.key_path
+        ca_bundle = ca.cert_path.read_bytes()
+    server = kopf.WebhookServer(
+        addr=settings.webhook_listen_host,
+        port=settings.webhook_port,
+        certfile=str(certfile),
+        pkeyfile=str(keyfile),
+    )
+    return server, ca_bundle
+
+
+def register_url_webhook(api: client.ApiClient, settings: Settings, ca_bundle: bytes) -> None:
+    base_url = settings.webhook_url or f"https://127.0.0.1:{settings.webhook_port}"
+    manifest = webhook_config.validating_webhook_configuration(
+        webhook_config.url_client_config(base_url, base64.b64encode(ca_bundle).decode()),
+        exempt_namespaces=settings.all_exempt_namespaces,
+        timeout_seconds=settings.webhook_timeout_seconds,
+    )
+    kubeclient.server_side_apply(api, manifest, FIELD_MANAGER_OPERATOR)
+
+
+# ---------------------------------------------------------------------- kopf
+
+
+def kopf_settings(settings: Settings, server: kopf.WebhookServer) -> kopf.OperatorSettings:
+    kopf_cfg = kopf.OperatorSettings()
+    kopf_cfg.persistence.finalizer = f"{KOPF_PREFIX}/finalizer"
+    kopf_cfg.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
+    kopf_cfg.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=KOPF_PREFIX, key="last-handled-configuration"
+    )
+    # Leadership is ours (a Lease), so kopf's own peering is off.
+    kopf_cfg.peering.standalone = True
+    kopf_cfg.peering.name = "cellguard"
+    kopf_cfg.admission.server = server
+    kopf_cfg.admission.managed = None  # the chart or register_url_webhook owns the config
+    # Events only for what we post on purpose (refusals), not for every handler log line.
+    kopf_cfg.posting.level = logging.WARNING
+    kopf_cfg.watching.server_timeout = 300
+    kopf_cfg.networking.request_timeout = 60
+    return kopf_cfg
+
+
+def connection_info(api: client.ApiClient) -> kopf.ConnectionInfo:
+    config = api.configuration
+    header = config.get_api_key_with_prefix("BearerToken") or config.get_api_key_with_prefix(
+        "authorization"
+    )
+    parts = header.split(" ", 1) if header else []
+    scheme, token = (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0] if parts else None)
+    return kopf.ConnectionInfo(
+        server=config.host,
+        ca_path=config.ssl_ca_cert,
+        insecure=not config.verify_ssl,
+        scheme=scheme,
+        token=token,
+        certificate_path=config.cert_file,
+        private_key_path=config.key_file,
+    )
+
+
+def build_registry(ctx: OperatorContext, api: client.ApiClient) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return connection_info(api)
+
+    admission_handlers.register(registry, ctx)
+    reconcile_handlers.register(registry, ctx)
+    return registry
+
+
+# ---------------------------------------------------------------------- main
+
+
+async def run_operator(settings: Settings) -> int:
+    api = kubeclient.load_api_client(settings.kubeconfig)
+    metrics = OperatorMetrics()
+
+    def apply(manifest: dict[str, Any]) -> dict[str, Any]:
+        return kubeclient.server_side_apply(api, manifest, FIELD_MANAGER_OPERATOR)
+
+    ctx = OperatorContext(settings, metrics, apply)
+    metrics.attach_fleet(ctx)
+    stop = asyncio.Event()
+    kopf_ready = asyncio.Event()
+    kopf_stop = asyncio.Event()
+    elector = LeaderElector(
+        api,
+        LeaseConfig(
+            namespace=settings.operator_namespace,
+            name=settings.lease_name,
+            identity=settings.identity,
+        ),
+    )
+
+    def readiness() -> tuple[bool, str]:
+        if not elector.is_leader:
+            return False, "not the leader"
+        if not ctx.state.synced:
+            return False, "caches filling"
+        if not kopf_ready.is_set():
+            return False, "handlers starting"
+        return True, "ready"
+
+    def readiness_gauge() -> None:
+        metrics.ready.set(1.0 if readiness()[0] else 0.0)
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    probes = ProbeServer(
+        host=settings.probe_host,
+        health_port=settings.health_port,
+        metrics_port=settings.metrics_port,
+        is_ready=readiness,
+    )
+    await probes.start()
+    log.info(
+        "probes on %s:%d, metrics on :%d",
+        settings.probe_host,
+        settings.health_port,
+        settings.metrics_port,
+    )
+    workdir = Path(tempfile.mkdtemp(prefix="cellguard-operator-"))
+    exit_code = 0
+    try:
+        if not await elector.acquire(stop):
+            return 0
+        hold = asyncio.create_task(elector.hold(stop), name="lease")
+        ctx.own_username = await asyncio.to_thread(own_username, api)
+        log.info("acting as %s", ctx.own_username)
+        await asyncio.to_thread(initial_sync, api, ctx)
+        log.info(
+            "cache synced: %d nodes, %d budgets, %d cells, %d cell pods",
+            len(ctx.state.nodes),
+            len(ctx.state.budgets),
+            len(ctx.state.cells),
+            len(ctx.state.pods),
+        )
+        server, ca_bundle = webhook_server(settings, workdir)
+        if settings.webhook_mode is WebhookMode.URL:
+            await asyncio.to_thread(register_url_webhook, api, settings, ca_bundle)
+        registry = build_registry(ctx, api)
+        operator_task = asyncio.create_task(
+            kopf.operator(
+                registry=registry,
+                settings=kopf_settings(settings, server),
+                clusterwide=not settings.namespaces,
+                namespaces=list(settings.namespaces),
+                stop_flag=kopf_stop,
+                ready_flag=kopf_ready,
+            ),
+            name="kopf",
+        )
+        housekeeping = asyncio.create_task(_housekeeping(ctx, stop, readiness_gauge))
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait(
+            {hold, operator_task, stopper}, return_when=asyncio.FIRST_COMPLETED
+        )
+        if hold in done and not stop.is_set():
+            log.error("leadership lost: exiting so that a follower takes over")
+            exit_code = 1
+        if operator_task in done and not stop.is_set():
+            log.error("kopf stopped unexpectedly")
+            exit_code = 1
+        stop.set()
+        kopf_stop.set()
+        housekeeping.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(operator_task, timeout=30)
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await hold
+        stopper.cancel()
+    finally:
+        await probes.stop()
+    return exit_code
+
+
+async def _housekeeping(ctx: OperatorContext, stop: asyncio.Event, readiness_gauge: Any) -> None:
+    """Expire reservations and keep the gauges that are not per node/cell current."""
+    while not stop.is_set():
+        for expired in ctx.ledger.expire(ctx.now()):
+            log.info("reservation of %s/%s expired", *expired.cell)
+        ctx.metrics.reservations.set(len(ctx.ledger))
+        readiness_gauge()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=1.0)

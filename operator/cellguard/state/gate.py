@@ -1,0 +1,378 @@
+"""The scale gate: every scale decision of the operator passes here, one at a time.
+
+It turns the cache into a planner snapshot, asks the planner, and on an admitted scale-up
+(that is not a dry run) holds a reservation so that a concurrent change cannot spend the
+same headroom. Refusals are remembered per cell for its status. No kopf, no client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from cellguard.api.v1alpha1 import (
+    NodeBudgetSpec,
+    StreamCell,
+    StreamCellSpec,
+    ThreadBudgetPolicySpec,
+)
+from cellguard.budget import (
+    BudgetStatus,
+    CellView,
+    ClusterSnapshot,
+    Decision,
+    PodPlacement,
+    cell_status,
+    decide,
+    threads_per_pod,
+)
+from cellguard.budget.snapshot import CellKey
+from cellguard.budget.usage import modelled_threads, policy_nodes, reserved_threads, used_threads
+from cellguard.constants import DEFAULT_POLICY_NAME
+from cellguard.metrics import NodeFigures
+from cellguard.state.reservations import ReservationLedger
+from cellguard.state.store import CellRecord, ClusterState
+
+NOT_SYNCED = "NotSynced"
+UNKNOWN_CELL = "UnknownCell"
+
+
+class DecisionCounter(Protocol):
+    def count_decision(self, allowed: bool, reason: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class GateAnswer:
+    allowed: bool
+    reason: str
+    message: str
+    warnings: tuple[str, ...] = ()
+    decision: Decision | None = None
+
+
+@dataclass(frozen=True)
+class Refusal:
+    time: datetime.datetime
+    requested_replicas: int
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class BackstopAnswer:
+    """What the reconciler may apply: the desired size if it fits, else what runs now."""
+
+    allowed: bool
+    reason: str
+    message: str
+    replicas_to_apply: int
+    threads_per_pod: int
+
+
+@dataclass(frozen=True)
+class CellFigures:
+    threads_per_pod: int
+    max_safe_replicas: int
+    headroom: float | None
+    limiting_node: str | None
+    within_budget: bool
+    budget_reason: str
+    budget_message: str
+
+
+def _view(namespace: str, name: str, spec: StreamCellSpec, replicas: int) -> CellView:
+    cell = StreamCell(metadata={"namespace": namespace, "name": name}, spec=spec)
+    return CellView.from_streamcell(cell, replicas=replicas)
+
+
+def _placement_changed(old: StreamCellSpec, new: StreamCellSpec) -> bool:
+    return (
+        old.placement != new.placement
+        or old.isolation != new.isolation
+        or old.policy_ref != new.policy_ref
+        or old.service != new.service
+        or (old.template.get("spec") or {}).get("nodeSelector")
+        != (new.template.get("spec") or {}).get("nodeSelector")
+        or (old.template.get("spec") or {}).get("tolerations")
+        != (new.template.get("spec") or {}).get("tolerations")
+    )
+
+
+class ScaleGate:
+    def __init__(
+        self,
+        state: ClusterState,
+        ledger: ReservationLedger,
+        metrics: DecisionCounter,
+        *,
+        now: Callable[[], datetime.datetime],
+    ) -> None:
+        self.state = state
+        self.ledger = ledger
+        self.metrics = metrics
+        self.now = now
+        self._lock = asyncio.Lock()
+        self._cached: tuple[tuple[int, int], ClusterSnapshot] | None = None
+        self.refusals: dict[CellKey, Refusal] = {}
+        self.admitted_at: dict[CellKey, datetime.datetime] = {}
+
+    # ------------------------------------------------------------------ snapshot
+
+    def snapshot(self) -> ClusterSnapshot:
+        """The cache as a planner snapshot; rebuilt only when cache or ledger changed."""
+        now = self.now()
+        key = (self.state.version, self.ledger.version)
+        if self._cached is not None and self._cached[0] == key:
+            return self._cached[1].at(now)
+        snapshot = ClusterSnapshot.build(
+            nodes=self.state.nodes.values(),
+            cells=[c.view for c in self.state.cells.values()],
+            pods=PodPlacement({k: dict(v) for k, v in self.state.placement.items()}),
+            policies=self.state.policies,
+            now=now,
+            reservations=self.ledger.live(now),
+        )
+        self._cached = (key, snapshot)
+        return snapshot
+
+    def _ttl(self, policy_name: str) -> datetime.timedelta:
+        policy = self.state.policies.get(policy_name) or ThreadBudgetPolicySpec()
+        return datetime.timedelta(seconds=policy.reservation_ttl_seconds)
+
+    def _not_synced(self) -> GateAnswer:
+        return GateAnswer(
+            allowed=False,
+            reason=NOT_SYNCED,
+            message=(
+                "cellguard is starting and its view of the cluster is not complete yet, so it "
+                "cannot check this scale-up; retry in a few seconds"
+            ),
+        )
+
+    # ------------------------------------------------------------------ admission
+
+    async def admit_cell_change(
+        self,
+        key: tuple[str, str],
+        old: StreamCellSpec | None,
+        new: StreamCellSpec,
+        *,
+        dry_run: bool,
+    ) -> GateAnswer:
+        cell = CellKey(*key)
+        async with self._lock:
+            current = old.replicas if old is not None else 0
+            target = new.replicas
+            grows = target > current
+            if old is not None and not grows:
+                model_grew = threads_per_pod(
+                    new.threads.base, new.threads.per_peer, target
+                ) > threads_per_pod(old.threads.base, old.threads.per_peer, target)
+                if not (model_grew or _placement_changed(old, new)):
+                    return GateAnswer(True, "NoChange", "no change that needs a budget check")
+            if not self.state.synced:
+                return self._settle(cell, target, self._not_synced(), dry_run)
+            snapshot = self.snapshot().with_cell(_view(cell.namespace, cell.name, new, current))
+            if grows:
+                decision = decide(snapshot, cell, target)
+                answer = self._answer(decision)
+                if decision.allowed and not dry_run:
+                    self._reserve(decision, new.policy_ref)
+                return self._settle(cell, target, answer, dry_run)
+            # Same or fewer replicas, but each pod costs more or may land elsewhere: the
+            # cell at its new shape must fit as a whole.
+            status = cell_status(
+                snapshot.with_cell(_view(cell.namespace, cell.name, new, target)), cell
+            )
+            answer = GateAnswer(
+                allowed=status.within_budget,
+                reason=str(status.reason or "WithinBudget"),
+                message=(
+                    f"this change to {cell.namespace}/{cell.name} does not fit: {status.message}"
+                    if not status.within_budget
+                    else status.message
+                ),
+            )
+            return self._settle(cell, target, answer, dry_run)
+
+    async def admit_scale(self, key: tuple[str, str], target: int, *, dry_run: bool) -> GateAnswer:
+        cell = CellKey(*key)
+        async with self._lock:
+            if not self.state.synced:
+                return self._settle(cell, target, self._not_synced(), dry_run)
+            record = self.state.cells.get(cell)
+            if record is None:
+                answer = GateAnswer(
+                    allowed=False,
+                    reason=UNKNOWN_CELL,
+                    message=(
+                        f"StreamCell {cell.namespace}/{cell.name} is not known to cellguard yet "
+                        "(just created, or its spec is invalid); retry in a few seconds"
+                    ),
+                )
+                return self._settle(cell, target, answer, dry_run)
+            decision = decide(self.snapshot(), cell, target)
+            if decision.allowed and target > record.spec.replicas and not dry_run:
+                self._reserve(decision, record.spec.policy_ref)
+            return self._settle(cell, target, self._answer(decision), dry_run)
+
+    def _answer(self, decision: Decision) -> GateAnswer:
+        warnings: list[str] = []
+        if (
+            decision.allowed
+            and decision.to_replicas > decision.from_replicas
+            and decision.max_safe_replicas
+            and decision.to_replicas >= 0.9 * decision.max_safe_replicas
+        ):
+            warnings.append(
+                f"{decision.cell} at {decision.to_replicas} replicas is close to its largest "
+                f"safe size ({decision.max_safe_replicas}): plan another cell"
+            )
+        return GateAnswer(
+            allowed=decision.allowed,
+            reason=str(decision.reason),
+            message=decision.message,
+            warnings=tuple(warnings),
+            decision=decision,
+        )
+
+    def _reserve(self, decision: Decision, policy_name: str) -> None:
+        if decision.reservation:
+            self.ledger.hold(decision.reservation_until(self.now() + self._ttl(policy_name)))
+
+    def _settle(self, cell: CellKey, target: int, answer: GateAnswer, dry_run: bool) -> GateAnswer:
+        """Record a real (not dry-run) answer: metrics, and the cell's last refusal."""
+        if dry_run:
+            return answer
+        self.metrics.count_decision(answer.allowed, answer.reason)
+        if answer.allowed:
+            self.admitted_at[cell] = self.now()
+        else:
+            self.refusals[cell] = Refusal(self.now(), target, answer.reason, answer.message)
+        return answer
+
+    def refusal_of(self, cell: tuple[str, str]) -> tuple[Refusal | None, bool]:
+        """The cell's last refusal, and whether it is still current (nothing admitted since)."""
+        key = CellKey(*cell)
+        refusal = self.refusals.get(key)
+        if refusal is None:
+            return None, False
+        admitted = self.admitted_at.get(key)
+        return refusal, admitted is None or admitted < refusal.time
+
+    def forget(self, cell: tuple[str, str]) -> None:
+        key = CellKey(*cell)
+        self.refusals.pop(key, None)
+        self.admitted_at.pop(key, None)
+
+    # ------------------------------------------------------------------ reconciler
+
+    async def backstop(self, record: CellRecord, applied: int | None) -> BackstopAnswer:
+        """Re-check the desired size before it is applied (the webhook may be bypassed)."""
+        desired = record.spec.replicas
+        running = applied if applied is not None else 0
+        per_pod_desired = threads_per_pod(
+            record.spec.threads.base, record.spec.threads.per_peer, desired
+        )
+        if desired <= running:
+            return BackstopAnswer(True, "ScaleDown", "", desired, per_pod_desired)
+        async with self._lock:
+            if not self.state.synced:
+                answer = self._not_synced()
+                return BackstopAnswer(
+                    False,
+                    answer.reason,
+                    answer.message,
+                    running,
+                    threads_per_pod(
+                        record.spec.threads.base, record.spec.threads.per_peer, running
+                    ),
+                )
+            snapshot = self.snapshot().with_cell(replace(record.view, replicas=running))
+            decision = decide(snapshot, record.key, desired)
+        if decision.allowed:
+            return BackstopAnswer(
+                True, str(decision.reason), decision.message, desired, per_pod_desired
+            )
+        return BackstopAnswer(
+            False,
+            str(decision.reason),
+            decision.message,
+            running,
+            threads_per_pod(record.spec.threads.base, record.spec.threads.per_peer, running),
+        )
+
+    async def cell_figures(self, record: CellRecord, applied: int) -> CellFigures:
+        async with self._lock:
+            snapshot = self.snapshot()
+            if applied != record.view.replicas:
+                snapshot = snapshot.with_cell(replace(record.view, replicas=applied))
+            status = cell_status(snapshot, record.key)
+        return CellFigures(
+            threads_per_pod=status.threads_per_pod,
+            max_safe_replicas=status.max_safe_replicas,
+            headroom=status.headroom,
+            limiting_node=status.limiting_node,
+            within_budget=status.within_budget,
+            budget_reason=str(status.reason) if status.reason else "WithinBudget",
+            budget_message=status.message,
+        )
+
+    # ------------------------------------------------------------------ metrics
+
+    def node_figures(self) -> list[NodeFigures]:
+        """Per-node figures under the default policy (for the Prometheus gauges)."""
+        snapshot = self.snapshot()
+        if DEFAULT_POLICY_NAME not in snapshot.policies:
+            snapshot = replace(
+                snapshot,
+                policies={**snapshot.policies, DEFAULT_POLICY_NAME: ThreadBudgetPolicySpec()},
+                _derived={},
+            )
+        nodes = policy_nodes(snapshot, DEFAULT_POLICY_NAME)
+        modelled = modelled_threads(snapshot)
+        reserved = reserved_threads(snapshot)
+        rows = []
+        for name in sorted(snapshot.nodes):
+            figures = nodes.limits[name]
+            budget = snapshot.nodes[name].budget
+            projected = (
+                used_threads(figures, modelled.get(name, 0)) + reserved.total.get(name, 0)
+                if figures.limit is not None
+                else None
+            )
+            rows.append(
+                NodeFigures(
+                    node=name,
+                    thread_limit=figures.limit,
+                    threads_allowed=figures.allowed,
+                    threads_observed=budget.threads_in_use if budget else None,
+                    threads_projected=projected,
+                    thread_headroom_ratio=(
+                        1 - projected / figures.limit
+                        if projected is not None and figures.limit
+                        else None
+                    ),
+                    pid_limit=budget.pid_max if budget else None,
+                    pid_headroom_ratio=_pid_headroom(budget),
+                    budget_age_seconds=(
+                        (snapshot.now - budget.observed_at).total_seconds() if budget else None
+                    ),
+                    budget_known=figures.status is BudgetStatus.KNOWN,
+                )
+            )
+        return rows
+
+
+def _pid_headroom(budget: NodeBudgetSpec | None) -> float | None:
+    if budget is None:
+        return None
+    pods = budget.kubepods
+    if pods.max is not None and pods.current is not None:
+        return 1 - pods.current / pods.max
+    if budget.pid_max and budget.threads_in_use is not None:
+        return 1 - budget.threads_in_use / budget.pid_max
+    return None
