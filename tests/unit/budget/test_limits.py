@@ -1,0 +1,94 @@
+"""A node's limit under a policy: the smallest figure, known, unknown, stale or assumed."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from fractions import Fraction
+from typing import Any
+
+import pytest
+
+from cellguard.api.v1alpha1 import NodeBudgetSpec
+from cellguard.budget import BudgetStatus, node_limits
+from cellguard.budget.limits import allowed_threads, margin_fraction
+
+from .helpers import NOW, PID_MAX, budget, policy, use_defaults
+
+
+@pytest.mark.parametrize(
+    ("fields", "limit", "source"),
+    [
+        ({}, PID_MAX, "kernel.pid_max"),
+        ({"threads_max": 20_000}, 20_000, "kernel.threads-max"),
+        ({"kubepods_max": 10_000}, 10_000, "kubepods pids.max"),
+        ({"kubepods_max": 100_000}, PID_MAX, "kernel.pid_max"),
+    ],
+)
+def test_effective_limit_is_the_smallest(fields: dict[str, Any], limit: int, source: str) -> None:
+    figures = node_limits("n1", budget("n1", **fields), policy(), NOW)
+    assert figures.status is BudgetStatus.KNOWN
+    assert (figures.limit, figures.limit_source) == (limit, source)
+    assert figures.allowed == allowed_threads(limit, Fraction(1, 5))
+
+
+@pytest.mark.parametrize(
+    ("limit", "margin", "allowed"),
+    [
+        (32_768, 0.2, 26_214),
+        (10, 0.9, 1),  # in floats 10 * (1 - 0.9) is 0.9999999999999998
+        (1_000, 0.0, 1_000),
+        (4_194_304, 0.25, 3_145_728),
+    ],
+)
+def test_allowed_threads_is_exact(limit: int, margin: float, allowed: int) -> None:
+    assert allowed_threads(limit, margin_fraction(policy(safetyMargin=margin))) == allowed
+
+
+def test_missing_budget_is_unknown() -> None:
+    figures = node_limits("n1", None, policy(), NOW)
+    assert figures.status is BudgetStatus.UNKNOWN
+    assert figures.limit is None and not figures.usable
+    assert "no NodeBudget" in figures.detail
+
+
+@pytest.mark.parametrize(
+    ("missing", "wire_name"),
+    [("threads_max", "threadsMax"), ("pid_max", "pidMax"), ("threads_in_use", "threadsInUse")],
+)
+def test_missing_figure_is_unknown(missing: str, wire_name: str) -> None:
+    fields: dict[str, object] = {"threads_max": 1, "pid_max": 1, "threads_in_use": 0}
+    fields[missing] = None
+    spec = NodeBudgetSpec(node_name="n1", observed_at=NOW, **fields)
+    figures = node_limits("n1", spec, policy(), NOW)
+    assert figures.status is BudgetStatus.UNKNOWN
+    assert not figures.usable
+    assert figures.detail == f"its NodeBudget lacks {wire_name}"
+
+
+def test_stale_after_the_policy_window() -> None:
+    fresh = node_limits("n1", budget("n1", age=timedelta(seconds=300)), policy(), NOW)
+    stale = node_limits("n1", budget("n1", age=timedelta(seconds=301)), policy(), NOW)
+    assert fresh.status is BudgetStatus.KNOWN
+    assert stale.status is BudgetStatus.STALE and not stale.usable
+    assert "301s ago" in stale.detail
+    lenient = node_limits(
+        "n1", budget("n1", age=timedelta(seconds=301)), policy(staleAfterSeconds=600), NOW
+    )
+    assert lenient.status is BudgetStatus.KNOWN
+
+
+def test_use_defaults_stands_in_for_unknown_and_stale() -> None:
+    rules = use_defaults(pidMax=20_000, threadsInUse=500, podPidsLimit=4_096)
+    for figures in (
+        node_limits("n1", None, rules, NOW),
+        node_limits("n1", budget("n1", age=timedelta(hours=1)), rules, NOW),
+    ):
+        assert figures.usable and figures.from_defaults
+        assert (figures.limit, figures.observed, figures.pod_pids_limit) == (20_000, 500, 4_096)
+    known = node_limits("n1", budget("n1"), rules, NOW)
+    assert not known.from_defaults and known.limit == PID_MAX
+
+
+def test_naive_observation_time_is_utc() -> None:
+    spec = budget("n1").model_copy(update={"observed_at": NOW.replace(tzinfo=None)})
+    assert node_limits("n1", spec, policy(), NOW).status is BudgetStatus.KNOWN

@@ -1,0 +1,77 @@
+"""Snapshots: cheap derivations that keep what did not change, and the same answers."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+
+from cellguard.api.v1alpha1 import RefusalReason
+from cellguard.budget import CellKey, ClusterSnapshot, PodPlacement, decide
+
+from .helpers import NOW, cell, node, reservation, snapshot
+
+A = cell("a", replicas=4, base=2_000, per_peer=100)
+B = cell("b", replicas=2, base=3_000, service="billing")
+
+
+def _world() -> ClusterSnapshot:
+    nodes = [node(f"n{i}", in_use=2_000, age=timedelta(seconds=200)) for i in range(4)]
+    return snapshot(nodes, [A, B], {A.key: {"n0": 2, "n1": 2}, B.key: {"n2": 1, "n3": 1}})
+
+
+def _same_answers(derived: ClusterSnapshot, fresh: ClusterSnapshot) -> None:
+    for key in (A.key, B.key):
+        for target in range(0, 12):
+            assert decide(derived, key, target) == decide(fresh, key, target)
+
+
+def test_pod_placement_from_pairs() -> None:
+    placement = PodPlacement.from_pairs(
+        [(("prod", "a"), "n1"), (("prod", "a"), "n1"), (("prod", "b"), "n2")]
+    )
+    assert placement.of_cell(("prod", "a")) == {"n1": 2}
+    assert placement.on_node("n1") == {CellKey("prod", "a"): 2}
+    assert placement.of_cell(("prod", "zzz")) == {}
+
+
+def test_a_plain_tuple_is_a_cell_key() -> None:
+    assert decide(_world(), ("prod", "a"), 5) == decide(_world(), A.key, 5)
+    assert str(A.key) == "prod/a"
+
+
+def test_with_reservation_keeps_node_indexes_and_answers_like_a_fresh_snapshot() -> None:
+    world = _world()
+    decide(world, A.key, 6)  # fills the derived indexes
+    held = reservation(B, {"n0": 22_000, "n1": 22_000})
+    derived = world.with_reservation(held)
+    assert "usage.modelled" in derived._derived  # pods and cells did not change
+    assert "usage.reserved" not in derived._derived  # reservations did
+    assert "usage.slack:default" not in derived._derived
+    fresh = snapshot(list(world.nodes.values()), [A, B], world.pods.by_cell, reservations=[held])
+    _same_answers(derived, fresh)
+    assert decide(world, A.key, 6).allowed and not decide(derived, A.key, 6).allowed
+    # A newer reservation of the same cell replaces the older one.
+    assert derived.with_reservation(reservation(B, {"n0": 1})).reservations == (
+        reservation(B, {"n0": 1}),
+    )
+    assert derived.without_reservation(B.key).reservations == ()
+
+
+def test_with_cell_recomputes_what_depends_on_cells() -> None:
+    world = _world()
+    decide(world, A.key, 6)
+    bigger = replace(A, replicas=6)
+    derived = world.with_cell(bigger)
+    assert "eligibility.taint-groups" in derived._derived  # nodes did not change
+    assert "usage.modelled" not in derived._derived
+    fresh = snapshot(list(world.nodes.values()), [bigger, B], world.pods.by_cell)
+    _same_answers(derived, fresh)
+
+
+def test_at_moves_staleness_on() -> None:
+    world = _world()  # budgets observed 200 s ago; stale after 300 s
+    assert decide(world, A.key, 5).allowed
+    later = world.at(NOW + timedelta(seconds=101))
+    assert "eligibility.schedulable" in later._derived  # nodes did not change
+    assert "usage.policy:default" not in later._derived  # staleness did
+    assert decide(later, A.key, 5).reason is RefusalReason.BUDGET_STALE
