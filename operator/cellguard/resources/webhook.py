@@ -71,13 +71,14 @@ def validating_webhook_configuration(
         resource: str,
         operations: list[str],
         object_selector: dict[str, Any] | None = None,
+        failure_policy: str = "Fail",
     ) -> dict[str, Any]:
         hook: dict[str, Any] = {
             "name": f"{handler_id}.{GROUP}",
             "admissionReviewVersions": ["v1"],
             "clientConfig": _with_path(client, handler_id),
             # Fail closed: when cellguard cannot answer, no scale-up gets through unchecked.
-            "failurePolicy": "Fail",
+            "failurePolicy": failure_policy,
             "matchPolicy": "Equivalent",
             # Dry runs reach the webhook and change nothing: `kubectl --dry-run=server` asks.
             "sideEffects": "None",
@@ -107,13 +108,17 @@ def validating_webhook_configuration(
                 WEBHOOK_STREAMCELL_SCALE, GROUP, VERSION, f"{STREAMCELL_PLURAL}/scale", ["UPDATE"]
             ),
             webhook(WEBHOOK_DEPLOYMENT, "apps", "v1", "deployments", ["UPDATE"], cell_objects),
+            # A Scale object carries no labels, so an objectSelector never matches it: this
+            # webhook sees every Deployment scale and the handler picks out cells' own. So that
+            # an operator outage cannot block scaling of every Deployment in the cluster, it
+            # fails open; the reconciler puts a cell's Deployment back to the cell's size.
             webhook(
                 WEBHOOK_DEPLOYMENT_SCALE,
                 "apps",
                 "v1",
                 "deployments/scale",
                 ["UPDATE"],
-                cell_objects,
+                failure_policy="Ignore",
             ),
         ],
     }

@@ -305,8 +305,14 @@ async def run_operator(settings: Settings) -> int:
             log.error("leadership lost: exiting so that a follower takes over")
             exit_code = 1
         if operator_task in done and not stop.is_set():
-            log.error("kopf stopped unexpectedly")
-            exit_code = 1
+            # kopf takes SIGINT/SIGTERM over from us and stops cleanly on them; anything
+            # else that ends it is a failure.
+            failure = operator_task.exception()
+            if failure is not None:
+                log.error("kopf stopped unexpectedly: %s", failure)
+                exit_code = 1
+            else:
+                log.info("stopping on signal")
         stop.set()
         kopf_stop.set()
         housekeeping.cancel()

@@ -1,0 +1,35 @@
+"""The operator, running as a real local process against the real control plane."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from cellguard.devcluster.cluster import LocalCluster
+
+from .harness import OperatorProcess, apply_policy, install_cellguard
+
+
+@pytest.fixture(scope="session")
+def cellguard_operator(cluster: LocalCluster) -> Iterator[OperatorProcess]:
+    kubeconfig = install_cellguard(cluster)
+    apply_policy(cluster)
+    process = OperatorProcess(
+        cluster=cluster, kubeconfig=kubeconfig, log_path=cluster.workdir / "operator.log"
+    )
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def operator(cellguard_operator: OperatorProcess) -> Iterator[OperatorProcess]:
+    """The running operator; restarted if a test left it stopped."""
+    if cellguard_operator.popen is None or cellguard_operator.popen.poll() is not None:
+        cellguard_operator.start()
+    yield cellguard_operator
+    if cellguard_operator.popen is None or cellguard_operator.popen.poll() is not None:
+        cellguard_operator.start()
