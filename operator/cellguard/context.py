@@ -97,6 +97,10 @@ class OperatorContext:
     # ------------------------------------------------------------------ metrics
 
     def fleet_report(self) -> FleetReport:
+        if not self.state.synced:
+            # A follower (or a leader still listing) knows nothing: no series rather than
+            # zeros that would read as "every budget unknown".
+            return FleetReport()
         live = {
             key: row for key, row in self.cell_rows.items() if CellKey(*key) in self.state.cells
         }

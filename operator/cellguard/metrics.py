@@ -223,6 +223,12 @@ class OperatorMetrics:
             registry=registry,
         )
 
+    def precreate_decisions(self, reasons: list[str]) -> None:
+        """Start every decision series at 0, so `increase()` sees the first refusal."""
+        for reason in reasons:
+            self.decisions.labels("refused", reason)
+        self.decisions.labels("allowed", "WithinBudget")
+
     def attach_fleet(self, source: FleetSource) -> FleetCollector:
         collector = FleetCollector(source)
         self.registry.register(collector)

@@ -24,6 +24,21 @@ from cellguard.constants import (
 
 ClientConfig = dict[str, Any]
 
+# matchConditions (CEL, evaluated by the API server): the webhook is called only for
+# requests that can raise a node's thread count. A scale-down or a metadata-only update never
+# waits on cellguard, so an operator outage cannot stop anyone from shrinking a cell.
+_SAME_SHAPE = " && ".join(
+    f"object.spec.{field} == oldObject.spec.{field}"
+    for field in ("threads", "placement", "template", "isolation", "policyRef", "service")
+)
+CELL_MAY_GROW = (
+    "request.operation == 'CREATE' || (object.spec != oldObject.spec && "
+    f"!(object.spec.replicas < oldObject.spec.replicas && {_SAME_SHAPE}))"
+)
+SCALE_GROWS = "object.spec.replicas > oldObject.spec.replicas"
+SPEC_CHANGES = "object.spec != oldObject.spec"
+REPLICAS_CHANGE = "object.spec.replicas != oldObject.spec.replicas"
+
 
 def url_client_config(base_url: str, ca_bundle_b64: str) -> ClientConfig:
     """Webhook reached by URL (the operator runs outside the cluster, e.g. on loopback)."""
@@ -70,6 +85,7 @@ def validating_webhook_configuration(
         version: str,
         resource: str,
         operations: list[str],
+        match: str,
         object_selector: dict[str, Any] | None = None,
         failure_policy: str = "Fail",
     ) -> dict[str, Any]:
@@ -84,6 +100,7 @@ def validating_webhook_configuration(
             "sideEffects": "None",
             "timeoutSeconds": timeout_seconds,
             "namespaceSelector": namespace_selector,
+            "matchConditions": [{"name": "may-add-threads", "expression": match}],
             "rules": [
                 {
                     "apiGroups": [group],
@@ -103,11 +120,31 @@ def validating_webhook_configuration(
         "kind": "ValidatingWebhookConfiguration",
         "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "cellguard"}},
         "webhooks": [
-            webhook(WEBHOOK_STREAMCELL, GROUP, VERSION, STREAMCELL_PLURAL, ["CREATE", "UPDATE"]),
             webhook(
-                WEBHOOK_STREAMCELL_SCALE, GROUP, VERSION, f"{STREAMCELL_PLURAL}/scale", ["UPDATE"]
+                WEBHOOK_STREAMCELL,
+                GROUP,
+                VERSION,
+                STREAMCELL_PLURAL,
+                ["CREATE", "UPDATE"],
+                CELL_MAY_GROW,
             ),
-            webhook(WEBHOOK_DEPLOYMENT, "apps", "v1", "deployments", ["UPDATE"], cell_objects),
+            webhook(
+                WEBHOOK_STREAMCELL_SCALE,
+                GROUP,
+                VERSION,
+                f"{STREAMCELL_PLURAL}/scale",
+                ["UPDATE"],
+                SCALE_GROWS,
+            ),
+            webhook(
+                WEBHOOK_DEPLOYMENT,
+                "apps",
+                "v1",
+                "deployments",
+                ["UPDATE"],
+                SPEC_CHANGES,
+                object_selector=cell_objects,
+            ),
             # A Scale object carries no labels, so an objectSelector never matches it: this
             # webhook sees every Deployment scale and the handler picks out cells' own. So that
             # an operator outage cannot block scaling of every Deployment in the cluster, it
@@ -118,6 +155,7 @@ def validating_webhook_configuration(
                 "v1",
                 "deployments/scale",
                 ["UPDATE"],
+                REPLICAS_CHANGE,
                 failure_policy="Ignore",
             ),
         ],

@@ -24,6 +24,7 @@ from kubernetes import client
 from cellguard import kubeclient, pki
 from cellguard import settings as settings_module
 from cellguard.admission import handlers as admission_handlers
+from cellguard.api.v1alpha1 import RefusalReason
 from cellguard.constants import (
     FIELD_MANAGER_OPERATOR,
     GROUP,
@@ -219,6 +220,7 @@ def build_registry(ctx: OperatorContext, api: client.ApiClient) -> kopf.Operator
 async def run_operator(settings: Settings) -> int:
     api = kubeclient.load_api_client(settings.kubeconfig)
     metrics = OperatorMetrics()
+    metrics.precreate_decisions([str(reason) for reason in RefusalReason])
 
     def apply(manifest: dict[str, Any]) -> dict[str, Any]:
         return kubeclient.server_side_apply(api, manifest, FIELD_MANAGER_OPERATOR)

@@ -1,0 +1,190 @@
+"""Faults on the real control plane: the operator down or restarted mid-scale, and node
+budgets missing or stale. Fail closed, and never touch what is running."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import pytest
+
+from cellguard.devcluster.cluster import LocalCluster
+
+from .harness import (
+    OperatorProcess,
+    apply_yaml,
+    budget_manifest,
+    cell,
+    cell_manifest,
+    deployment_replicas,
+    ensure_namespace,
+    node_pool,
+    running_pods,
+    utc_now,
+    wait_cell_pods,
+    wait_for,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+def test_operator_down_refuses_scale_ups_and_leaves_running_pods(
+    cluster: LocalCluster, operator: OperatorProcess
+) -> None:
+    ns = "e2e-down"
+    ensure_namespace(cluster, ns)
+    with node_pool(cluster, "down", 3) as pool:
+        manifest = cell_manifest(
+            ns, "feed", service="feed", replicas=3, base=100, per_peer=10, pool=pool
+        )
+        assert apply_yaml(cluster, manifest).returncode == 0
+        before = {p["metadata"]["name"] for p in wait_cell_pods(cluster, ns, "feed", 3)}
+        operator.stop()
+        try:
+            up = cluster.kubectl("scale", "streamcell/feed", "-n", ns, "--replicas=4", check=False)
+            assert up.returncode != 0
+            assert 'failed calling webhook "validate-streamcell-scale.cellguard.io"' in up.stderr
+            # A new cell is refused as well: nothing grows unchecked.
+            other = cell_manifest(
+                ns, "feed-2", service="feed2", replicas=1, base=100, per_peer=10, pool=pool
+            )
+            created = apply_yaml(cluster, other)
+            assert created.returncode != 0
+            assert "validate-streamcell.cellguard.io" in created.stderr
+            # Shrinking never needs cellguard: the webhook's match conditions skip it.
+            down = cluster.kubectl(
+                "scale", "streamcell/feed", "-n", ns, "--replicas=2", check=False
+            )
+            assert down.returncode == 0, down.stderr
+            time.sleep(3)
+            # Nobody reconciles while the operator is down: what runs is untouched.
+            assert deployment_replicas(cluster, ns, "feed") == 3
+            assert {p["metadata"]["name"] for p in running_pods(cluster, ns, "feed")} == before
+        finally:
+            operator.start()
+        wait_for(lambda: deployment_replicas(cluster, ns, "feed") == 2, what="scale-down applied")
+        cluster.kubectl("delete", "streamcell", "feed", "-n", ns)
+
+
+def test_restart_mid_scale_converges_to_what_was_asked(
+    cluster: LocalCluster, operator: OperatorProcess
+) -> None:
+    ns = "e2e-restart"
+    ensure_namespace(cluster, ns)
+    with node_pool(cluster, "restart", 4) as pool:
+        for name, replicas in (("alpha", 4), ("beta", 2)):
+            manifest = cell_manifest(
+                ns,
+                name,
+                service=name,
+                replicas=replicas,
+                base=100,
+                per_peer=10,
+                pool=pool,
+                isolation="Shared",
+            )
+            assert apply_yaml(cluster, manifest).returncode == 0
+            wait_cell_pods(cluster, ns, name, replicas)
+        seen: list[int] = []
+        stop_watch = threading.Event()
+
+        def watch() -> None:
+            while not stop_watch.is_set():
+                seen.append(deployment_replicas(cluster, ns, "alpha"))
+                time.sleep(0.2)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            ok = cluster.kubectl("scale", "streamcell/alpha", "-n", ns, "--replicas=8", check=False)
+            assert ok.returncode == 0, ok.stderr
+            operator.stop(signal.SIGKILL)  # at once: the reconciler may not have acted
+            operator.start()
+            wait_cell_pods(cluster, ns, "alpha", 8)
+            time.sleep(3)  # several status rounds: nothing else may move
+        finally:
+            stop_watch.set()
+            watcher.join()
+        assert max(seen) == 8, f"alpha's Deployment went beyond what was asked: {sorted(set(seen))}"
+        assert deployment_replicas(cluster, ns, "beta") == 2
+        assert len(running_pods(cluster, ns, "beta")) == 2
+        assert cell(cluster, ns, "alpha")["spec"]["replicas"] == 8
+        for name in ("alpha", "beta"):
+            cluster.kubectl("delete", "streamcell", name, "-n", ns)
+
+
+def test_missing_or_stale_budget_refuses_scale_ups_onto_the_node(
+    cluster: LocalCluster, operator: OperatorProcess
+) -> None:
+    ns = "e2e-stale"
+    ensure_namespace(cluster, ns)
+    with node_pool(cluster, "stale", 3) as pool:
+        manifest = cell_manifest(
+            ns, "logs", service="logs", replicas=3, base=100, per_peer=10, pool=pool
+        )
+        assert apply_yaml(cluster, manifest).returncode == 0
+        wait_cell_pods(cluster, ns, "logs", 3)
+        victim = pool.nodes[1]
+
+        cluster.kubectl("delete", "nodebudget", victim)
+        refused = wait_for(
+            lambda: (
+                r
+                if (
+                    r := cluster.kubectl(
+                        "scale",
+                        "streamcell/logs",
+                        "-n",
+                        ns,
+                        "--replicas=6",
+                        "--dry-run=server",
+                        check=False,
+                    )
+                ).returncode
+                else None
+            ),
+            what="a refusal once the budget is gone",
+        )
+        assert f"node {victim}" in refused.stderr
+        assert "no NodeBudget" in refused.stderr
+
+        # Two hours old, against the e2e policy's one-hour staleness window.
+        cluster.apply(
+            [
+                budget_manifest(
+                    victim,
+                    observed_at=utc_now().replace(microsecond=0)
+                    - __import__("datetime").timedelta(hours=2),
+                )
+            ]
+        )
+        stale = wait_for(
+            lambda: (
+                r
+                if "more than the 3,600s"
+                in (
+                    r := cluster.kubectl(
+                        "scale", "streamcell/logs", "-n", ns, "--replicas=6", check=False
+                    )
+                ).stderr
+                else None
+            ),
+            what="a refusal naming the stale budget",
+        )
+        assert stale.returncode != 0
+        assert f"node {victim}" in stale.stderr
+        assert deployment_replicas(cluster, ns, "logs") == 3
+
+        pool.set_budgets()  # the agent reports again
+        wait_for(
+            lambda: (
+                cluster.kubectl(
+                    "scale", "streamcell/logs", "-n", ns, "--replicas=6", check=False
+                ).returncode
+                == 0
+            ),
+            what="the scale-up to pass once the budget is fresh",
+        )
+        wait_cell_pods(cluster, ns, "logs", 6)
+        cluster.kubectl("delete", "streamcell", "logs", "-n", ns)

@@ -1,0 +1,373 @@
+"""The operator's pure core without a server: cache, reservations, gate, status, webhook."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from typing import Any
+
+import pytest
+
+from cellguard.api.v1alpha1 import StreamCellSpec
+from cellguard.budget.snapshot import CellKey, Reservation
+from cellguard.reconcile import status as status_model
+from cellguard.resources import webhook
+from cellguard.state.gate import BackstopAnswer, CellFigures, Refusal, ScaleGate
+from cellguard.state.reservations import ReservationLedger
+from cellguard.state.store import ClusterState
+
+NOW = datetime.datetime(2026, 11, 25, 12, 0, tzinfo=datetime.UTC)
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.counted: list[tuple[bool, str]] = []
+
+    def count_decision(self, allowed: bool, reason: str) -> None:
+        self.counted.append((allowed, reason))
+
+
+def node(name: str, **labels: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, **labels}},
+        "spec": {},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
+def budget(name: str, in_use: int = 1_000, observed: datetime.datetime = NOW) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name},
+        "spec": {
+            "nodeName": name,
+            "threadsMax": 32_768,
+            "pidMax": 32_768,
+            "threadsInUse": in_use,
+            "observedAt": observed.isoformat(),
+        },
+    }
+
+
+def cell_spec(
+    replicas: int, base: int = 3_000, per_peer: int = 100, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "replicas": replicas,
+        "service": extra.pop("service", "svc"),
+        "isolation": extra.pop("isolation", "Shared"),
+        "threads": {"base": base, "perPeer": per_peer},
+        "template": {"spec": {"containers": [{"name": "c", "image": "i"}]}},
+        **extra,
+    }
+
+
+def cell(namespace: str, name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"namespace": namespace, "name": name, "uid": f"uid-{name}", "generation": 1},
+        "spec": cell_spec(**spec),
+    }
+
+
+def pod(
+    namespace: str, name: str, cell_name: str, node_name: str | None, phase: str = "Running"
+) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "namespace": namespace,
+            "name": name,
+            "labels": {"cellguard.io/cell": cell_name},
+        },
+        "spec": {"nodeName": node_name} if node_name else {},
+        "status": {"phase": phase},
+    }
+
+
+def two_node_state(**cells: dict[str, Any]) -> ClusterState:
+    state = ClusterState()
+    state.replace_all(
+        nodes=[node("n1"), node("n2")],
+        budgets=[budget("n1"), budget("n2")],
+        cells=[cell("ns", name, **spec) for name, spec in cells.items()],
+        policies=[{"metadata": {"name": "default"}, "spec": {"safetyMargin": 0.2}}],
+        pods=[],
+    )
+    return state
+
+
+# ---------------------------------------------------------------------- the cache
+
+
+def test_pod_counts_follow_events_and_ignore_finished_or_foreign_pods() -> None:
+    state = two_node_state(a={"replicas": 2})
+    state.upsert_pod(pod("ns", "a-1", "a", "n1"))
+    state.upsert_pod(pod("ns", "a-2", "a", None))  # pending: a pod of the cell, on no node
+    state.upsert_pod(
+        {
+            "metadata": {"namespace": "ns", "name": "x", "labels": {}},
+            "spec": {"nodeName": "n1"},
+            "status": {},
+        }
+    )
+    assert state.placement == {CellKey("ns", "a"): {"n1": 1}}
+    assert state.pods_by_cell[CellKey("ns", "a")] == 2
+    state.upsert_pod(pod("ns", "a-2", "a", "n2"))  # bound
+    assert state.placement[CellKey("ns", "a")] == {"n1": 1, "n2": 1}
+    state.upsert_pod(pod("ns", "a-1", "a", "n1", phase="Succeeded"))  # finished: no threads
+    assert state.placement[CellKey("ns", "a")] == {"n2": 1}
+    state.delete_pod(("ns", "a-2"))
+    assert CellKey("ns", "a") not in state.placement
+    assert state.pods_by_cell.get(CellKey("ns", "a"), 0) == 0
+
+
+def test_budget_attaches_to_its_node_and_an_invalid_one_is_unknown() -> None:
+    state = two_node_state()
+    assert state.nodes["n1"].budget is not None
+    broken = budget("n1")
+    broken["spec"]["threadsMax"] = -5
+    state.upsert_budget(broken)
+    assert state.nodes["n1"].budget is None
+    assert "threads_max" in state.budget_errors["n1"] or "threadsMax" in state.budget_errors["n1"]
+    state.delete_budget("n2")
+    assert state.nodes["n2"].budget is None
+
+
+# ---------------------------------------------------------------------- reservations
+
+
+def test_ledger_holds_replaces_releases_and_expires() -> None:
+    ledger = ReservationLedger()
+    key = CellKey("ns", "a")
+    ledger.hold(Reservation(key, {"n1": 100}, NOW + datetime.timedelta(seconds=60), 4))
+    ledger.hold(Reservation(key, {"n1": 300}, NOW + datetime.timedelta(seconds=60), 6))
+    assert len(ledger) == 1
+    assert ledger.live(NOW)[0].threads_by_node == {"n1": 300}
+    assert not ledger.release_if_applied(key, observed_pods=5)
+    assert ledger.release_if_applied(key, observed_pods=6)
+    ledger.hold(Reservation(key, {"n1": 1}, NOW + datetime.timedelta(seconds=1), 2))
+    assert ledger.expire(NOW + datetime.timedelta(seconds=2))
+    assert len(ledger) == 0
+
+
+# ---------------------------------------------------------------------- the gate
+
+
+def make_gate(state: ClusterState) -> tuple[ScaleGate, Counter]:
+    counter = Counter()
+    return ScaleGate(state, ReservationLedger(), counter, now=lambda: NOW), counter
+
+
+def test_gate_refuses_everything_until_the_cache_is_synced() -> None:
+    gate, counter = make_gate(ClusterState())
+    answer = asyncio.run(gate.admit_scale(("ns", "a"), 3, dry_run=False))
+    assert not answer.allowed
+    assert answer.reason == "NotSynced"
+    assert counter.counted == [(False, "NotSynced")]
+
+
+def test_concurrent_scale_ups_that_fit_alone_do_not_both_pass() -> None:
+    # Each cell alone may go to 8 (4 a node at 3,700 threads); both at 8 would need 30,600
+    # on a node against 26,214 allowed.
+    state = two_node_state(left={"replicas": 2}, right={"replicas": 2})
+    for name in ("left", "right"):
+        state.upsert_pod(pod("ns", f"{name}-1", name, "n1"))
+        state.upsert_pod(pod("ns", f"{name}-2", name, "n2"))
+    gate, counter = make_gate(state)
+
+    async def both() -> list[bool]:
+        answers = await asyncio.gather(
+            gate.admit_scale(("ns", "left"), 8, dry_run=False),
+            gate.admit_scale(("ns", "right"), 8, dry_run=False),
+        )
+        return [a.allowed for a in answers]
+
+    assert sorted(asyncio.run(both())) == [False, True]
+    assert len(gate.ledger) == 1
+    assert sorted(allowed for allowed, _ in counter.counted) == [False, True]
+
+
+def test_dry_run_neither_reserves_nor_counts() -> None:
+    state = two_node_state(left={"replicas": 2})
+    gate, counter = make_gate(state)
+    answer = asyncio.run(gate.admit_scale(("ns", "left"), 4, dry_run=True))
+    assert answer.allowed
+    assert len(gate.ledger) == 0
+    assert counter.counted == []
+
+
+def test_a_thread_model_increase_at_the_same_size_is_checked() -> None:
+    state = two_node_state(a={"replicas": 4})
+    gate, _ = make_gate(state)
+    old = StreamCellSpec.model_validate(cell_spec(4))
+    cheap = StreamCellSpec.model_validate(cell_spec(4, base=2_000))
+    costly = StreamCellSpec.model_validate(cell_spec(4, base=20_000))
+    assert asyncio.run(gate.admit_cell_change(("ns", "a"), old, cheap, dry_run=False)).allowed
+    refused = asyncio.run(gate.admit_cell_change(("ns", "a"), old, costly, dry_run=False))
+    assert not refused.allowed
+    assert "does not fit" in refused.message
+    shrink = StreamCellSpec.model_validate(cell_spec(2))
+    assert asyncio.run(gate.admit_cell_change(("ns", "a"), old, shrink, dry_run=False)).allowed
+
+
+def test_backstop_holds_an_unsafe_spec_at_the_running_size() -> None:
+    state = two_node_state(a={"replicas": 40})  # written past the webhook
+    gate, _ = make_gate(state)
+    record = state.cells[CellKey("ns", "a")]
+    held = asyncio.run(gate.backstop(record, applied=2))
+    assert not held.allowed
+    assert held.replicas_to_apply == 2
+    assert "would put node" in held.message
+    down = asyncio.run(gate.backstop(record, applied=50))
+    assert down.allowed and down.replicas_to_apply == 40
+
+
+def test_refusal_is_current_until_a_later_admission() -> None:
+    state = two_node_state(a={"replicas": 2})
+    gate, _ = make_gate(state)
+    asyncio.run(gate.admit_scale(("ns", "a"), 40, dry_run=False))
+    refusal, current = gate.refusal_of(("ns", "a"))
+    assert refusal is not None and current and refusal.requested_replicas == 40
+    later = NOW + datetime.timedelta(seconds=5)
+    gate.now = lambda: later
+    assert asyncio.run(gate.admit_scale(("ns", "a"), 3, dry_run=False)).allowed
+    assert gate.refusal_of(("ns", "a"))[1] is False
+
+
+def test_node_figures_report_projection_and_unknown_budgets() -> None:
+    state = two_node_state(a={"replicas": 2})
+    state.upsert_pod(pod("ns", "a-1", "a", "n1"))
+    state.delete_budget("n2")
+    gate, _ = make_gate(state)
+    rows = {row.node: row for row in gate.node_figures()}
+    assert rows["n1"].thread_limit == 32_768
+    assert rows["n1"].threads_allowed == 26_214
+    assert rows["n1"].threads_projected == 3_100  # max(1,000 observed, 3,100 modelled)
+    assert rows["n1"].thread_headroom_ratio == pytest.approx(1 - 3_100 / 32_768)
+    assert rows["n1"].budget_known is True
+    assert rows["n2"].budget_known is False
+    assert rows["n2"].thread_limit is None
+
+
+# ---------------------------------------------------------------------- status
+
+
+def _figures(within: bool = True) -> CellFigures:
+    return CellFigures(
+        threads_per_pod=3_100,
+        max_safe_replicas=10,
+        headroom=0.5,
+        limiting_node="n1",
+        within_budget=within,
+        budget_reason="WithinBudget" if within else "NodeThreadLimit",
+        budget_message="m",
+    )
+
+
+def test_conditions_keep_their_transition_time_until_they_flip() -> None:
+    state = two_node_state(a={"replicas": 2})
+    record = state.cells[CellKey("ns", "a")]
+    allowed = BackstopAnswer(True, "WithinBudget", "", 2, 3_100)
+    first = status_model.cell_status(
+        record=record,
+        figures=_figures(),
+        backstop=allowed,
+        refusal=None,
+        refusal_current=False,
+        applied_replicas=2,
+        existing_pods=2,
+        ready_pods=2,
+        previous={},
+        now=NOW,
+    )
+    later = NOW + datetime.timedelta(minutes=5)
+    second = status_model.cell_status(
+        record=record,
+        figures=_figures(),
+        backstop=allowed,
+        refusal=None,
+        refusal_current=False,
+        applied_replicas=2,
+        existing_pods=2,
+        ready_pods=2,
+        previous=first,
+        now=later,
+    )
+    assert second["conditions"] == first["conditions"]
+    flipped = status_model.cell_status(
+        record=record,
+        figures=_figures(within=False),
+        backstop=allowed,
+        refusal=None,
+        refusal_current=False,
+        applied_replicas=2,
+        existing_pods=2,
+        ready_pods=2,
+        previous=second,
+        now=later,
+    )
+    within = next(c for c in flipped["conditions"] if c["type"] == "WithinBudget")
+    assert within["status"] == "False"
+    assert within["lastTransitionTime"] == "2026-11-25T12:05:00Z"
+    patch: dict[str, Any] = {}
+    assert status_model.write_changed(patch, second, flipped)
+    assert set(patch) == {"conditions"}
+
+
+def test_a_current_webhook_refusal_sets_scale_refused() -> None:
+    state = two_node_state(a={"replicas": 2})
+    record = state.cells[CellKey("ns", "a")]
+    refusal = Refusal(NOW, 40, "NodeThreadLimit", "scaling ... would put node n1 at ...")
+    status = status_model.cell_status(
+        record=record,
+        figures=_figures(),
+        backstop=BackstopAnswer(True, "WithinBudget", "", 2, 3_100),
+        refusal=refusal,
+        refusal_current=True,
+        applied_replicas=2,
+        existing_pods=2,
+        ready_pods=1,
+        previous={},
+        now=NOW,
+    )
+    refused = next(c for c in status["conditions"] if c["type"] == "ScaleRefused")
+    assert refused["status"] == "True" and refused["reason"] == "NodeThreadLimit"
+    assert status["lastRefusal"]["requestedReplicas"] == 40
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False" and ready["message"] == "1/2 replicas ready"
+
+
+# ---------------------------------------------------------------------- webhook configuration
+
+
+def test_webhook_configuration_is_scoped_and_fails_closed() -> None:
+    config = webhook.validating_webhook_configuration(
+        webhook.url_client_config("https://127.0.0.1:9443", "Q0E="),
+        exempt_namespaces=["kube-system", "cellguard-system"],
+        timeout_seconds=5,
+    )
+    hooks = {h["name"]: h for h in config["webhooks"]}
+    assert set(hooks) == {
+        "validate-streamcell.cellguard.io",
+        "validate-streamcell-scale.cellguard.io",
+        "validate-cell-deployment.cellguard.io",
+        "validate-cell-deployment-scale.cellguard.io",
+    }
+    for hook in hooks.values():
+        assert hook["sideEffects"] == "None"
+        assert hook["timeoutSeconds"] == 5
+        assert hook["namespaceSelector"]["matchExpressions"][0]["values"] == [
+            "cellguard-system",
+            "kube-system",
+        ]
+        assert hook["clientConfig"]["url"] == "https://127.0.0.1:9443/" + hook["name"].removesuffix(
+            ".cellguard.io"
+        )
+        assert hook["matchConditions"]
+    assert hooks["validate-streamcell-scale.cellguard.io"]["failurePolicy"] == "Fail"
+    assert hooks["validate-streamcell.cellguard.io"]["failurePolicy"] == "Fail"
+    assert "objectSelector" in hooks["validate-cell-deployment.cellguard.io"]
+    # A Scale has no labels: an objectSelector would silently never match it.
+    assert "objectSelector" not in hooks["validate-cell-deployment-scale.cellguard.io"]
+    with pytest.raises(ValueError, match="1..30"):
+        webhook.validating_webhook_configuration(
+            webhook.url_client_config("https://x", ""), exempt_namespaces=[], timeout_seconds=31
+        )
