@@ -367,7 +367,7 @@ def test_webhook_configuration_is_scoped_and_fails_closed() -> None:
     assert "objectSelector" in hooks["validate-cell-deployment.cellguard.io"]
     # A Scale has no labels: an objectSelector would silently never match it.
     assert "objectSelector" not in hooks["validate-cell-deployment-scale.cellguard.io"]
-    with pytest.raises(ValueError, match="1..30"):
+    with pytest.raises(ValueError, match=r"1\.\.30"):
         webhook.validating_webhook_configuration(
             webhook.url_client_config("https://x", ""), exempt_namespaces=[], timeout_seconds=31
         )
