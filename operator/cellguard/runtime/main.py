@@ -83,8 +83,8 @@ def _list_all(
             return items
 
 
-def initial_sync(api: client.ApiClient, ctx: OperatorContext) -> None:
-    """Load a complete listing into the cache (blocking; run in a thread)."""
+def list_cluster(api: client.ApiClient, ctx: OperatorContext) -> dict[str, list[Any]]:
+    """A complete listing of what the cache holds (blocking; run in a thread)."""
     crd = f"/apis/{GROUP}/{VERSION}"
     namespaces = ctx.settings.namespaces
 
@@ -97,15 +97,25 @@ def initial_sync(api: client.ApiClient, ctx: OperatorContext) -> None:
             for item in _list_all(api, f"{group_path}/namespaces/{ns}/{plural}", selector)
         ]
 
-    cell_selector = LABEL_CELL
+    return {
+        "nodes": _list_all(api, "/api/v1/nodes"),
+        "budgets": _list_all(api, f"{crd}/{NODEBUDGET_PLURAL}"),
+        "cells": namespaced(crd, STREAMCELL_PLURAL),
+        "policies": _list_all(api, f"{crd}/{POLICY_PLURAL}"),
+        "pods": namespaced("/api/v1", "pods", LABEL_CELL),
+        "deployments": namespaced("/apis/apps/v1", "deployments", LABEL_CELL),
+    }
+
+
+def load_listing(ctx: OperatorContext, listing: dict[str, list[Any]]) -> None:
     ctx.state.replace_all(
-        nodes=_list_all(api, "/api/v1/nodes"),
-        budgets=_list_all(api, f"{crd}/{NODEBUDGET_PLURAL}"),
-        cells=namespaced(crd, STREAMCELL_PLURAL),
-        policies=_list_all(api, f"{crd}/{POLICY_PLURAL}"),
-        pods=namespaced("/api/v1", "pods", cell_selector),
+        nodes=listing["nodes"],
+        budgets=listing["budgets"],
+        cells=listing["cells"],
+        policies=listing["policies"],
+        pods=listing["pods"],
     )
-    for deployment in namespaced("/apis/apps/v1", "deployments", cell_selector):
+    for deployment in listing["deployments"]:
         ctx.note_deployment(deployment)
 
 
@@ -275,7 +285,7 @@ async def run_operator(settings: Settings) -> int:
         hold = asyncio.create_task(elector.hold(stop), name="lease")
         ctx.own_username = await asyncio.to_thread(own_username, api)
         log.info("acting as %s", ctx.own_username)
-        await asyncio.to_thread(initial_sync, api, ctx)
+        load_listing(ctx, await asyncio.to_thread(list_cluster, api, ctx))
         log.info(
             "cache synced: %d nodes, %d budgets, %d cells, %d cell pods",
             len(ctx.state.nodes),
@@ -299,6 +309,7 @@ async def run_operator(settings: Settings) -> int:
             name="kopf",
         )
         housekeeping = asyncio.create_task(_housekeeping(ctx, stop, readiness_gauge))
+        resync = asyncio.create_task(_resync(api, ctx, stop))
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait(
             {hold, operator_task, stopper}, return_when=asyncio.FIRST_COMPLETED
@@ -318,6 +329,7 @@ async def run_operator(settings: Settings) -> int:
         stop.set()
         kopf_stop.set()
         housekeeping.cancel()
+        resync.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(operator_task, timeout=30)
         with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -337,3 +349,27 @@ async def _housekeeping(ctx: OperatorContext, stop: asyncio.Event, readiness_gau
         readiness_gauge()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=1.0)
+
+
+async def _resync(api: client.ApiClient, ctx: OperatorContext, stop: asyncio.Event) -> None:
+    """Relist everything now and then: a missed watch event cannot linger for long.
+
+    A listing taken while events changed the cache would be older than the cache, so it is
+    only loaded when no event arrived while it was being taken.
+    """
+    interval = ctx.settings.resync_seconds
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+        if stop.is_set():
+            return
+        version = ctx.state.version
+        try:
+            listing = await asyncio.to_thread(list_cluster, api, ctx)
+        except Exception as exc:  # the API server may be away: the next round retries
+            log.warning("resync listing failed: %s", exc)
+            continue
+        if ctx.state.version == version:
+            load_listing(ctx, listing)
+        else:
+            log.debug("resync skipped: the cache changed while listing")
