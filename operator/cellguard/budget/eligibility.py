@@ -140,15 +140,34 @@ def excluded_by_isolation(snapshot: ClusterSnapshot, cell: CellView) -> set[str]
     return excluded
 
 
+def placement_nodes(snapshot: ClusterSnapshot, cell: CellView) -> frozenset[str]:
+    """Ready, schedulable nodes the cell's selector and tolerations allow (isolation aside).
+
+    Kept per placement: cells share few distinct selector/toleration combinations.
+    """
+    signature = (
+        tuple(sorted(cell.node_selector.items())),
+        tuple(
+            sorted(
+                (t.key or "", t.operator, t.value or "", t.effect or "") for t in cell.tolerations
+            )
+        ),
+    )
+
+    def compute() -> frozenset[str]:
+        nodes = set(_schedulable(snapshot))
+        selected = _selected(snapshot, cell)
+        if selected is not None:
+            nodes.intersection_update(selected)
+        nodes.intersection_update(_tolerated(snapshot, cell))
+        return frozenset(nodes)
+
+    return snapshot.derived(f"eligibility.placement:{signature}", frozenset({NODES}), compute)
+
+
 def eligible_nodes(snapshot: ClusterSnapshot, cell: CellView) -> frozenset[str]:
     """The nodes the cell's new pods may land on."""
-    eligible = set(_schedulable(snapshot))
-    selected = _selected(snapshot, cell)
-    if selected is not None:
-        eligible.intersection_update(selected)
-    eligible.intersection_update(_tolerated(snapshot, cell))
-    eligible.difference_update(excluded_by_isolation(snapshot, cell))
-    return frozenset(eligible)
+    return placement_nodes(snapshot, cell).difference(excluded_by_isolation(snapshot, cell))
 
 
 def ineligibility(snapshot: ClusterSnapshot, cell: CellView) -> Counter[str]:

@@ -20,15 +20,15 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from fractions import Fraction
 from types import MappingProxyType
 
 from cellguard.api.v1alpha1 import RefusalReason
 from cellguard.budget import messages
-from cellguard.budget.eligibility import eligible_nodes, ineligibility
+from cellguard.budget.eligibility import excluded_by_isolation, ineligibility, placement_nodes
 from cellguard.budget.limits import BudgetStatus, NodeLimits, allowed_threads
 from cellguard.budget.snapshot import CellKey, CellView, ClusterSnapshot, Reservation
 from cellguard.budget.spread import WaterFill
@@ -177,7 +177,10 @@ class CellPlan:
         reserved = reserved_threads(snapshot)
         own = reserved.by_cell.get(cell.key, {})
         hosting = snapshot.pods.of_cell(cell.key)
-        self.eligible = eligible_nodes(snapshot, cell)
+        # Eligible = allowed by placement and not excluded by isolation; kept as the two
+        # sets (the first is shared by every cell with the same placement).
+        self.placement = placement_nodes(snapshot, cell)
+        self.excluded = excluded_by_isolation(snapshot, cell)
         self.placed = sum(hosting.values())
 
         hosts = []
@@ -190,49 +193,48 @@ class CellPlan:
                 _Host(
                     name=name,
                     pods=pods,
-                    eligible=name in self.eligible,
+                    eligible=name in self.placement and name not in self.excluded,
                     figures=figures,
                     used=used_threads(figures, modelled.get(name, 0)),
                     reserved=reserved.others(cell.key, name),
                 )
             )
         self.hosts = tuple(hosts)
+        # The per-size check runs a dozen times a decision: plain tuples, looked up once.
+        self._host_checks = tuple(
+            (h.used + h.reserved, h.pods, h.eligible, h.figures.allowed or 0, h.name)
+            for h in self.hosts
+        )
         self.unusable_host = next((h for h in self.hosts if not h.figures.usable), None)
 
         # Eligible nodes without pods of the cell: up to thousands, handled as groups.
-        self.empty = self.eligible.difference(hosting)
+        self.empty = self.placement.difference(self.excluded, hosting)
         histogram = Counter(h.pods for h in self.hosts if h.eligible)
         histogram[0] += len(self.empty)
         self.fill = WaterFill(histogram)
         unusable_empty = nodes.unusable.intersection(self.empty)
         self.unusable_empty = nodes.of(snapshot, min(unusable_empty)) if unusable_empty else None
-        self.tightest = tuple(
-            self._tightest_per_limit(free.tightest_first, free.free, own, reserved.total)
-        )
+        self.tightest = tuple(self._tightest_per_limit(free, own, reserved.total))
         self.pod_limit = self._smallest_pod_limit()
 
     def _tightest_per_limit(
         self,
-        order: Mapping[int, tuple[str, ...]],
         free: Mapping[str, int],
         own: Mapping[str, int],
         reserved_total: Mapping[str, int],
     ) -> list[_Tightest]:
         found = []
-        empty = self.empty
-        for names in order.values():
-            # The first empty node in (free, name) order is the tightest, except that
-            # nodes under the cell's own reservation get that reservation back.
-            best: tuple[int, str] | None = None
-            for name in names:
-                if name in empty and name not in own:
-                    best = (free[name], name)
-                    break
-            for name, held in own.items():
-                if name in empty and name in free:
-                    candidate = (free[name] + held, name)
-                    if best is None or candidate < best:
-                        best = candidate
+        for names in self.nodes.by_limit.values():
+            group = names & self.empty
+            if not group:
+                continue
+            # Nodes under the cell's own reservation get it back (it is being replaced).
+            mine = [name for name in own if name in group] if own else []
+            best = _least_free(group.difference(mine) if mine else group, free)
+            for name in mine:
+                candidate = (free[name] + own[name], name)
+                if best is None or candidate < best:
+                    best = candidate
             if best is None:
                 continue
             node_free, name = best
@@ -254,7 +256,7 @@ class CellPlan:
         """The smallest per-pod PID limit where the cell's pods are or may go."""
         hosts = {h.name for h in self.hosts}
         for limit, names in self.nodes.pod_limits:
-            where = (names & self.eligible) | (names & hosts)
+            where = (names & self.placement).difference(self.excluded) | (names & hosts)
             if where:
                 return limit, min(where)
         return None
@@ -288,12 +290,10 @@ class CellPlan:
             if per_pod > allowed_threads(pod_limit, self.margin):
                 return RefusalReason.POD_PID_LIMIT, node
         growth = per_pod - self.threads_now
-        for host in self.hosts:
-            received = WaterFill.received(level, host.pods) if host.eligible else 0
-            projected = host.used + host.reserved + growth * host.pods + per_pod * received
-            assert host.figures.allowed is not None
-            if projected > host.figures.allowed:
-                return RefusalReason.NODE_THREAD_LIMIT, host.name
+        for before, pods, eligible, allowed, name in self._host_checks:
+            received = level - pods if eligible and level > pods else 0
+            if before + growth * pods + per_pod * received > allowed:
+                return RefusalReason.NODE_THREAD_LIMIT, name
         if level:
             for tight in self.tightest:
                 if tight.free < per_pod * level:
@@ -382,6 +382,18 @@ class CellPlan:
         return low
 
 
+def _least_free(names: AbstractSet[str], free: Mapping[str, int]) -> tuple[int, str] | None:
+    """(free threads, node) of the node with the fewest free threads; ties by name."""
+    if not names:
+        return None
+    ordered = list(names)
+    values = list(map(free.__getitem__, ordered))  # C loops: this runs over thousands
+    least = min(values)
+    if values.count(least) == 1:
+        return least, ordered[values.index(least)]
+    return least, min(name for name, value in zip(ordered, values, strict=True) if value == least)
+
+
 def _budget_reason(figures: NodeLimits) -> RefusalReason:
     if figures.status is BudgetStatus.STALE:
         return RefusalReason.BUDGET_STALE
@@ -421,11 +433,13 @@ def _row(
     )
 
 
-def _tightest_first(row: NodeRow) -> tuple[int, Fraction, str]:
-    # Exact ratio, so that ties are broken by name and not by float noise.
+def _tightest_first(row: NodeRow) -> tuple[int, float, str]:
+    # Limits are at most kernel.pid_max (<= 2**22), so distinct ratios stay distinct as
+    # floats and only true ties fall through to the name. (Whether a node fits is decided
+    # in integers elsewhere; this only orders the rows.)
     if row.projected is None or row.limit is None:
-        return (1, Fraction(0), row.node)
-    return (0, Fraction(row.limit - row.projected, row.limit), row.node)
+        return (1, 0.0, row.node)
+    return (0, -row.projected / row.limit, row.node)
 
 
 # --------------------------------------------------------------------------- public API

@@ -240,24 +240,46 @@ class ClusterSnapshot:
         value: _T = entry[1]
         return value
 
+    def peek(self, name: str) -> Any:
+        """A derived index if it was computed already, else None (never computes)."""
+        entry = self._derived.get(name)
+        return entry[1] if entry is not None else None
+
+    def seed(self, name: str, depends_on: frozenset[str], value: Any) -> None:
+        """Set a derived index (for `with_*`, which derive it from the parent's)."""
+        self._derived[name] = (depends_on, value)
+
     def _changed(self, changed: set[str], **fields: Any) -> ClusterSnapshot:
         kept = {name: entry for name, entry in self._derived.items() if not entry[0] & changed}
         return replace(self, _derived=kept, **fields)
 
     def with_cell(self, cell: CellView) -> ClusterSnapshot:
         """This snapshot with one cell added or replaced (e.g. the cell being created)."""
-        return self._changed({CELLS}, cells={**self.cells, cell.key: cell})
+        from cellguard.budget.usage import carry_cell_change  # builds on this module
+
+        child = self._changed({CELLS}, cells={**self.cells, cell.key: cell})
+        carry_cell_change(self, child, cell.key)
+        return child
 
     def with_reservation(self, reservation: ReservationLike) -> ClusterSnapshot:
         """This snapshot with `reservation` replacing any other of the same cell."""
-        cell = CellKey(*reservation.cell)
-        kept = tuple(r for r in self.reservations if CellKey(*r.cell) != cell)
-        return self._changed({RESERVATIONS}, reservations=(*kept, reservation))
+        return self._replace_reservations(CellKey(*reservation.cell), (reservation,))
 
     def without_reservation(self, cell: tuple[str, str]) -> ClusterSnapshot:
-        key = CellKey(*cell)
-        kept = tuple(r for r in self.reservations if CellKey(*r.cell) != key)
-        return self._changed({RESERVATIONS}, reservations=kept)
+        return self._replace_reservations(CellKey(*cell), ())
+
+    def _replace_reservations(
+        self, cell: CellKey, added: tuple[ReservationLike, ...]
+    ) -> ClusterSnapshot:
+        from cellguard.budget.usage import carry_reservation_change  # builds on this module
+
+        kept: list[ReservationLike] = []
+        removed: list[ReservationLike] = []
+        for reservation in self.reservations:
+            (removed if CellKey(*reservation.cell) == cell else kept).append(reservation)
+        child = self._changed({RESERVATIONS}, reservations=(*kept, *added))
+        carry_reservation_change(self, child, removed, added)
+        return child
 
     def at(self, now: datetime) -> ClusterSnapshot:
         """This snapshot seen at another moment (staleness and expiry move on)."""

@@ -6,6 +6,7 @@ a decision only looks up figures, whatever the size of the cluster.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -20,6 +21,7 @@ from cellguard.budget.snapshot import (
     RESERVATIONS,
     CellKey,
     ClusterSnapshot,
+    ReservationLike,
 )
 from cellguard.budget.threads import threads_per_pod
 
@@ -43,7 +45,11 @@ def modelled_threads(snapshot: ClusterSnapshot) -> dict[str, int]:
                 modelled[node] = get(node, 0) + per_pod * pods
         return modelled
 
-    return snapshot.derived("usage.modelled", frozenset({CELLS, PODS}), compute)
+    return snapshot.derived(_MODELLED, _MODELLED_INPUTS, compute)
+
+
+_MODELLED = "usage.modelled"
+_MODELLED_INPUTS = frozenset({CELLS, PODS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +78,11 @@ def reserved_threads(snapshot: ClusterSnapshot) -> Reserved:
                 own[node] = own.get(node, 0) + threads
         return Reserved(total, by_cell)
 
-    return snapshot.derived("usage.reserved", frozenset({RESERVATIONS, NOW}), compute)
+    return snapshot.derived(_RESERVED, _RESERVED_INPUTS, compute)
+
+
+_RESERVED = "usage.reserved"
+_RESERVED_INPUTS = frozenset({RESERVATIONS, NOW})
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,9 +139,11 @@ def policy_nodes(snapshot: ClusterSnapshot, policy_name: str) -> PolicyNodes:
             ),
         )
 
-    return snapshot.derived(
-        f"usage.policy:{policy_name}", frozenset({NODES, POLICIES, NOW}), compute
-    )
+    return snapshot.derived(_policy_name(policy_name), frozenset({NODES, POLICIES, NOW}), compute)
+
+
+def _policy_name(policy_name: str) -> str:
+    return f"usage.policy:{policy_name}"
 
 
 def used_threads(figures: NodeLimits, modelled: int) -> int:
@@ -139,22 +151,14 @@ def used_threads(figures: NodeLimits, modelled: int) -> int:
     return max(figures.observed or 0, modelled)
 
 
-@dataclass(frozen=True, slots=True)
-class Slack:
-    """Threads still free on each usable node under one policy, after every reservation.
+def slack(snapshot: ClusterSnapshot, policy_name: str) -> dict[str, int]:
+    """Usable node -> threads still free under the policy, after every reservation.
 
-    free = allowed - max(observed, modelled) - reserved (all cells); a cell's own
-    reservation is added back by the planner for the nodes it covers. `tightest_first`
-    lists each limit's nodes by (free, name), so the planner finds the tightest node a
-    cell may use by walking from the front instead of scanning every node.
+    free = allowed - max(observed, modelled) - reserved (all cells); the planner adds a
+    cell's own reservation back on the nodes it covers.
     """
 
-    free: dict[str, int]
-    tightest_first: dict[int, tuple[str, ...]]  # limit -> its nodes, least free first
-
-
-def slack(snapshot: ClusterSnapshot, policy_name: str) -> Slack:
-    def compute() -> Slack:
+    def compute() -> dict[str, int]:
         nodes = policy_nodes(snapshot, policy_name)
         modelled = modelled_threads(snapshot)
         reserved = reserved_threads(snapshot).total
@@ -164,14 +168,124 @@ def slack(snapshot: ClusterSnapshot, policy_name: str) -> Slack:
                 continue
             used = used_threads(figures, modelled.get(name, 0))
             free[name] = figures.allowed - used - reserved.get(name, 0)
-        order = {
-            limit: tuple(sorted(names, key=lambda name: (free[name], name)))
-            for limit, names in nodes.by_limit.items()
-        }
-        return Slack(free, order)
+        return free
 
-    return snapshot.derived(
-        f"usage.slack:{policy_name}",
-        frozenset({NODES, CELLS, PODS, POLICIES, RESERVATIONS, NOW}),
-        compute,
-    )
+    return snapshot.derived(_slack_name(policy_name), _SLACK_INPUTS, compute)
+
+
+_SLACK_INPUTS = frozenset({NODES, CELLS, PODS, POLICIES, RESERVATIONS, NOW})
+_SLACK_PREFIX = "usage.slack:"
+
+
+def _slack_name(policy_name: str) -> str:
+    return _SLACK_PREFIX + policy_name
+
+
+# --------------------------------------------------------------------------- carrying over
+#
+# A burst of decisions changes one reservation or one cell at a time. Rebuilding the
+# per-node figures for thousands of nodes after each would cost more than the decisions,
+# so the derived snapshot gets them from its parent, adjusted on the nodes that changed.
+
+
+def carry_reservation_change(
+    parent: ClusterSnapshot,
+    child: ClusterSnapshot,
+    removed: Iterable[ReservationLike],
+    added: Iterable[ReservationLike],
+) -> None:
+    """Seed `child` (= parent with `removed` dropped and `added` held, all of one cell)
+    from `parent`. One pass over the nodes the reservations cover, no more."""
+    held: Reserved | None = parent.peek(_RESERVED)
+    if held is None:
+        return
+    live_removed = [r for r in removed if r.expires_at > parent.now]
+    live_added = [r for r in added if r.expires_at > parent.now]
+    delta: dict[str, int]  # node -> change of threads held
+    if not live_removed and len(live_added) == 1:
+        delta = dict(live_added[0].threads_by_node)  # the common case: a copy, in C
+    else:
+        delta = {}
+        for sign, reservations in ((-1, live_removed), (1, live_added)):
+            for reservation in reservations:
+                for node, threads in reservation.threads_by_node.items():
+                    delta[node] = delta.get(node, 0) + sign * threads
+    total = dict(held.total)
+    get = total.get
+    # Comprehensions rather than loops of statements: this runs over thousands of nodes.
+    total.update({node: get(node, 0) + change for node, change in delta.items()})
+    for node in [node for node in delta if not total[node]]:
+        del total[node]  # as a fresh count would have it
+    by_cell = dict(held.by_cell)
+    for cell in {CellKey(*r.cell) for r in (*live_removed, *live_added)}:
+        mine = [
+            r.threads_by_node
+            for r in child.reservations
+            if CellKey(*r.cell) == cell and r.expires_at > child.now
+        ]
+        own: dict[str, int] = dict(mine[0]) if len(mine) == 1 else {}
+        for threads_by_node in mine if len(mine) > 1 else ():
+            for node, threads in threads_by_node.items():
+                own[node] = own.get(node, 0) + threads
+        if own:
+            by_cell[cell] = own
+        else:
+            by_cell.pop(cell, None)
+    child.seed(_RESERVED, _RESERVED_INPUTS, Reserved(total, by_cell))
+    # More held on a node is less free there, under every policy alike.
+    _carry_slack(parent, child, dict.fromkeys(parent.policies, delta), sign=-1)
+
+
+def carry_cell_change(parent: ClusterSnapshot, child: ClusterSnapshot, key: CellKey) -> None:
+    """Seed `child` (= parent with the cell `key` added or replaced) from `parent`."""
+    modelled: dict[str, int] | None = parent.peek(_MODELLED)
+    if modelled is None:
+        return
+    before, after = parent.cells.get(key), child.cells.get(key)
+    per_pod_before = threads_per_pod(before.base, before.per_peer, before.replicas) if before else 0
+    per_pod_after = threads_per_pod(after.base, after.per_peer, after.replicas) if after else 0
+    pods = child.pods.of_cell(key)
+    if per_pod_after == per_pod_before or not pods:
+        child.seed(_MODELLED, _MODELLED_INPUTS, modelled)  # derived values are never mutated
+        _carry_slack(parent, child, {})
+        return
+    updated = dict(modelled)
+    for node, count in pods.items():
+        updated[node] = updated.get(node, 0) + (per_pod_after - per_pod_before) * count
+    child.seed(_MODELLED, _MODELLED_INPUTS, updated)
+    changes: dict[str, dict[str, int]] = {}
+    for policy_name in parent.policies:
+        nodes: PolicyNodes | None = parent.peek(_policy_name(policy_name))
+        if nodes is None:
+            continue
+        changes[policy_name] = {
+            node: used_threads(nodes.limits[node], modelled.get(node, 0))
+            - used_threads(nodes.limits[node], updated[node])
+            for node in pods
+            if node in nodes.limits
+        }
+    _carry_slack(parent, child, changes)
+
+
+def _carry_slack(
+    parent: ClusterSnapshot,
+    child: ClusterSnapshot,
+    changes: Mapping[str, Mapping[str, int]],
+    *,
+    sign: int = 1,
+) -> None:
+    """Give the child each policy's free threads, plus `sign` * `changes` (policy -> node
+    -> threads). A policy missing from non-empty `changes` is left to be rebuilt."""
+    for policy_name in parent.policies:
+        free: dict[str, int] | None = parent.peek(_slack_name(policy_name))
+        if free is None or (changes and policy_name not in changes):
+            continue
+        change = changes.get(policy_name, {})
+        if not change:
+            child.seed(_slack_name(policy_name), _SLACK_INPUTS, free)  # never mutated
+            continue
+        updated = dict(free)
+        updated.update(
+            {node: free[node] + sign * threads for node, threads in change.items() if node in free}
+        )
+        child.seed(_slack_name(policy_name), _SLACK_INPUTS, updated)

@@ -9,7 +9,7 @@ examination: the worst case for it). The planner must agree with it on every siz
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from fractions import Fraction
 
@@ -396,3 +396,45 @@ def test_scale_down_and_no_change_are_never_refused(world: World, data: st.DataO
     )
     assert decision.reason is expected
     assert decision.reservation == {}
+
+
+@SETTINGS
+@given(worlds(), st.data())
+def test_derived_snapshots_carry_the_figures_a_fresh_snapshot_computes(
+    world: World, data: st.DataObject
+) -> None:
+    """with_reservation / with_cell adjust their parent's figures instead of rebuilding
+    them; after any sequence of changes they must equal a snapshot built from scratch."""
+    current = world.snapshot
+    for _ in range(data.draw(st.integers(1, 4))):
+        project(current, world.cell.key, world.cell.replicas + 1)  # fill the indexes
+        cell = data.draw(st.sampled_from(list(current.cells.values())))
+        change = data.draw(st.sampled_from(["hold", "release", "resize"]))
+        if change == "hold":
+            threads = {
+                n: data.draw(st.integers(1, 3_000))
+                for n in data.draw(st.sets(st.sampled_from(sorted(current.nodes)), min_size=1))
+            }
+            current = current.with_reservation(
+                Reservation(cell.key, threads, NOW + timedelta(seconds=60))
+            )
+        elif change == "release":
+            current = current.without_reservation(cell.key)
+        else:
+            current = current.with_cell(replace(cell, replicas=data.draw(st.integers(0, 9))))
+    fresh = ClusterSnapshot.build(
+        nodes=current.nodes.values(),
+        cells=current.cells.values(),
+        pods=current.pods,
+        policies=current.policies,
+        now=current.now,
+        reservations=current.reservations,
+    )
+    for replicas in range(world.cell.replicas + 4):
+        assert project(current, world.cell.key, replicas) == project(
+            fresh, world.cell.key, replicas
+        )
+    for name in ("usage.modelled", "usage.reserved", "usage.slack:default"):
+        carried = current.peek(name)
+        if carried is not None:
+            assert carried == fresh.peek(name), name

@@ -44,11 +44,13 @@ def test_with_reservation_keeps_node_indexes_and_answers_like_a_fresh_snapshot()
     decide(world, A.key, 6)  # fills the derived indexes
     held = reservation(B, {"n0": 22_000, "n1": 22_000})
     derived = world.with_reservation(held)
-    assert "usage.modelled" in derived._derived  # pods and cells did not change
-    assert "usage.reserved" not in derived._derived  # reservations did
-    assert "usage.slack:default" not in derived._derived
+    assert derived.peek("usage.modelled") is world.peek("usage.modelled")  # unchanged
+    # Reservations changed: their totals and the free threads are carried over, adjusted.
+    assert derived.peek("usage.reserved") is not None
     fresh = snapshot(list(world.nodes.values()), [A, B], world.pods.by_cell, reservations=[held])
     _same_answers(derived, fresh)
+    assert derived.peek("usage.slack:default") == fresh.peek("usage.slack:default")
+    assert derived.peek("usage.reserved") == fresh.peek("usage.reserved")
     assert decide(world, A.key, 6).allowed and not decide(derived, A.key, 6).allowed
     # A newer reservation of the same cell replaces the older one.
     assert derived.with_reservation(reservation(B, {"n0": 1})).reservations == (
@@ -62,16 +64,18 @@ def test_with_cell_recomputes_what_depends_on_cells() -> None:
     decide(world, A.key, 6)
     bigger = replace(A, replicas=6)
     derived = world.with_cell(bigger)
-    assert "eligibility.taint-groups" in derived._derived  # nodes did not change
-    assert "usage.modelled" not in derived._derived
+    assert derived.peek("eligibility.taint-groups") is world.peek("eligibility.taint-groups")
+    assert derived.peek("eligibility.by-service") is None  # cells changed: rebuilt on use
     fresh = snapshot(list(world.nodes.values()), [bigger, B], world.pods.by_cell)
     _same_answers(derived, fresh)
+    assert derived.peek("usage.modelled") == fresh.peek("usage.modelled")
+    assert derived.peek("usage.slack:default") == fresh.peek("usage.slack:default")
 
 
 def test_at_moves_staleness_on() -> None:
     world = _world()  # budgets observed 200 s ago; stale after 300 s
     assert decide(world, A.key, 5).allowed
     later = world.at(NOW + timedelta(seconds=101))
-    assert "eligibility.schedulable" in later._derived  # nodes did not change
-    assert "usage.policy:default" not in later._derived  # staleness did
+    assert later.peek("eligibility.schedulable") is world.peek("eligibility.schedulable")
+    assert later.peek("usage.policy:default") is None  # staleness moved: rebuilt on use
     assert decide(later, A.key, 5).reason is RefusalReason.BUDGET_STALE
