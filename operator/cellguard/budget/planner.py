@@ -116,8 +116,10 @@ class Decision:
     allowed_threads: int | None  # … its limit less margin
     headroom: float | None  # … 1 - projected / limit
     refused_node: str | None  # the node a refusal names (unknown budget, PID limit ...)
+    # Every node hosting the cell, and of the nodes that may receive its first pods the
+    # tightest one per distinct limit (they stand for the rest); tightest first.
     nodes: tuple[NodeRow, ...]
-    receiving_nodes: int
+    receiving_nodes: int  # how many nodes may receive new pods
     reservation: Mapping[str, int]  # threads per node to hold until the change is applied
     message: str
 
