@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 .PHONY: demo test setup toolchain lint unit e2e crds clean
 
 demo: setup
-	$(BIN)/cellguard dev-cluster
+	$(BIN)/cellguard demo
 
 test: setup
 	bash scripts/test.sh $(PYTEST_ARGS)

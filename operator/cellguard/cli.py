@@ -25,6 +25,10 @@ class _Subcommand(Protocol):
 # name -> (module, one-line help). Modules are imported lazily.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("cellguard.runtime.main", "run the operator: admission webhook and reconciler"),
+    "demo": (
+        "cellguard.demo.cli",
+        "the whole story on a local real control plane: admitted, refused, alerted",
+    ),
     "dev-cluster": (
         "cellguard.devcluster.cli",
         "run a local real control plane (etcd, kube-apiserver, controllers, kwok nodes)",
