@@ -40,8 +40,8 @@ class NodeLimits:
     pod_pids_limit: int | None  # None: no per-pod limit (or none known)
     limit_source: str | None  # which figure is the limit, e.g. "kernel.pid_max"
     from_defaults: bool  # figures are the policy's assumptions, not observations
-    detail: str  # why the budget is unknown or stale ('' when known)
-    age_seconds: float | None  # how old the observation is
+    detail: str  # why the budget is unknown or stale ('' when known); see `describe`
+    observed_at: datetime | None  # when the agent read the figures (UTC)
 
     @property
     def usable(self) -> bool:
@@ -78,10 +78,20 @@ def _missing(budget: NodeBudgetSpec) -> list[str]:
     return [name for name, value in figures.items() if value is None]
 
 
-def _age_seconds(observed_at: datetime, now: datetime) -> float:
-    if observed_at.tzinfo is None:
-        observed_at = observed_at.replace(tzinfo=UTC)
-    return (now - observed_at).total_seconds()
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def describe(figures: NodeLimits, now: datetime) -> str:
+    """Why the node's budget is unknown or stale, in words ('' when it is known).
+
+    The age of a stale observation is worded here, at `now`, so that figures derived
+    earlier in a snapshot's life never show an age that has moved on.
+    """
+    if figures.status is BudgetStatus.STALE and figures.observed_at is not None:
+        age = (now - figures.observed_at).total_seconds()
+        return f"observed {age:,.0f}s ago, {figures.detail}"
+    return figures.detail
 
 
 def node_limits(
@@ -95,7 +105,7 @@ def node_limits(
 ) -> NodeLimits:
     """The node's budget under `policy` at `now`."""
     margin = margin_fraction(policy) if margin is None else margin
-    age: float | None = None
+    observed_at = _utc(budget.observed_at) if budget is not None else None
     if not node_exists:
         status, detail = BudgetStatus.UNKNOWN, "the node is not in the cluster"
     elif budget is None:
@@ -106,13 +116,10 @@ def node_limits(
     elif missing := _missing(budget):
         status, detail = BudgetStatus.UNKNOWN, f"its NodeBudget lacks {', '.join(missing)}"
     else:
-        age = _age_seconds(budget.observed_at, now)
-        if age > policy.stale_after_seconds:
+        assert observed_at is not None
+        if (now - observed_at).total_seconds() > policy.stale_after_seconds:
             status = BudgetStatus.STALE
-            detail = (
-                f"observed {age:,.0f}s ago, more than the {policy.stale_after_seconds:,}s "
-                "the policy allows"
-            )
+            detail = f"more than the {policy.stale_after_seconds:,}s the policy allows"
         else:
             status, detail = BudgetStatus.KNOWN, ""
     if status is BudgetStatus.KNOWN:
@@ -129,7 +136,7 @@ def node_limits(
             limit_source=source,
             from_defaults=False,
             detail="",
-            age_seconds=age,
+            observed_at=observed_at,
         )
     defaults = _defaults_in_force(policy)
     if defaults is not None:
@@ -146,7 +153,7 @@ def node_limits(
             limit_source=f"{source} (policy defaults)",
             from_defaults=True,
             detail=detail,
-            age_seconds=age,
+            observed_at=observed_at,
         )
     return NodeLimits(
         node=node,
@@ -158,7 +165,7 @@ def node_limits(
         limit_source=None,
         from_defaults=False,
         detail=detail,
-        age_seconds=age,
+        observed_at=observed_at,
     )
 
 

@@ -29,7 +29,7 @@ from types import MappingProxyType
 from cellguard.api.v1alpha1 import RefusalReason
 from cellguard.budget import messages
 from cellguard.budget.eligibility import excluded_by_isolation, ineligibility, placement_nodes
-from cellguard.budget.limits import BudgetStatus, NodeLimits, allowed_threads
+from cellguard.budget.limits import BudgetStatus, NodeLimits, allowed_threads, describe
 from cellguard.budget.snapshot import CellKey, CellView, ClusterSnapshot, Reservation
 from cellguard.budget.spread import WaterFill
 from cellguard.budget.threads import threads_per_pod
@@ -639,7 +639,8 @@ def _refusal_message(change: str, plan: CellPlan, projection: Projection, max_sa
         figures = plan.nodes.of(plan.snapshot, node or "")
         state = "stale" if reason is RefusalReason.BUDGET_STALE else "unknown"
         return (
-            f"{change} needs node {node}, whose thread budget is {state} ({figures.detail}); "
+            f"{change} needs node {node}, whose thread budget is {state} "
+            f"({describe(figures, plan.snapshot.now)}); "
             f"cellguard refuses until the node agent reports it (or set unknownBudget: "
             f"UseDefaults in ThreadBudgetPolicy {cell.policy_name})"
         )

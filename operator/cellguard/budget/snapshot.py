@@ -282,5 +282,12 @@ class ClusterSnapshot:
         return child
 
     def at(self, now: datetime) -> ClusterSnapshot:
-        """This snapshot seen at another moment (staleness and expiry move on)."""
-        return self._changed({NOW}, now=now)
+        """This snapshot seen at another moment (staleness and expiry move on).
+
+        Cheap when nothing turned stale or expired in between: the figures carry over.
+        """
+        from cellguard.budget.usage import carry_time_change  # builds on this module
+
+        child = self._changed({NOW}, now=now)
+        carry_time_change(self, child)
+        return child

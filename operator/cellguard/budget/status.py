@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from cellguard.api.v1alpha1 import RefusalReason
 from cellguard.budget import messages
-from cellguard.budget.limits import allowed_threads
+from cellguard.budget.limits import allowed_threads, describe
 from cellguard.budget.planner import CellPlan, NodeRow, cell_of, plan_for
 from cellguard.budget.snapshot import CellKey, ClusterSnapshot
 from cellguard.budget.threads import threads_per_pod
@@ -90,7 +90,8 @@ def _message(
     if reason in (RefusalReason.BUDGET_UNKNOWN, RefusalReason.BUDGET_STALE):
         figures = plan.nodes.of(plan.snapshot, refused_node or "")
         state = "stale" if reason is RefusalReason.BUDGET_STALE else "unknown"
-        return f"{size} uses node {refused_node}, whose thread budget is {state} ({figures.detail})"
+        why = describe(figures, plan.snapshot.now)
+        return f"{size} uses node {refused_node}, whose thread budget is {state} ({why})"
     if reason is RefusalReason.POD_PID_LIMIT and plan.pod_limit is not None:
         pod_limit, node = plan.pod_limit
         allowed = allowed_threads(pod_limit, plan.margin)

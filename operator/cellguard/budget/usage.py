@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from fractions import Fraction
 
 from cellguard.api.v1alpha1 import ThreadBudgetPolicySpec
-from cellguard.budget.limits import NodeLimits, margin_fraction, node_limits
+from cellguard.budget.limits import BudgetStatus, NodeLimits, margin_fraction, node_limits
 from cellguard.budget.snapshot import (
     CELLS,
     NODES,
@@ -96,6 +97,7 @@ class PolicyNodes:
     by_limit: dict[int, frozenset[str]]  # usable nodes by effective limit
     unusable: frozenset[str]  # budget unknown or stale, and no defaults to stand in
     pod_limits: tuple[tuple[int, frozenset[str]], ...]  # per-pod PID limit -> nodes, ascending
+    stale_from: datetime | None  # after this moment some known budget is stale (None: never)
 
     def of(self, snapshot: ClusterSnapshot, node: str) -> NodeLimits:
         """The node's limits, also for a node the snapshot does not know."""
@@ -120,6 +122,11 @@ def policy_nodes(snapshot: ClusterSnapshot, policy_name: str) -> PolicyNodes:
         by_limit: dict[int, set[str]] = {}
         by_pod_limit: dict[int, set[str]] = {}
         unusable: set[str] = set()
+        deadlines = [
+            figures.observed_at + timedelta(seconds=policy.stale_after_seconds)
+            for figures in limits.values()
+            if figures.status is BudgetStatus.KNOWN and figures.observed_at is not None
+        ]
         for name, figures in limits.items():
             if figures.limit is None:
                 unusable.add(name)
@@ -137,9 +144,13 @@ def policy_nodes(snapshot: ClusterSnapshot, policy_name: str) -> PolicyNodes:
             pod_limits=tuple(
                 (limit, frozenset(names)) for limit, names in sorted(by_pod_limit.items())
             ),
+            stale_from=min(deadlines, default=None),
         )
 
-    return snapshot.derived(_policy_name(policy_name), frozenset({NODES, POLICIES, NOW}), compute)
+    return snapshot.derived(_policy_name(policy_name), _POLICY_INPUTS, compute)
+
+
+_POLICY_INPUTS = frozenset({NODES, POLICIES, NOW})
 
 
 def _policy_name(policy_name: str) -> str:
@@ -265,6 +276,31 @@ def carry_cell_change(parent: ClusterSnapshot, child: ClusterSnapshot, key: Cell
             if node in nodes.limits
         }
     _carry_slack(parent, child, changes)
+
+
+def carry_time_change(parent: ClusterSnapshot, child: ClusterSnapshot) -> None:
+    """Seed `child` (= parent at a later moment) with what the passing time left alone.
+
+    Time matters in two places only: budgets turn stale, reservations expire. When neither
+    happened between the two moments, every figure stands (the operator asks for the same
+    snapshot "now" before each decision, and must not pay a rebuild for it).
+    """
+    if child.now < parent.now:
+        return  # time went back: rebuild everything on use
+    held: Reserved | None = parent.peek(_RESERVED)
+    reservations_stand = held is not None and not any(
+        parent.now < r.expires_at <= child.now for r in parent.reservations
+    )
+    if reservations_stand:
+        child.seed(_RESERVED, _RESERVED_INPUTS, held)
+    for policy_name in parent.policies:
+        nodes: PolicyNodes | None = parent.peek(_policy_name(policy_name))
+        if nodes is None or (nodes.stale_from is not None and child.now > nodes.stale_from):
+            continue
+        child.seed(_policy_name(policy_name), _POLICY_INPUTS, nodes)
+        free: dict[str, int] | None = parent.peek(_slack_name(policy_name))
+        if free is not None and reservations_stand:
+            child.seed(_slack_name(policy_name), _SLACK_INPUTS, free)
 
 
 def _carry_slack(

@@ -10,7 +10,7 @@ import pytest
 
 from cellguard.api.v1alpha1 import NodeBudgetSpec
 from cellguard.budget import BudgetStatus, node_limits
-from cellguard.budget.limits import allowed_threads, margin_fraction
+from cellguard.budget.limits import allowed_threads, describe, margin_fraction
 
 from .helpers import NOW, PID_MAX, budget, policy, use_defaults
 
@@ -70,7 +70,8 @@ def test_stale_after_the_policy_window() -> None:
     stale = node_limits("n1", budget("n1", age=timedelta(seconds=301)), policy(), NOW)
     assert fresh.status is BudgetStatus.KNOWN
     assert stale.status is BudgetStatus.STALE and not stale.usable
-    assert "301s ago" in stale.detail
+    assert describe(stale, NOW) == "observed 301s ago, more than the 300s the policy allows"
+    assert describe(stale, NOW + timedelta(seconds=1_000)).startswith("observed 1,301s ago")
     lenient = node_limits(
         "n1", budget("n1", age=timedelta(seconds=301)), policy(staleAfterSeconds=600), NOW
     )

@@ -409,7 +409,7 @@ def test_derived_snapshots_carry_the_figures_a_fresh_snapshot_computes(
     for _ in range(data.draw(st.integers(1, 4))):
         project(current, world.cell.key, world.cell.replicas + 1)  # fill the indexes
         cell = data.draw(st.sampled_from(list(current.cells.values())))
-        change = data.draw(st.sampled_from(["hold", "release", "resize"]))
+        change = data.draw(st.sampled_from(["hold", "release", "resize", "wait"]))
         if change == "hold":
             threads = {
                 n: data.draw(st.integers(1, 3_000))
@@ -420,6 +420,9 @@ def test_derived_snapshots_carry_the_figures_a_fresh_snapshot_computes(
             )
         elif change == "release":
             current = current.without_reservation(cell.key)
+        elif change == "wait":  # crossing, or not, the 60 s expiry and 300 s staleness
+            seconds = data.draw(st.sampled_from([1, 59, 60, 61, 280, 291, 400]))
+            current = current.at(current.now + timedelta(seconds=seconds))
         else:
             current = current.with_cell(replace(cell, replicas=data.draw(st.integers(0, 9))))
     fresh = ClusterSnapshot.build(
@@ -434,7 +437,7 @@ def test_derived_snapshots_carry_the_figures_a_fresh_snapshot_computes(
         assert project(current, world.cell.key, replicas) == project(
             fresh, world.cell.key, replicas
         )
-    for name in ("usage.modelled", "usage.reserved", "usage.slack:default"):
+    for name in ("usage.modelled", "usage.reserved", "usage.slack:default", "usage.policy:default"):
         carried = current.peek(name)
         if carried is not None:
             assert carried == fresh.peek(name), name

@@ -75,7 +75,13 @@ def test_with_cell_recomputes_what_depends_on_cells() -> None:
 def test_at_moves_staleness_on() -> None:
     world = _world()  # budgets observed 200 s ago; stale after 300 s
     assert decide(world, A.key, 5).allowed
+    # 100 s on, nothing turned stale: every figure carries over as it is.
+    soon = world.at(NOW + timedelta(seconds=100))
+    for name in ("eligibility.schedulable", "usage.policy:default", "usage.slack:default"):
+        assert soon.peek(name) is world.peek(name), name
+    assert decide(soon, A.key, 5).allowed
+    # A second later every budget is stale: the node figures are derived anew.
     later = world.at(NOW + timedelta(seconds=101))
     assert later.peek("eligibility.schedulable") is world.peek("eligibility.schedulable")
-    assert later.peek("usage.policy:default") is None  # staleness moved: rebuilt on use
+    assert later.peek("usage.policy:default") is None
     assert decide(later, A.key, 5).reason is RefusalReason.BUDGET_STALE
