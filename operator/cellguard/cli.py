@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 from cellguard import __version__
@@ -33,6 +35,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "cellguard.devcluster.cli",
         "run a local real control plane (etcd, kube-apiserver, controllers, kwok nodes)",
     ),
+    "plan": (
+        "cellguard.commands.plan",
+        "what-if: would this cell's scale fit every node? (exit 0 fits, 1 refused, 2 error)",
+    ),
+    "status": ("cellguard.commands.status", "cells with their headroom, and every node's budget"),
     "agent": ("cellguard.agent.cli", "node agent: report this node's thread and PID budget"),
 }
 
@@ -43,8 +50,10 @@ def _load(module_name: str) -> _Subcommand:
 
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    # Installed twice: as `cellguard` and as the kubectl plugin `kubectl-cellguard`.
+    invoked = Path(sys.argv[0]).name
     parser = argparse.ArgumentParser(
-        prog="cellguard",
+        prog="kubectl cellguard" if invoked == "kubectl-cellguard" else "cellguard",
         description="Refuse scale-ups that would push nodes past their thread and PID limits.",
     )
     parser.add_argument("--version", action="version", version=f"cellguard {__version__}")
@@ -59,6 +68,8 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # `cellguard status -o json | head` ends quietly, like any Unix filter.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(args_list)
     args = parser.parse_args(args_list)

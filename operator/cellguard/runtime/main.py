@@ -27,15 +27,10 @@ from cellguard.admission import handlers as admission_handlers
 from cellguard.api.v1alpha1 import RefusalReason
 from cellguard.constants import (
     FIELD_MANAGER_OPERATOR,
-    GROUP,
     KOPF_PREFIX,
-    LABEL_CELL,
-    NODEBUDGET_PLURAL,
-    POLICY_PLURAL,
-    STREAMCELL_PLURAL,
-    VERSION,
 )
 from cellguard.context import OperatorContext
+from cellguard.listing import list_cluster
 from cellguard.metrics import OperatorMetrics
 from cellguard.reconcile import handlers as reconcile_handlers
 from cellguard.resources import webhook as webhook_config
@@ -63,48 +58,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- listing
-
-
-def _list_all(
-    api: client.ApiClient, path: str, label_selector: str | None = None
-) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    token = ""
-    while True:
-        query = [("limit", "500")]
-        if token:
-            query.append(("continue", token))
-        if label_selector:
-            query.append(("labelSelector", label_selector))
-        page = kubeclient.request_json(api, "GET", path, query=query, timeout=120)
-        items.extend(page.get("items", []))
-        token = page.get("metadata", {}).get("continue") or ""
-        if not token:
-            return items
-
-
-def list_cluster(api: client.ApiClient, ctx: OperatorContext) -> dict[str, list[Any]]:
-    """A complete listing of what the cache holds (blocking; run in a thread)."""
-    crd = f"/apis/{GROUP}/{VERSION}"
-    namespaces = ctx.settings.namespaces
-
-    def namespaced(group_path: str, plural: str, selector: str | None = None) -> list[Any]:
-        if not namespaces:
-            return _list_all(api, f"{group_path}/{plural}", selector)
-        return [
-            item
-            for ns in namespaces
-            for item in _list_all(api, f"{group_path}/namespaces/{ns}/{plural}", selector)
-        ]
-
-    return {
-        "nodes": _list_all(api, "/api/v1/nodes"),
-        "budgets": _list_all(api, f"{crd}/{NODEBUDGET_PLURAL}"),
-        "cells": namespaced(crd, STREAMCELL_PLURAL),
-        "policies": _list_all(api, f"{crd}/{POLICY_PLURAL}"),
-        "pods": namespaced("/api/v1", "pods", LABEL_CELL),
-        "deployments": namespaced("/apis/apps/v1", "deployments", LABEL_CELL),
-    }
 
 
 def load_listing(ctx: OperatorContext, listing: dict[str, list[Any]]) -> None:
@@ -285,7 +238,7 @@ async def run_operator(settings: Settings) -> int:
         hold = asyncio.create_task(elector.hold(stop), name="lease")
         ctx.own_username = await asyncio.to_thread(own_username, api)
         log.info("acting as %s", ctx.own_username)
-        load_listing(ctx, await asyncio.to_thread(list_cluster, api, ctx))
+        load_listing(ctx, await asyncio.to_thread(list_cluster, api, settings.namespaces))
         log.info(
             "cache synced: %d nodes, %d budgets, %d cells, %d cell pods",
             len(ctx.state.nodes),
@@ -365,7 +318,7 @@ async def _resync(api: client.ApiClient, ctx: OperatorContext, stop: asyncio.Eve
             return
         version = ctx.state.version
         try:
-            listing = await asyncio.to_thread(list_cluster, api, ctx)
+            listing = await asyncio.to_thread(list_cluster, api, ctx.settings.namespaces)
         except Exception as exc:  # the API server may be away: the next round retries
             log.warning("resync listing failed: %s", exc)
             continue

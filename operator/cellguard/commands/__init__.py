@@ -1,0 +1,1 @@
+"""Read-only commands: `cellguard plan` and `cellguard status` (also `kubectl cellguard ...`)."""

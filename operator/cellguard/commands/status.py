@@ -1,0 +1,154 @@
+"""`cellguard status`: every cell with its headroom, and every node's thread budget.
+
+cellguard status                 # cells in all namespaces, then nodes
+cellguard status -n prod -o json
+cellguard status --save-snapshot cluster.yaml   # for `cellguard plan --snapshot`
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from cellguard.budget import cell_status
+from cellguard.commands.common import (
+    add_cluster_arguments,
+    emit,
+    figure,
+    gate_for,
+    load_state,
+    planner_snapshot,
+    ratio,
+    read_listing,
+)
+from cellguard.listing import Listing
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("-n", "--namespace", default=None, help="only cells of this namespace")
+    parser.add_argument("--save-snapshot", type=Path, default=None, help="write the listing")
+    add_cluster_arguments(parser)
+
+
+def report(listing: Listing, namespace: str | None = None) -> dict[str, Any]:
+    """Cells (with the planner's figures at their current size) and nodes, as data."""
+    state = load_state(listing)
+    snapshot = planner_snapshot(state)
+    cells = []
+    for key, record in sorted(state.cells.items()):
+        if namespace is not None and key.namespace != namespace:
+            continue
+        figures = cell_status(snapshot, key)
+        cells.append(
+            {
+                "namespace": key.namespace,
+                "name": key.name,
+                "service": record.spec.service,
+                "replicas": record.spec.replicas,
+                "pods": state.pods_by_cell.get(key, 0),
+                "threadsPerPod": figures.threads_per_pod,
+                "maxSafeReplicas": figures.max_safe_replicas,
+                "headroom": figures.headroom,
+                "limitingNode": figures.limiting_node,
+                "withinBudget": figures.within_budget,
+                "message": figures.message,
+            }
+        )
+    nodes = [
+        {
+            "node": row.node,
+            "limit": row.thread_limit,
+            "allowed": row.threads_allowed,
+            "observed": row.threads_observed,
+            "projected": row.threads_projected,
+            "headroom": row.thread_headroom_ratio,
+            "pidHeadroom": row.pid_headroom_ratio,
+            "budgetKnown": row.budget_known,
+            "budgetAgeSeconds": row.budget_age_seconds,
+        }
+        for row in gate_for(state).node_figures()
+    ]
+    return {"cells": cells, "nodes": nodes}
+
+
+def print_tables(data: dict[str, Any], console: Console) -> None:
+    cells = Table(
+        "namespace",
+        "cell",
+        "service",
+        "replicas",
+        "pods",
+        "threads/pod",
+        "max safe",
+        "headroom",
+        "limiting node",
+        "within budget",
+        title="StreamCells",
+    )
+    for c in data["cells"]:
+        cells.add_row(
+            c["namespace"],
+            c["name"],
+            c["service"],
+            str(c["replicas"]),
+            str(c["pods"]),
+            figure(c["threadsPerPod"]),
+            str(c["maxSafeReplicas"]),
+            ratio(c["headroom"]),
+            c["limitingNode"] or "-",
+            "yes" if c["withinBudget"] else "[red]NO[/]",
+        )
+    console.print(cells)
+    for c in data["cells"]:
+        if not c["withinBudget"]:
+            console.print(f"[red]{c['namespace']}/{c['name']}:[/] {c['message']}")
+    nodes = Table(
+        "node",
+        "limit",
+        "allowed",
+        "observed",
+        "projected",
+        "headroom",
+        "pid headroom",
+        "budget",
+        title="Nodes (under the `default` policy), least headroom first",
+    )
+    ordered = sorted(data["nodes"], key=lambda n: (n["headroom"] is not None, n["headroom"] or 0.0))
+    for n in ordered:
+        age = n["budgetAgeSeconds"]
+        budget = f"known, {age:,.0f}s old" if n["budgetKnown"] else "[red]unknown/stale[/]"
+        nodes.add_row(
+            n["node"],
+            figure(n["limit"]),
+            figure(n["allowed"]),
+            figure(n["observed"]),
+            figure(n["projected"]),
+            ratio(n["headroom"]),
+            ratio(n["pidHeadroom"]),
+            budget,
+        )
+    console.print(nodes)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        listing = read_listing(args, (args.namespace,) if args.namespace else ())
+        if args.save_snapshot is not None:
+            args.save_snapshot.write_text(yaml.safe_dump(listing, sort_keys=False))
+        data = report(listing, args.namespace)
+    except Exception as error:  # unreachable cluster, bad snapshot: say so, exit 2
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 2
+    if args.output == "table":
+        print_tables(data, Console())
+    else:
+        emit(data, args.output)
+    return 0

@@ -1,0 +1,151 @@
+"""`cellguard plan` and `cellguard status` against a snapshot file (no server needed)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cellguard import cli
+
+NOW = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _node(name: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+        "spec": {},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
+def _budget(name: str, in_use: int = 1_000) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name},
+        "spec": {
+            "nodeName": name,
+            "threadsMax": 32_768,
+            "pidMax": 32_768,
+            "threadsInUse": in_use,
+            "observedAt": NOW,
+        },
+    }
+
+
+def _cell_spec(replicas: int) -> dict[str, Any]:
+    return {
+        "replicas": replicas,
+        "service": "ingest",
+        "threads": {"base": 200, "perPeer": 500},
+        "template": {"spec": {"containers": [{"name": "c", "image": "i"}]}},
+    }
+
+
+@pytest.fixture
+def snapshot(tmp_path: Path) -> Path:
+    nodes = [f"n{i}" for i in range(1, 7)]
+    listing = {
+        "nodes": [_node(n) for n in nodes],
+        "budgets": [_budget(n) for n in nodes[:-1]],  # n6 has no budget
+        "cells": [{"metadata": {"namespace": "prod", "name": "ingest-a"}, "spec": _cell_spec(3)}],
+        "policies": [{"metadata": {"name": "default"}, "spec": {"safetyMargin": 0.2}}],
+        "pods": [
+            {
+                "metadata": {
+                    "namespace": "prod",
+                    "name": f"ingest-a-{i}",
+                    "labels": {"cellguard.io/cell": "ingest-a"},
+                },
+                "spec": {"nodeName": nodes[i]},
+                "status": {"phase": "Running"},
+            }
+            for i in range(3)
+        ],
+        "deployments": [],
+    }
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(listing))
+    return path
+
+
+def test_plan_exit_codes_and_json(snapshot: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Scale-ups that would place a pod on n6 (no budget) are refused: fail closed.
+    code = cli.main(
+        [
+            "plan",
+            "streamcell/ingest-a",
+            "-n",
+            "prod",
+            "--replicas",
+            "4",
+            "--snapshot",
+            str(snapshot),
+            "-o",
+            "json",
+        ]
+    )
+    data = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert data["reason"] == "BudgetUnknown"
+    assert "n6" in data["message"]
+    assert (
+        cli.main(
+            [
+                "plan",
+                "streamcell/ingest-a",
+                "-n",
+                "prod",
+                "--replicas",
+                "2",
+                "--snapshot",
+                str(snapshot),
+            ]
+        )
+        == 0
+    )
+    assert "FITS" in capsys.readouterr().out
+
+
+def test_plan_of_a_manifest_file(
+    snapshot: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = tmp_path / "cell.yaml"
+    manifest.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "cellguard.io/v1alpha1",
+                "kind": "StreamCell",
+                "metadata": {"name": "new-cell", "namespace": "prod"},
+                "spec": {**_cell_spec(40), "service": "other", "isolation": "Shared"},
+            }
+        )
+    )
+    code = cli.main(["plan", "-f", str(manifest), "--snapshot", str(snapshot), "-o", "yaml"])
+    data = yaml.safe_load(capsys.readouterr().out)
+    assert code == 1
+    assert data["fromReplicas"] == 0 and data["toReplicas"] == 40
+    assert data["allowed"] is False
+
+
+def test_plan_errors_exit_2(snapshot: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["plan", "streamcell/missing", "-n", "prod", "--snapshot", str(snapshot)]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_status_reports_cells_and_nodes(snapshot: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["status", "--snapshot", str(snapshot), "-o", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    (cell,) = data["cells"]
+    assert cell["name"] == "ingest-a" and cell["pods"] == 3
+    assert cell["threadsPerPod"] == 1_200
+    nodes = {n["node"]: n for n in data["nodes"]}
+    assert nodes["n6"]["budgetKnown"] is False
+    assert nodes["n1"]["projected"] == 1_200  # max(1,000 observed, 1,200 modelled)
+    assert cli.main(["status", "--snapshot", str(snapshot)]) == 0
+    table = capsys.readouterr().out
+    assert "StreamCells" in table
+    assert "unknown" in table  # n6, wrapped in its cell
