@@ -148,4 +148,4 @@ def test_status_reports_cells_and_nodes(snapshot: Path, capsys: pytest.CaptureFi
     assert cli.main(["status", "--snapshot", str(snapshot)]) == 0
     table = capsys.readouterr().out
     assert "StreamCells" in table
-    assert "unknown" in table  # n6, wrapped in its cell
+    assert "unknown/stale" in table  # n6

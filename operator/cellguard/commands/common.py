@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from rich.console import Console
 
 from cellguard.budget import ClusterSnapshot
 from cellguard.listing import Listing, list_cluster, read_snapshot
@@ -67,6 +68,11 @@ def planner_snapshot(state: ClusterState, now: datetime.datetime | None = None) 
 def gate_for(state: ClusterState, now: datetime.datetime | None = None) -> ScaleGate:
     moment = now or datetime.datetime.now(datetime.UTC)
     return ScaleGate(state, ReservationLedger(), _NoCounting(), now=lambda: moment)
+
+
+def console() -> Console:
+    """The terminal's width on a terminal; wide enough for every column when piped."""
+    return Console() if sys.stdout.isatty() else Console(width=200)
 
 
 def figure(value: int | None) -> str:

@@ -17,7 +17,6 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
-from rich.console import Console
 from rich.table import Table
 
 from cellguard.api.v1alpha1 import StreamCell
@@ -30,6 +29,9 @@ from cellguard.commands.common import (
     planner_snapshot,
     ratio,
     read_listing,
+)
+from cellguard.commands.common import (
+    console as make_console,
 )
 
 FITS, REFUSED, ERROR = 0, 1, 2
@@ -110,7 +112,7 @@ def decision_data(decision: Decision) -> dict[str, Any]:
     }
 
 
-def print_table(decision: Decision, console: Console) -> None:
+def print_table(decision: Decision, console: Any) -> None:
     table = Table(
         "node",
         "pods",
@@ -146,7 +148,7 @@ def print_table(decision: Decision, console: Console) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    console = Console()
+    console = make_console()
     try:
         listing = read_listing(args)
         cell = _cell_from_args(args, listing)

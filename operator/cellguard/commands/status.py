@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from rich.console import Console
 from rich.table import Table
 
 from cellguard.budget import cell_status
@@ -26,6 +25,9 @@ from cellguard.commands.common import (
     planner_snapshot,
     ratio,
     read_listing,
+)
+from cellguard.commands.common import (
+    console as make_console,
 )
 from cellguard.listing import Listing
 
@@ -79,7 +81,7 @@ def report(listing: Listing, namespace: str | None = None) -> dict[str, Any]:
     return {"cells": cells, "nodes": nodes}
 
 
-def print_tables(data: dict[str, Any], console: Console) -> None:
+def print_tables(data: dict[str, Any], console: Any) -> None:
     cells = Table(
         "namespace",
         "cell",
@@ -148,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
     if args.output == "table":
-        print_tables(data, Console())
+        print_tables(data, make_console())
     else:
         emit(data, args.output)
     return 0
