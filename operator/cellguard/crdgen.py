@@ -104,7 +104,9 @@ CRDS: tuple[CrdSpec, ...] = (
         plural=STREAMCELL_PLURAL,
         singular="streamcell",
         namespaced=True,
-        short_names=("sc",),
+        # Not `sc`: every cluster serves StorageClasses under that short name, and the
+        # built-in wins, so `kubectl get sc` could never list StreamCells.
+        short_names=("scell", "scells"),
         categories=("cellguard", "all"),
         printer_columns=(
             _column("Replicas", "integer", ".spec.replicas", "Desired pods in the cell."),

@@ -165,7 +165,8 @@ def test_streamcell_crd_shape() -> None:
     assert crd["apiVersion"] == "apiextensions.k8s.io/v1"
     spec = crd["spec"]
     assert spec["scope"] == "Namespaced"
-    assert spec["names"]["shortNames"] == ["sc"]
+    # Not "sc": the built-in StorageClass short name always wins in kubectl.
+    assert spec["names"]["shortNames"] == ["scell", "scells"]
     assert spec["names"]["categories"] == ["cellguard", "all"]
     (version,) = spec["versions"]
     assert version["subresources"] == {

@@ -68,10 +68,12 @@ def may_share_nodes(cell: CellView, other: CellView) -> bool:
 
 
 def _schedulable(snapshot: ClusterSnapshot) -> frozenset[str]:
+    # The scheduler does not read the Ready condition: it keeps pods off a NotReady node by
+    # the node.kubernetes.io/not-ready and /unreachable taints the node lifecycle controller
+    # adds. Until that taint is there, a NotReady node may still receive pods, so it stays
+    # a receiver here too (the bound must cover every node the scheduler may use).
     def compute() -> frozenset[str]:
-        return frozenset(
-            name for name, node in snapshot.nodes.items() if node.ready and not node.unschedulable
-        )
+        return frozenset(name for name, node in snapshot.nodes.items() if not node.unschedulable)
 
     return snapshot.derived("eligibility.schedulable", frozenset({NODES}), compute)
 
@@ -141,7 +143,7 @@ def excluded_by_isolation(snapshot: ClusterSnapshot, cell: CellView) -> set[str]
 
 
 def placement_nodes(snapshot: ClusterSnapshot, cell: CellView) -> frozenset[str]:
-    """Ready, schedulable nodes the cell's selector and tolerations allow (isolation aside).
+    """Schedulable (not cordoned) nodes the cell's selector and tolerations allow (isolation aside).
 
     Kept per placement: cells share few distinct selector/toleration combinations.
     """
@@ -179,8 +181,6 @@ def ineligibility(snapshot: ClusterSnapshot, cell: CellView) -> Counter[str]:
             reasons["do not match its nodeSelector"] += 1
         elif not tolerates_all(cell.tolerations, node.taints):
             reasons["have taints it does not tolerate"] += 1
-        elif not node.ready:
-            reasons["are NotReady"] += 1
         elif node.unschedulable:
             reasons["are cordoned"] += 1
         elif name in excluded:

@@ -69,8 +69,10 @@ def spread_constraint(cell_name: str) -> dict[str, Any]:
         "maxSkew": 1,
         "topologyKey": HOSTNAME_TOPOLOGY_KEY,
         "whenUnsatisfiable": "DoNotSchedule",
+        # Every pod of the cell counts, whatever its template: with matchLabelKeys
+        # [pod-template-hash] a rollout's new pods would ignore the old ones and could double
+        # up on a node, beyond the ceil(M/E) a node that the planner bounds.
         "labelSelector": {"matchLabels": cell_selector(cell_name)},
-        "matchLabelKeys": ["pod-template-hash"],
         "nodeAffinityPolicy": "Honor",
         "nodeTaintsPolicy": "Honor",
     }

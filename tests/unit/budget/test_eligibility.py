@@ -55,7 +55,14 @@ def test_selector_taints_readiness_and_cordon() -> None:
         node("other-zone", labels={"zone": "b"}),
         node("tainted", labels={"zone": "a"}, taints=[DEDICATED]),
         node("soft-tainted", labels={"zone": "a"}, taints=[Taint("x", "", "PreferNoSchedule")]),
+        # NotReady but not yet tainted: the scheduler may still use it, so it counts.
         node("not-ready", labels={"zone": "a"}, ready=False),
+        node(
+            "not-ready-tainted",
+            labels={"zone": "a"},
+            ready=False,
+            taints=[Taint("node.kubernetes.io/not-ready", "", "NoSchedule")],
+        ),
         node("cordoned", labels={"zone": "a"}, unschedulable=True),
     ]
     picky = cell("picky", replicas=0, node_selector={"zone": "a"})
@@ -68,13 +75,12 @@ def test_selector_taints_readiness_and_cordon() -> None:
     )
     anywhere = cell("anywhere", replicas=0, service="third")
     snap = snapshot(nodes, [picky, tolerant, anywhere])
-    assert eligible_nodes(snap, picky) == {"plain", "soft-tainted"}
-    assert eligible_nodes(snap, tolerant) == {"plain", "soft-tainted", "tainted"}
-    assert eligible_nodes(snap, anywhere) == {"plain", "other-zone", "soft-tainted"}
+    assert eligible_nodes(snap, picky) == {"plain", "soft-tainted", "not-ready"}
+    assert eligible_nodes(snap, tolerant) == {"plain", "soft-tainted", "tainted", "not-ready"}
+    assert eligible_nodes(snap, anywhere) == {"plain", "other-zone", "soft-tainted", "not-ready"}
     assert ineligibility(snap, picky) == {
         "do not match its nodeSelector": 1,
-        "have taints it does not tolerate": 1,
-        "are NotReady": 1,
+        "have taints it does not tolerate": 2,
         "are cordoned": 1,
     }
 

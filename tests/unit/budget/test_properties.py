@@ -203,7 +203,8 @@ class BruteForce:
 
     def eligible(self, name: str) -> bool:
         node = self.snap.nodes.get(name)
-        if node is None or not node.ready or node.unschedulable:
+        # The scheduler goes by taints, not the Ready condition (see eligibility).
+        if node is None or node.unschedulable:
             return False
         if any(node.labels.get(k) != v for k, v in self.cell.node_selector.items()):
             return False
