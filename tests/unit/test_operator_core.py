@@ -371,3 +371,23 @@ def test_webhook_configuration_is_scoped_and_fails_closed() -> None:
         webhook.validating_webhook_configuration(
             webhook.url_client_config("https://x", ""), exempt_namespaces=[], timeout_seconds=31
         )
+
+
+def test_snapshot_rebuilds_for_structure_at_once_and_for_budgets_at_most_every_second() -> None:
+    state = two_node_state(a={"replicas": 2})
+    gate, _ = make_gate(state)
+    first = gate.snapshot()
+    assert first.nodes["n1"].budget is not None
+    state.upsert_budget(budget("n1", in_use=9_000))
+    # A budget report within the refresh window is not rebuilt for ...
+    assert gate.snapshot().nodes["n1"].budget.threads_in_use == 1_000  # type: ignore[union-attr]
+    # ... but a new node is, at once: the scheduler may place pods on it now.
+    state.upsert_node(node("n3"))
+    assert "n3" in gate.snapshot().nodes
+    assert gate.snapshot().nodes["n1"].budget.threads_in_use == 9_000  # type: ignore[union-attr]
+    # Pods are swapped in without a rebuild, and counted.
+    state.upsert_pod(pod("ns", "a-1", "a", "n3"))
+    assert gate.snapshot().pods.of_cell(("ns", "a")) == {"n3": 1}
+    gate.budget_refresh_seconds = 0.0
+    state.upsert_budget(budget("n2", in_use=5_000))
+    assert gate.snapshot().nodes["n2"].budget.threads_in_use == 5_000  # type: ignore[union-attr]

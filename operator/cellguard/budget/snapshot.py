@@ -261,6 +261,14 @@ class ClusterSnapshot:
         carry_cell_change(self, child, cell.key)
         return child
 
+    def with_pods(self, pods: PodPlacement) -> ClusterSnapshot:
+        """This snapshot with another placement of pods (nodes and cells unchanged)."""
+        return self._changed({PODS}, pods=pods)
+
+    def with_reservations(self, reservations: Iterable[ReservationLike]) -> ClusterSnapshot:
+        """This snapshot with exactly these reservations."""
+        return self._changed({RESERVATIONS}, reservations=tuple(reservations))
+
     def with_reservation(self, reservation: ReservationLike) -> ClusterSnapshot:
         """This snapshot with `reservation` replacing any other of the same cell."""
         return self._replace_reservations(CellKey(*reservation.cell), (reservation,))

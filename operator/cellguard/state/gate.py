@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -83,6 +84,16 @@ class CellFigures:
     budget_message: str
 
 
+@dataclass
+class _Cached:
+    snapshot: ClusterSnapshot
+    structure: tuple[int, int]  # (node_version, cell_version) it was built at
+    budget_version: int
+    pod_version: int
+    ledger_version: int
+    built_at: float
+
+
 def _view(namespace: str, name: str, spec: StreamCellSpec, replicas: int) -> CellView:
     cell = StreamCell(metadata={"namespace": namespace, "name": name}, spec=spec)
     return CellView.from_streamcell(cell, replicas=replicas)
@@ -115,28 +126,63 @@ class ScaleGate:
         self.metrics = metrics
         self.now = now
         self._lock = asyncio.Lock()
-        self._cached: tuple[tuple[int, int], ClusterSnapshot] | None = None
+        self._cached: _Cached | None = None
+        self.budget_refresh_seconds = 1.0
         self.refusals: dict[CellKey, Refusal] = {}
         self.admitted_at: dict[CellKey, datetime.datetime] = {}
 
     # ------------------------------------------------------------------ snapshot
 
     def snapshot(self) -> ClusterSnapshot:
-        """The cache as a planner snapshot; rebuilt only when cache or ledger changed."""
+        """The cache as a planner snapshot, rebuilt no more than needed.
+
+        A full build costs tens of milliseconds at thousands of nodes, so: nodes, cells and
+        policies changing rebuild it (the set of nodes a pod may land on must be exact);
+        budget reports - thousands a minute in a big fleet - rebuild it at most once a
+        second (a figure one second older is still an observation); pods and reservations
+        are swapped into the existing snapshot.
+        """
         now = self.now()
-        key = (self.state.version, self.ledger.version)
-        if self._cached is not None and self._cached[0] == key:
-            return self._cached[1].at(now)
-        snapshot = ClusterSnapshot.build(
-            nodes=self.state.nodes.values(),
-            cells=[c.view for c in self.state.cells.values()],
-            pods=PodPlacement({k: dict(v) for k, v in self.state.placement.items()}),
-            policies=self.state.policies,
-            now=now,
-            reservations=self.ledger.live(now),
-        )
-        self._cached = (key, snapshot)
-        return snapshot
+        state = self.state
+        cached = self._cached
+        wall = time.monotonic()
+        if (
+            cached is None
+            or cached.structure != (state.node_version, state.cell_version)
+            or (
+                cached.budget_version != state.budget_version
+                and wall - cached.built_at >= self.budget_refresh_seconds
+            )
+        ):
+            snapshot = ClusterSnapshot.build(
+                nodes=self.state.nodes.values(),
+                cells=[c.view for c in self.state.cells.values()],
+                pods=self._placement(),
+                policies=self.state.policies,
+                now=now,
+                reservations=self.ledger.live(now),
+            )
+            self._cached = _Cached(
+                snapshot=snapshot,
+                structure=(state.node_version, state.cell_version),
+                budget_version=state.budget_version,
+                pod_version=state.pod_version,
+                ledger_version=self.ledger.version,
+                built_at=wall,
+            )
+            return snapshot
+        snapshot = cached.snapshot
+        if cached.pod_version != state.pod_version:
+            snapshot = snapshot.with_pods(self._placement())
+            cached.pod_version = state.pod_version
+        if cached.ledger_version != self.ledger.version:
+            snapshot = snapshot.with_reservations(self.ledger.live(now))
+            cached.ledger_version = self.ledger.version
+        cached.snapshot = snapshot
+        return snapshot.at(now)
+
+    def _placement(self) -> PodPlacement:
+        return PodPlacement({k: dict(v) for k, v in self.state.placement.items()})
 
     def _ttl(self, policy_name: str) -> datetime.timedelta:
         policy = self.state.policies.get(policy_name) or ThreadBudgetPolicySpec()

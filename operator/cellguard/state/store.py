@@ -85,6 +85,11 @@ class ClusterState:
         self.pods_by_cell: dict[CellKey, int] = defaultdict(int)
         self.synced = False
         self.version = 0  # bumped on every change that can move a decision
+        # What changed, by kind, so the gate rebuilds only what it must.
+        self.node_version = 0
+        self.budget_version = 0
+        self.cell_version = 0
+        self.pod_version = 0
 
     # ------------------------------------------------------------------ nodes and budgets
 
@@ -94,6 +99,7 @@ class ClusterState:
         if self.nodes.get(name) != view:
             self.nodes[name] = view
             self.version += 1
+            self.node_version += 1
 
     def _attach_budget(self, name: str) -> None:
         view = self.nodes.get(name)
@@ -103,6 +109,7 @@ class ClusterState:
     def delete_node(self, name: str) -> None:
         if self.nodes.pop(name, None) is not None:
             self.version += 1
+            self.node_version += 1
 
     def upsert_budget(self, raw: Mapping[str, Any]) -> None:
         name = raw["metadata"]["name"]
@@ -117,12 +124,15 @@ class ClusterState:
             self.budget_errors.pop(name, None)
         self._attach_budget(name)
         self.version += 1
+        self.budget_version += 1
+        self.budget_version += 1
 
     def delete_budget(self, name: str) -> None:
         self.budgets.pop(name, None)
         self.budget_errors.pop(name, None)
         self._attach_budget(name)
         self.version += 1
+        self.budget_version += 1
 
     # ------------------------------------------------------------------ cells and policies
 
@@ -140,6 +150,7 @@ class ClusterState:
             self.cells.pop(key, None)
             self.cell_errors[key] = _first_error(error)
             self.version += 1
+            self.cell_version += 1
             return None
         record = CellRecord(
             namespace=key[0],
@@ -152,12 +163,14 @@ class ClusterState:
         self.cells[key] = record
         self.cell_errors.pop(key, None)
         self.version += 1
+        self.cell_version += 1
         return record
 
     def delete_cell(self, key: CellKey) -> None:
         self.cells.pop(key, None)
         self.cell_errors.pop(key, None)
         self.version += 1
+        self.cell_version += 1
 
     def upsert_policy(self, raw: Mapping[str, Any]) -> None:
         name = raw["metadata"]["name"]
@@ -166,10 +179,12 @@ class ClusterState:
         except ValidationError:
             self.policies.pop(name, None)  # a broken policy is a missing one: cells refuse
         self.version += 1
+        self.cell_version += 1
 
     def delete_policy(self, name: str) -> None:
         self.policies.pop(name, None)
         self.version += 1
+        self.cell_version += 1
 
     # ------------------------------------------------------------------ pods
 
@@ -189,12 +204,14 @@ class ClusterState:
         self.pods[key] = record
         self._count(record, +1)
         self.version += 1
+        self.pod_version += 1
 
     def delete_pod(self, key: PodKey) -> None:
         previous = self.pods.pop(key, None)
         if previous is not None:
             self._count(previous, -1)
             self.version += 1
+            self.pod_version += 1
 
     def _count(self, record: PodRecord, delta: int) -> None:
         self.pods_by_cell[record.cell] += delta
@@ -244,6 +261,10 @@ class ClusterState:
             fresh.pods_by_cell,
         )
         self.version += 1
+        self.node_version += 1
+        self.budget_version += 1
+        self.cell_version += 1
+        self.pod_version += 1
         self.synced = True
 
     def cells_of_service(self, namespace: str, service: str) -> list[CellRecord]:
