@@ -187,6 +187,27 @@ class LocalCluster:
         with contextlib.suppress(ValueError):
             atexit.unregister(self.stop)
 
+    def restart_apiserver(self, down_seconds: float = 0.0, timeout: float = 60.0) -> None:
+        """Stop kube-apiserver and start it again with the same arguments and port.
+
+        For fault tests: every client's watches and connections break while it is away
+        (`down_seconds`), then it comes back on the same URL, certificates and etcd (the
+        stored objects are all still there). Returns once /readyz answers 200 again.
+        """
+        old = self.processes["kube-apiserver"]
+        if old.popen.poll() is None:
+            old.popen.terminate()
+            try:
+                old.popen.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                old.popen.kill()
+                old.popen.wait()
+        time.sleep(down_seconds)
+        # Same port, flags and files: _start_apiserver reads them all from self. The new
+        # process replaces the old one in self.processes (its log is appended to).
+        self._start_apiserver()
+        self._wait_apiserver(deadline=time.monotonic() + timeout)
+
     # ------------------------------------------------------------------ components
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
@@ -416,6 +437,8 @@ class LocalCluster:
                 f"--cidr={POD_CIDR}",
                 "--node-ip=10.255.0.1",
                 "--node-lease-duration-seconds=40",
+                # kwok logs every pod patch at INFO: thousands of lines in a failure's tail.
+                "--v=WARN",
             ],
         )
 
