@@ -7,6 +7,7 @@ own Deployment or its /scale, which are refused: the StreamCell is the only door
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -27,13 +28,25 @@ from cellguard.constants import (
 from cellguard.context import OperatorContext
 from cellguard.state.gate import GateAnswer
 
+log = logging.getLogger(__name__)
+
 # 403 Forbidden: kubectl shows "admission webhook ... denied the request: <message>".
 _REFUSED = 403
 
 
 def _refuse(answer: GateAnswer) -> None:
     if not answer.allowed:
+        log.info("refused (%s): %s", answer.reason, answer.message)
         raise kopf.AdmissionError(answer.message, code=_REFUSED)
+
+
+class QuietRefusals(logging.Filter):
+    """kopf logs every AdmissionError as an ERROR ("Webhook ... failed permanently"); a
+    refusal is cellguard doing its job, logged at INFO above, not an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Webhook ") and "failed permanently" in message)
 
 
 def _spec_of(body: kopf.Body | None) -> dict[str, Any]:

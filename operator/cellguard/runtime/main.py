@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         # kopf logs every handler run at INFO: one line per pod event is noise at scale.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    logging.getLogger("kopf.objects").addFilter(admission_handlers.QuietRefusals())
     return asyncio.run(run_operator(settings))
 
 
