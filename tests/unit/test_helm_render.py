@@ -859,6 +859,8 @@ def test_service_monitor_scrapes_the_metrics_service_as_job_cellguard(helm: Helm
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["port"] in {p["name"] for p in metrics["spec"]["ports"]}
     assert (endpoint["path"], endpoint["interval"]) == ("/metrics", "15s")
+    # The cell gauges' own namespace/service labels must survive the scrape.
+    assert endpoint["honorLabels"] is True
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
     # The standby is scraped too; its selector is the operator pods'.
     assert metrics["spec"]["publishNotReadyAddresses"] is True
