@@ -12,8 +12,6 @@ import yaml
 
 from cellguard import cli
 
-NOW = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
 
 def _node(name: str) -> dict[str, Any]:
     return {
@@ -24,6 +22,8 @@ def _node(name: str) -> dict[str, Any]:
 
 
 def _budget(name: str, in_use: int = 1_000) -> dict[str, Any]:
+    # Observed now (when the fixture runs): the plan compares it with the real clock.
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
         "metadata": {"name": name},
         "spec": {
@@ -31,7 +31,7 @@ def _budget(name: str, in_use: int = 1_000) -> dict[str, Any]:
             "threadsMax": 32_768,
             "pidMax": 32_768,
             "threadsInUse": in_use,
-            "observedAt": NOW,
+            "observedAt": now,
         },
     }
 
