@@ -7,6 +7,7 @@ listing (so a what-if can be asked of a cluster one cannot reach).
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -71,9 +72,17 @@ def list_cluster(api: client.ApiClient, namespaces: Iterable[str] = ()) -> Listi
     }
 
 
-def read_snapshot(path: Path) -> Listing:
-    """A listing saved by `cellguard status --save-snapshot` (YAML or JSON)."""
+def write_snapshot(path: Path, listing: Listing, taken_at: datetime.datetime) -> None:
+    document: dict[str, Any] = {"takenAt": taken_at.isoformat(), **listing}
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+
+
+def read_snapshot(path: Path) -> tuple[Listing, datetime.datetime | None]:
+    """A listing saved by `cellguard status --save-snapshot` (YAML or JSON), and when it
+    was taken: budgets are judged as of then, so an old snapshot does not turn stale."""
     data = yaml.safe_load(path.read_text())
-    if not isinstance(data, dict) or not set(data) <= set(KINDS):
+    if not isinstance(data, dict) or not set(data) <= {*KINDS, "takenAt"}:
         raise ValueError(f"{path}: not a cellguard snapshot (expected keys {', '.join(KINDS)})")
-    return {kind: list(data.get(kind) or []) for kind in KINDS}
+    taken = data.get("takenAt")
+    taken_at = datetime.datetime.fromisoformat(str(taken)) if taken else None
+    return {kind: list(data.get(kind) or []) for kind in KINDS}, taken_at

@@ -149,3 +149,46 @@ def test_status_reports_cells_and_nodes(snapshot: Path, capsys: pytest.CaptureFi
     table = capsys.readouterr().out
     assert "StreamCells" in table
     assert "unknown/stale" in table  # n6
+
+
+def test_a_saved_snapshot_is_judged_as_of_when_it_was_taken(
+    snapshot: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Save the snapshot through `status --save-snapshot`, then age it by two hours: its
+    # budgets were fresh when it was taken, and that is the moment a what-if asks about.
+    saved = tmp_path / "saved.yaml"
+    assert (
+        cli.main(
+            ["status", "--snapshot", str(snapshot), "--save-snapshot", str(saved), "-o", "json"]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    document = yaml.safe_load(saved.read_text())
+    assert "takenAt" in document
+    two_hours = datetime.timedelta(hours=2)
+    taken = datetime.datetime.fromisoformat(document["takenAt"]) - two_hours
+    document["takenAt"] = taken.isoformat()
+    document["budgets"].append(_budget("n6"))  # every node known: a scale-up can fit
+    for item in document["budgets"]:
+        observed = datetime.datetime.fromisoformat(
+            item["spec"]["observedAt"].replace("Z", "+00:00")
+        )
+        item["spec"]["observedAt"] = (observed - two_hours).isoformat()
+    saved.write_text(yaml.safe_dump(document))
+    assert (
+        cli.main(
+            [
+                "plan",
+                "streamcell/ingest-a",
+                "-n",
+                "prod",
+                "--replicas",
+                "2",
+                "--snapshot",
+                str(saved),
+            ]
+        )
+        == 0
+    )
+    assert "FITS" in capsys.readouterr().out

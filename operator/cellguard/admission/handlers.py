@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import kopf
@@ -62,9 +63,24 @@ def _parse_spec(body: kopf.Body | None) -> StreamCellSpec:
         return StreamCellSpec.model_validate(_spec_of(body))
     except ValidationError as error:
         problems = "; ".join(
-            f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+            (f"spec.{'.'.join(str(p) for p in e['loc'])}: " if e["loc"] else "")
+            + str(e["msg"]).removeprefix("Value error, ")
+            for e in error.errors()
         )
         raise kopf.AdmissionError(f"invalid StreamCell: {problems}", code=422) from error
+
+
+async def _checked(answer: Awaitable[GateAnswer]) -> GateAnswer:
+    """The gate's answer; an unexpected failure refuses with a message, never a 500."""
+    try:
+        return await answer
+    except Exception as error:
+        log.exception("could not evaluate a scale change")
+        raise kopf.AdmissionError(
+            f"cellguard could not evaluate this change ({type(error).__name__}: {error}); "
+            "refusing it rather than letting it through unchecked",
+            code=422,
+        ) from error
 
 
 def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
@@ -88,8 +104,8 @@ def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
             old_spec = _parse_spec(old) if operation == "UPDATE" and old else None
             namespace = body.metadata.get("namespace") or ""
             name = body.metadata.get("name") or ""
-            answer = await ctx.gate.admit_cell_change(
-                (namespace, name), old_spec, new_spec, dry_run=dryrun
+            answer = await _checked(
+                ctx.gate.admit_cell_change((namespace, name), old_spec, new_spec, dry_run=dryrun)
             )
             warnings.extend(answer.warnings)
             _refuse(answer)
@@ -114,7 +130,7 @@ def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
             namespace = body.metadata.get("namespace") or ""
             name = body.metadata.get("name") or ""
             target = int(_replicas(kwargs.get("new")) or 0)
-            answer = await ctx.gate.admit_scale((namespace, name), target, dry_run=dryrun)
+            answer = await _checked(ctx.gate.admit_scale((namespace, name), target, dry_run=dryrun))
             warnings.extend(answer.warnings)
             _refuse(answer)
         finally:

@@ -189,6 +189,12 @@ _TEMPLATE_NODE_NAME = (
 )
 
 
+def _string_map(value: object) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    )
+
+
 class StreamCellSpec(_Model):
     """Desired state of one cell of a stream service."""
 
@@ -251,7 +257,29 @@ class StreamCellSpec(_Model):
     @model_validator(mode="after")
     def _placement_only_through_spec(self) -> StreamCellSpec:
         pod_spec = self.template.get("spec")
+        if pod_spec is not None and not isinstance(pod_spec, dict):
+            raise ValueError("spec.template.spec must be an object (a core/v1 PodSpec)")
+        labels = (self.template.get("metadata") or {}).get("labels")
+        if labels is not None and not _string_map(labels):
+            raise ValueError("spec.template.metadata.labels must map strings to strings")
         if isinstance(pod_spec, dict):
+            # The planner reads these two: their shape is checked here, not left to the
+            # API server's Deployment validation after the decision.
+            selector = pod_spec.get("nodeSelector")
+            if selector is not None and not _string_map(selector):
+                raise ValueError("spec.template.spec.nodeSelector must map strings to strings")
+            tolerations = pod_spec.get("tolerations")
+            if tolerations is not None:
+                if not isinstance(tolerations, list):
+                    raise ValueError("spec.template.spec.tolerations must be a list")
+                for index, toleration in enumerate(tolerations):
+                    try:
+                        Toleration.model_validate(toleration)
+                    except ValueError as error:
+                        raise ValueError(
+                            f"spec.template.spec.tolerations[{index}] is not a valid "
+                            f"toleration: {error}"
+                        ) from None
             affinity = pod_spec.get("affinity")
             if isinstance(affinity, dict) and "nodeAffinity" in affinity:
                 raise ValueError(_TEMPLATE_NODE_AFFINITY)

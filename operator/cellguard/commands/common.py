@@ -39,12 +39,17 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", choices=OUTPUTS, default="table")
 
 
-def read_listing(args: argparse.Namespace, namespaces: tuple[str, ...] = ()) -> Listing:
+def read_listing(
+    args: argparse.Namespace, namespaces: tuple[str, ...] = ()
+) -> tuple[Listing, datetime.datetime]:
+    """The listing, and the moment to judge it at (a snapshot's own time, or now)."""
+    now = datetime.datetime.now(datetime.UTC)
     if args.snapshot is not None:
-        return read_snapshot(args.snapshot)
+        listing, taken_at = read_snapshot(args.snapshot)
+        return listing, taken_at or now
     from cellguard.kubeclient import load_api_client  # the client only for live reads
 
-    return list_cluster(load_api_client(args.kubeconfig), namespaces)
+    return list_cluster(load_api_client(args.kubeconfig), namespaces), now
 
 
 def load_state(listing: Listing) -> ClusterState:

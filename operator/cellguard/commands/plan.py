@@ -10,6 +10,7 @@ Exit codes: 0 it fits, 1 it would be refused, 2 the question could not be answer
 from __future__ import annotations
 
 import argparse
+import datetime
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -70,14 +71,19 @@ def _cell_from_args(args: argparse.Namespace, listing: dict[str, Any]) -> Stream
     raise ValueError(f"StreamCell {namespace}/{name} not found")
 
 
-def plan(listing: dict[str, Any], cell: StreamCell, target: int | None) -> Decision:
+def plan(
+    listing: dict[str, Any],
+    cell: StreamCell,
+    target: int | None,
+    now: datetime.datetime | None = None,
+) -> Decision:
     """The decision for `cell` at `target` replicas (from its live size, or from 0 if new)."""
     state = load_state(listing)
     key = CellKey(cell.metadata.get("namespace", "default"), cell.metadata["name"])
     live = state.cells.get(key)
     current = live.spec.replicas if live is not None else 0
     view = CellView.from_streamcell(cell, replicas=current)
-    snapshot = planner_snapshot(state).with_cell(replace(view, replicas=current))
+    snapshot = planner_snapshot(state, now).with_cell(replace(view, replicas=current))
     return decide(snapshot, key, cell.spec.replicas if target is None else target)
 
 
@@ -150,9 +156,9 @@ def print_table(decision: Decision, console: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     console = make_console()
     try:
-        listing = read_listing(args)
+        listing, now = read_listing(args)
         cell = _cell_from_args(args, listing)
-        decision = plan(listing, cell, args.replicas)
+        decision = plan(listing, cell, args.replicas, now)
     except (ValueError, ValidationError, OSError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return ERROR

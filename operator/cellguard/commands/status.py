@@ -8,11 +8,11 @@ cellguard status --save-snapshot cluster.yaml   # for `cellguard plan --snapshot
 from __future__ import annotations
 
 import argparse
+import datetime
 import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.table import Table
 
 from cellguard.budget import cell_status
@@ -29,7 +29,7 @@ from cellguard.commands.common import (
 from cellguard.commands.common import (
     console as make_console,
 )
-from cellguard.listing import Listing
+from cellguard.listing import Listing, write_snapshot
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,10 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_cluster_arguments(parser)
 
 
-def report(listing: Listing, namespace: str | None = None) -> dict[str, Any]:
+def report(
+    listing: Listing, namespace: str | None = None, now: datetime.datetime | None = None
+) -> dict[str, Any]:
     """Cells (with the planner's figures at their current size) and nodes, as data."""
     state = load_state(listing)
-    snapshot = planner_snapshot(state)
+    snapshot = planner_snapshot(state, now)
     cells = []
     for key, record in sorted(state.cells.items()):
         if namespace is not None and key.namespace != namespace:
@@ -76,7 +78,7 @@ def report(listing: Listing, namespace: str | None = None) -> dict[str, Any]:
             "budgetKnown": row.budget_known,
             "budgetAgeSeconds": row.budget_age_seconds,
         }
-        for row in gate_for(state).node_figures()
+        for row in gate_for(state, now).node_figures()
     ]
     return {"cells": cells, "nodes": nodes}
 
@@ -142,10 +144,11 @@ def print_tables(data: dict[str, Any], console: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        listing = read_listing(args, (args.namespace,) if args.namespace else ())
+        # Every namespace's pods are listed even for -n: node figures need them all.
+        listing, now = read_listing(args)
         if args.save_snapshot is not None:
-            args.save_snapshot.write_text(yaml.safe_dump(listing, sort_keys=False))
-        data = report(listing, args.namespace)
+            write_snapshot(args.save_snapshot, listing, now)
+        data = report(listing, args.namespace, now)
     except Exception as error:  # unreachable cluster, bad snapshot: say so, exit 2
         print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
         return 2

@@ -187,18 +187,24 @@ class LocalCluster:
         with contextlib.suppress(ValueError):
             atexit.unregister(self.stop)
 
-    def restart_apiserver(self, down_seconds: float = 0.0, timeout: float = 60.0) -> None:
+    def restart_apiserver(
+        self, down_seconds: float = 0.0, grace: float = 2.0, timeout: float = 60.0
+    ) -> None:
         """Stop kube-apiserver and start it again with the same arguments and port.
 
         For fault tests: every client's watches and connections break while it is away
-        (`down_seconds`), then it comes back on the same URL, certificates and etcd (the
-        stored objects are all still there). Returns once /readyz answers 200 again.
+        (`down_seconds` after it stopped), then it comes back on the same URL, certificates
+        and etcd (the stored objects are all still there). Returns once /readyz answers 200.
+
+        SIGTERM first, SIGKILL after `grace` seconds: on SIGTERM kube-apiserver stops
+        listening at once but its process drains for a minute or more, which would only
+        stretch the outage (the new process binds the same port either way).
         """
         old = self.processes["kube-apiserver"]
         if old.popen.poll() is None:
             old.popen.terminate()
             try:
-                old.popen.wait(timeout=30)
+                old.popen.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 old.popen.kill()
                 old.popen.wait()

@@ -82,7 +82,10 @@ def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
         else:
             ctx.state.upsert_pod(dict(body))
         cell = CellKey(key[0], body.metadata.labels.get(LABEL_CELL, ""))
-        ctx.ledger.release_if_applied(cell, ctx.state.pods_by_cell.get(cell, 0))
+        # Only pods bound to a node count: a pending pod's threads appear in no node's
+        # modelled figure, so the reservation must hold them until the pod is placed.
+        bound = sum(ctx.state.placement.get(cell, {}).values())
+        ctx.ledger.release_if_applied(cell, bound)
 
     @kopf.on.event(
         "apps", "v1", "deployments", labels={LABEL_CELL: kopf.PRESENT}, registry=registry
@@ -106,7 +109,9 @@ def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
         if record is None:
             key = CellKey(body.metadata.namespace or "", body.metadata.name or "")
             raise kopf.PermanentError(f"invalid spec: {ctx.state.cell_errors.get(key)}")
-        await _converge(ctx, record.key, body, patch, logger)
+        # The spec changed (or the operator restarted): apply the children whatever the
+        # replicas, so template, placement and isolation changes reach the Deployment.
+        await _converge(ctx, record.key, body, patch, logger, spec_changed=True)
 
     @kopf.timer(
         GROUP,
@@ -133,13 +138,15 @@ async def _converge(
     body: kopf.Body,
     patch: kopf.Patch,
     logger: kopf.Logger,
+    *,
+    spec_changed: bool = False,
 ) -> None:
     record = ctx.state.cells[CellKey(*key)]
     desired = record.spec.replicas
     applied = ctx.deployment_replicas.get(record.key)
     answer = await ctx.gate.backstop(record, applied)
     target = answer.replicas_to_apply
-    if target != applied or not ctx.has_children(record.key):
+    if spec_changed or target != applied or not ctx.has_children(record.key):
         await asyncio.to_thread(ctx.apply_children, record, target, answer.threads_per_pod)
         ctx.deployment_replicas[record.key] = target
     previous = dict(body.get("status", {}))
@@ -192,8 +199,11 @@ def _post_events(
     before = previous.get("maxSafeReplicas")
     after = new.get("maxSafeReplicas")
     if before is not None and before != after:
-        kopf.info(
+        # kopf.event, not kopf.info: posting is limited to warnings so that kopf's own
+        # per-handler log lines do not become Events.
+        kopf.event(
             body,
+            type="Normal",
             reason="BudgetChanged",
             message=f"max safe replicas {before} -> {after}: {figures.budget_message}",
         )

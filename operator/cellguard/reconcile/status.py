@@ -10,6 +10,7 @@ import datetime
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
+from cellguard.budget.messages import headroom_text
 from cellguard.constants import CONDITION_READY, CONDITION_SCALE_REFUSED, CONDITION_WITHIN_BUDGET
 from cellguard.resources.builders import selector_string
 from cellguard.state.gate import BackstopAnswer, CellFigures, Refusal
@@ -135,7 +136,8 @@ def cell_status(
         "selector": selector_string(record.name),
         "threadsPerPod": figures.threads_per_pod,
         "maxSafeReplicas": figures.max_safe_replicas,
-        "headroom": None if figures.headroom is None else f"{figures.headroom:.2f}",
+        # Rounded down: status never shows a node roomier than it is.
+        "headroom": headroom_text(figures.headroom),
         "limitingNode": figures.limiting_node,
         "observedGeneration": generation,
         "conditions": conditions,

@@ -1,8 +1,8 @@
 """Pure builders of the objects the operator keeps for a cell: Deployment, Service, PDB.
 
 The Deployment carries exactly the placement rules the budget planner assumes: a hostname
-topology spread (maxSkew 1, DoNotSchedule, node affinity and taints honoured, per
-template-hash), required anti-affinity against other cells of the same service under
+topology spread (maxSkew 1, DoNotSchedule, node affinity and taints honoured, over every
+pod of the cell), required anti-affinity against other cells of the same service under
 NodeExclusive, and a rollout that never surges above the budgeted replica count.
 """
 

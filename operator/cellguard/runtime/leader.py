@@ -29,7 +29,10 @@ class LeaseConfig:
     name: str
     identity: str
     lease_seconds: int = 15
-    renew_seconds: float = 5.0
+    # A leader that could not renew for renew_deadline_seconds steps down, well before a
+    # follower may take the expired lease (lease_seconds): never two leaders at once.
+    renew_deadline_seconds: float = 10.0
+    renew_seconds: float = 2.0
     retry_seconds: float = 2.0
 
 
@@ -122,7 +125,7 @@ class LeaderElector:
             now = asyncio.get_running_loop().time()
             if renewed:
                 last_renewed = now
-            elif now - last_renewed > self.config.lease_seconds:
+            elif now - last_renewed > self.config.renew_deadline_seconds:
                 log.error("lost the lease %s: stepping down", self.config.name)
                 self.is_leader = False
                 return
