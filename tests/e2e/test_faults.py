@@ -188,3 +188,47 @@ def test_missing_or_stale_budget_refuses_scale_ups_onto_the_node(
         )
         wait_cell_pods(cluster, ns, "logs", 6)
         cluster.kubectl("delete", "streamcell", "logs", "-n", ns)
+
+
+def test_shrinking_limits_report_over_budget_and_never_scale_down(
+    cluster: LocalCluster, operator: OperatorProcess
+) -> None:
+    ns = "e2e-shrink"
+    ensure_namespace(cluster, ns)
+    with node_pool(cluster, "shrink", 3) as pool:
+        manifest = cell_manifest(
+            ns, "bus", service="bus", replicas=3, base=4_000, per_peer=500, pool=pool
+        )
+        assert apply_yaml(cluster, manifest).returncode == 0
+        before = {p["metadata"]["name"] for p in wait_cell_pods(cluster, ns, "bus", 3)}
+
+        def within_budget() -> str | None:
+            for item in cell(cluster, ns, "bus").get("status", {}).get("conditions", []):
+                if item["type"] == "WithinBudget":
+                    return str(item["status"])
+            return None
+
+        assert wait_for(lambda: within_budget() == "True", what="WithinBudget=True")
+        # The nodes' pid_max is lowered under the cell's 5,000 threads a pod (e.g. a sysctl
+        # change): the cell no longer fits, and cellguard says so - it never kills pods.
+        pool.set_budgets(threads_max=32_768, pid_max=4_096, threads_in_use=500)
+        wait_for(lambda: within_budget() == "False", what="WithinBudget=False")
+        message = next(
+            c["message"]
+            for c in cell(cluster, ns, "bus")["status"]["conditions"]
+            if c["type"] == "WithinBudget"
+        )
+        assert "limit 4,096 less 20% margin = 3,276" in message
+        events = cluster.kubectl(
+            "get",
+            "events",
+            "-n",
+            ns,
+            "--field-selector",
+            "involvedObject.name=bus,reason=OverBudget",
+        ).stdout
+        assert "bus" in events
+        time.sleep(3)  # a few reconcile rounds
+        assert deployment_replicas(cluster, ns, "bus") == 3
+        assert {p["metadata"]["name"] for p in running_pods(cluster, ns, "bus")} == before
+        cluster.kubectl("delete", "streamcell", "bus", "-n", ns)

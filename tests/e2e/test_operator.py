@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import re
 
 import pytest
@@ -79,6 +80,30 @@ def test_apply_creates_children_and_fills_status(
         ]
         assert row.split()[:3] == ["web", "3", "3"]
         assert row.split()[5] in pool.nodes
+        # A template change (same replicas) reaches the Deployment: a new image rolls out.
+        container = {"name": "server", "image": "example.invalid/stream:2"}
+        patch = json.dumps({"spec": {"template": {"spec": {"containers": [container]}}}})
+        changed = cluster.kubectl(
+            "patch",
+            "streamcell",
+            "web",
+            "-n",
+            "e2e-basic",
+            "--type=merge",
+            "-p",
+            patch,
+            check=False,
+        )
+        assert changed.returncode == 0, changed.stderr
+
+        def image() -> str:
+            deployment = get_json(cluster, "deployment", "web", "-n", "e2e-basic")
+            return str(deployment["spec"]["template"]["spec"]["containers"][0]["image"])
+
+        wait_for(
+            lambda: image() == "example.invalid/stream:2", what="the new image in the Deployment"
+        )
+        assert deployment_replicas(cluster, "e2e-basic", "web") == 3
         cluster.kubectl("delete", "streamcell", "web", "-n", "e2e-basic")
 
 
