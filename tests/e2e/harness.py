@@ -204,6 +204,7 @@ def budget_manifest(
             "threadsMax": threads_max,
             "pidMax": pid_max,
             "threadsInUse": threads_in_use,
+            "kubepods": {"cgroupVersion": "v2", "unlimited": True},
             "observedAt": rfc3339(observed_at or utc_now()),
         },
     }

@@ -57,6 +57,7 @@ class Agent:
     node: str
     kubeconfig: Path
     log_path: Path
+    sys_root: Path
     popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -70,6 +71,7 @@ class Agent:
                 f"--node-name={self.node}",
                 f"--interval={INTERVAL}",
                 f"--kubeconfig={self.kubeconfig}",
+                f"--sys-root={self.sys_root}",
                 "--log-level=debug",
             ],
             stdout=log,
@@ -211,8 +213,23 @@ def wait_with_log(agent: Agent, predicate: Callable[[], T | None], timeout: floa
         raise AssertionError(f"{exc}\nagent on {agent.node}:\n{agent.log_tail()}") from None
 
 
+def node_cgroups(root: Path) -> Path:
+    """A cgroup tree shaped like a Kubernetes node's (v2, systemd driver, unlimited kubepods).
+
+    This host is not a Kubernetes node: it has no kubepods cgroup, and an unreadable
+    kubepods pids.max makes a budget unknown (fail closed). The agents read their kubepods
+    figures here; everything else (threads-max, pid_max, threads in use) from the real /proc.
+    """
+    cgroup = root / "fs" / "cgroup"
+    (cgroup / "kubepods.slice").mkdir(parents=True)
+    (cgroup / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    (cgroup / "kubepods.slice" / "pids.max").write_text("max\n")
+    (cgroup / "kubepods.slice" / "pids.current").write_text("42\n")
+    return root
+
+
 def test_agents_report_the_host_and_their_silence_refuses_scale_ups(
-    cluster: LocalCluster, operator: OperatorProcess
+    cluster: LocalCluster, operator: OperatorProcess, tmp_path: Path
 ) -> None:
     ns = "e2e-agent"
     ensure_namespace(cluster, ns)
@@ -227,7 +244,12 @@ def test_agents_report_the_host_and_their_silence_refuses_scale_ups(
 
     with node_pool(cluster, "agent", 3, budgets=False) as pool:
         agents = {
-            node: Agent(node, kubeconfig, cluster.workdir / f"agent-{node}.log")
+            node: Agent(
+                node,
+                kubeconfig,
+                cluster.workdir / f"agent-{node}.log",
+                node_cgroups(tmp_path / node),
+            )
             for node in pool.nodes
         }
         try:
@@ -268,6 +290,10 @@ def check_reports(cluster: LocalCluster, agents: dict[str, Agent]) -> None:
         assert spec["nodeName"] == node
         assert spec["threadsMax"] == threads_max
         assert spec["pidMax"] == pid_max
+        # The node-shaped cgroup tree: v2, unlimited kubepods, its pids.current.
+        assert spec["kubepods"]["cgroupVersion"] == "v2"
+        assert spec["kubepods"]["unlimited"] is True
+        assert spec["kubepods"]["current"] == 42
         # Threads in use, against a count taken right after the budget was read. Threads
         # come and go (other processes share this machine), so a pair that disagrees is
         # tried again with the agent's next report; a wrong figure never agrees.

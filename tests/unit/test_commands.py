@@ -31,6 +31,7 @@ def _budget(name: str, in_use: int = 1_000) -> dict[str, Any]:
             "threadsMax": 32_768,
             "pidMax": 32_768,
             "threadsInUse": in_use,
+            "kubepods": {"cgroupVersion": "v2", "unlimited": True},
             "observedAt": now,
         },
     }

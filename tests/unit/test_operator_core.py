@@ -43,6 +43,7 @@ def budget(name: str, in_use: int = 1_000, observed: datetime.datetime = NOW) ->
             "threadsMax": 32_768,
             "pidMax": 32_768,
             "threadsInUse": in_use,
+            "kubepods": {"cgroupVersion": "v2", "unlimited": True},
             "observedAt": observed.isoformat(),
         },
     }

@@ -75,7 +75,12 @@ def _missing(budget: NodeBudgetSpec) -> list[str]:
         "pidMax": budget.pid_max,
         "threadsInUse": budget.threads_in_use,
     }
-    return [name for name, value in figures.items() if value is None]
+    missing = [name for name, value in figures.items() if value is None]
+    # The kubepods pids.max is the third limit every pod thread counts against: `max`
+    # (unlimited) is an answer, an unreadable file is not - the limit could be lower.
+    if budget.kubepods.max is None and not budget.kubepods.unlimited:
+        missing.append("kubepods.max (the kubepods cgroup's pids.max could not be read)")
+    return missing
 
 
 def _utc(moment: datetime) -> datetime:

@@ -45,7 +45,7 @@ def budget(
         threads_max=threads_max,
         pid_max=pid_max,
         threads_in_use=in_use,
-        kubepods=KubepodsPids(max=kubepods_max),
+        kubepods=KubepodsPids(max=kubepods_max, unlimited=kubepods_max is None),
         pod_pids_limit=pod_pids_limit,
         observed_at=NOW - age,
     )

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from cellguard.api.v1alpha1 import NodeBudgetSpec
+from cellguard.api.v1alpha1 import KubepodsPids, NodeBudgetSpec
 from cellguard.budget import BudgetStatus, node_limits
 from cellguard.budget.limits import allowed_threads, describe, margin_fraction
 
@@ -58,11 +58,23 @@ def test_missing_budget_is_unknown() -> None:
 def test_missing_figure_is_unknown(missing: str, wire_name: str) -> None:
     fields: dict[str, object] = {"threads_max": 1, "pid_max": 1, "threads_in_use": 0}
     fields[missing] = None
-    spec = NodeBudgetSpec(node_name="n1", observed_at=NOW, **fields)
+    spec = NodeBudgetSpec(
+        node_name="n1", observed_at=NOW, kubepods=KubepodsPids(unlimited=True), **fields
+    )
     figures = node_limits("n1", spec, policy(), NOW)
     assert figures.status is BudgetStatus.UNKNOWN
     assert not figures.usable
     assert figures.detail == f"its NodeBudget lacks {wire_name}"
+
+
+def test_unreadable_kubepods_limit_is_unknown_but_unlimited_is_known() -> None:
+    known = {"threads_max": 50_000, "pid_max": 32_768, "threads_in_use": 0}
+    unread = NodeBudgetSpec(node_name="n1", observed_at=NOW, kubepods=KubepodsPids(), **known)
+    figures = node_limits("n1", unread, policy(), NOW)
+    assert figures.status is BudgetStatus.UNKNOWN
+    assert "kubepods" in figures.detail
+    unlimited = unread.model_copy(update={"kubepods": KubepodsPids(unlimited=True)})
+    assert node_limits("n1", unlimited, policy(), NOW).limit == 32_768
 
 
 def test_stale_after_the_policy_window() -> None:

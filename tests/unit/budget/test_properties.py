@@ -55,6 +55,11 @@ TOLERATIONS = [
 ]
 
 
+def _kubepods(limit: int | None) -> KubepodsPids:
+    # None here is an unlimited (`max`) kubepods cgroup, not an unreadable one.
+    return KubepodsPids(max=limit, unlimited=limit is None)
+
+
 @st.composite
 def budgets(draw: st.DrawFn, name: str) -> NodeBudgetSpec | None:
     kind = draw(st.sampled_from(["known"] * 5 + ["missing", "stale", "partial"]))
@@ -66,7 +71,7 @@ def budgets(draw: st.DrawFn, name: str) -> NodeBudgetSpec | None:
         threads_max=draw(st.sampled_from([pid_max, 4_000, 4_194_304])),
         pid_max=pid_max,
         threads_in_use=None if kind == "partial" else draw(st.integers(0, 2_500)),
-        kubepods=KubepodsPids(max=draw(st.sampled_from([None, None, 2_500, 5_000]))),
+        kubepods=_kubepods(draw(st.sampled_from([None, None, 2_500, 5_000]))),
         pod_pids_limit=draw(st.sampled_from([None, None, None, 400, 1_500])),
         observed_at=NOW - timedelta(seconds=900 if kind == "stale" else 10),
     )
