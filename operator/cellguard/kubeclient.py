@@ -28,9 +28,11 @@ _KNOWN_KINDS: dict[tuple[str, str], tuple[str, str, bool]] = {
 }
 
 
-def load_api_client(kubeconfig: Path | None = None, pool_size: int = 16) -> client.ApiClient:
+def load_api_client(
+    kubeconfig: Path | None = None, pool_size: int = 16, retries: int | None = None
+) -> client.ApiClient:
     """An API client from `kubeconfig` if given, else in-cluster, else the default
-    kubeconfig (~/.kube/config or $KUBECONFIG)."""
+    kubeconfig (~/.kube/config or $KUBECONFIG). `retries`: urllib3 connection retries."""
     configuration = client.Configuration()
     # kubernetes.config is untyped, unlike kubernetes.client: hence the ignores.
     if kubeconfig is not None:
@@ -47,6 +49,8 @@ def load_api_client(kubeconfig: Path | None = None, pool_size: int = 16) -> clie
                 client_configuration=configuration
             )
     configuration.connection_pool_maxsize = pool_size
+    if retries is not None:
+        configuration.retries = retries
     return client.ApiClient(configuration)
 
 

@@ -14,9 +14,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,6 +24,7 @@ import yaml
 
 from cellguard.budget.threads import threads_per_pod
 from cellguard.devcluster.cluster import ClusterError, LocalCluster, NodeSpec, free_port
+from cellguard.devcluster.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 OPERATOR_NAMESPACE = "cellguard-system"
@@ -33,19 +33,6 @@ OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SA}"
 POOL_LABEL = "cellguard.test/pool"
 
 T = TypeVar("T")
-
-
-def wait_for(
-    predicate: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.5, what: str = ""
-) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what or predicate}")
-        time.sleep(interval)
 
 
 def utc_now() -> datetime.datetime:

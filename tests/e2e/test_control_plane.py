@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import yaml
 
 from cellguard.devcluster.cluster import LocalCluster
+from cellguard.devcluster.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
-
-
-def _wait(predicate, timeout: float = 60.0, interval: float = 0.5):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(interval)
 
 
 def test_nodes_are_ready(cluster: LocalCluster) -> None:
@@ -74,9 +63,9 @@ def test_deployment_pods_run_spread_over_nodes(cluster: LocalCluster) -> None:
         running = [p for p in pods if p["status"].get("phase") == "Running"]
         return running if len(running) == 3 else None
 
-    pods = _wait(running_pods)
+    pods = wait_for(running_pods, what="3 running pods")
     assert len({p["spec"]["nodeName"] for p in pods}) == 3, "spread constraint not honoured"
-    status = _wait(
+    status = wait_for(
         lambda: (
             d
             if (
@@ -86,7 +75,8 @@ def test_deployment_pods_run_spread_over_nodes(cluster: LocalCluster) -> None:
             ).get("readyReplicas")
             == 3
             else None
-        )
+        ),
+        what="3 ready replicas",
     )
     assert status["availableReplicas"] == 3
 
@@ -131,13 +121,14 @@ def test_custom_resource_definition_becomes_established(cluster: LocalCluster) -
         "spec": {"size": 3},
     }
     # Discovery of a fresh CRD can lag a moment behind Established.
-    _wait(
+    wait_for(
         lambda: (
             cluster.kubectl(
                 "apply", "-f", "-", input_text=yaml.safe_dump(widget), check=False
             ).returncode
             == 0
         ),
+        what="the Widget to be served",
         timeout=30,
     )
     got = json.loads(cluster.kubectl("get", "widget", "w1", "-o", "json").stdout)

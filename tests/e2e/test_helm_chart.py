@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,6 +35,7 @@ import pytest
 import yaml
 
 from cellguard.devcluster.cluster import LocalCluster, NodeSpec, free_port
+from cellguard.devcluster.waiting import wait_for
 from helm_support import (
     CHART,
     CI_VALUES,
@@ -62,17 +63,6 @@ _counter = itertools.count(1)
 
 def _unique(prefix: str) -> str:
     return f"{prefix}-{os.getpid() % 10000}-{next(_counter)}"
-
-
-def _wait(predicate: Callable[[], T | None], timeout: float = 60.0, what: str = "") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.5)
 
 
 def _get(cluster: LocalCluster, *args: str) -> Any:
@@ -136,7 +126,7 @@ def _namespaces(cluster: LocalCluster, *names: str, labels: str = "") -> Iterato
     try:
         for name in names:
             # One a previous test deleted may still be going away.
-            _wait(
+            wait_for(
                 lambda n=name: _namespace_phase(cluster, n) != "Terminating",
                 timeout=120,
                 what=f"namespace {name} to finish terminating",
@@ -623,7 +613,7 @@ def test_install_upgrade_uninstall_on_a_fresh_cluster(
     assert not _exists(c, "clusterrole", "cg-cellguard-default-policy")
 
     # ---- workloads: two operator pods on two nodes, an agent on every node (tainted too).
-    operator_pods = _wait(
+    operator_pods = wait_for(
         lambda: (
             [
                 p
@@ -828,7 +818,7 @@ def test_helm_test_passes_against_the_operator_and_fails_without_it(
     operator.start()
     try:
         try:
-            _wait(operator.ready, timeout=90, what="the operator to be ready")
+            wait_for(operator.ready, timeout=90, what="the operator to be ready")
         except AssertionError:
             raise AssertionError(f"operator not ready:\n{operator.log()}") from None
         # The agent, as the chart's agent service account, reports a node's budget.

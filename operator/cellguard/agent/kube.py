@@ -7,14 +7,16 @@ import logging
 from pathlib import Path
 
 import urllib3
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.client.rest import RESTResponse
 
+from cellguard import kubeclient
 from cellguard.agent.loop import PublishError
 from cellguard.agent.manifest import nodebudget_manifest
 from cellguard.api.v1alpha1 import NodeBudgetSpec
 from cellguard.constants import FIELD_MANAGER_AGENT, GROUP, NODEBUDGET_PLURAL, VERSION
+from cellguard.kubeclient import describe_api_error
 
 log = logging.getLogger(__name__)
 
@@ -27,25 +29,8 @@ CONNECT_RETRIES = 1
 
 
 def load_api_client(kubeconfig: Path | None) -> client.ApiClient:
-    """An API client from `kubeconfig` if given, else in-cluster, else the default
-    kubeconfig (~/.kube/config or $KUBECONFIG)."""
-    configuration = client.Configuration()
-    # kubernetes.config is untyped, unlike kubernetes.client: hence the ignores.
-    if kubeconfig is not None:
-        config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=str(kubeconfig), client_configuration=configuration
-        )
-    else:
-        try:
-            config.load_incluster_config(  # type: ignore[no-untyped-call]
-                client_configuration=configuration
-            )
-        except config.ConfigException:
-            config.load_kube_config(  # type: ignore[no-untyped-call]
-                client_configuration=configuration
-            )
-    configuration.retries = CONNECT_RETRIES
-    return client.ApiClient(configuration)
+    """The shared client set-up, with one quick reconnect (see CONNECT_RETRIES)."""
+    return kubeclient.load_api_client(kubeconfig, pool_size=2, retries=CONNECT_RETRIES)
 
 
 class NodeBudgetPublisher:
@@ -129,21 +114,3 @@ def _uid_of(node_json: bytes | None) -> str | None:
     except (ValueError, TypeError, KeyError):
         return None
     return uid if isinstance(uid, str) and uid else None
-
-
-def describe_api_error(exc: ApiException) -> str:
-    """`HTTP 422 Unprocessable Entity: <the Status message>` on one line."""
-    summary = f"HTTP {exc.status} {exc.reason or ''}".rstrip()
-    message = _status_message(exc.body)
-    return f"{summary}: {message}" if message else summary
-
-
-def _status_message(body: object) -> str | None:
-    if not isinstance(body, str | bytes) or not body:
-        return None
-    try:
-        status = json.loads(body)
-    except ValueError:
-        return None
-    message = status.get("message") if isinstance(status, dict) else None
-    return message if isinstance(message, str) else None

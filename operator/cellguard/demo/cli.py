@@ -15,8 +15,6 @@ import json
 import signal
 import subprocess
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
@@ -39,6 +37,7 @@ from cellguard.devcluster.toolchain import (
     ensure_prometheus,
     repo_root,
 )
+from cellguard.devcluster.waiting import wait_for
 
 T = TypeVar("T")
 CELLS_NAMESPACE = "streams"
@@ -56,17 +55,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run every step, check its outcome and exit (no waiting for Ctrl-C)",
     )
     parser.add_argument("--workdir", type=Path, default=None, help="logs and kubeconfig here")
-
-
-def _wait(predicate: Callable[[], T | None], what: str, timeout: float = 90) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise DemoFailure(f"timed out waiting for {what}")
-        time.sleep(1)
 
 
 class Demo:
@@ -122,7 +110,13 @@ class Demo:
 
     def wait_running(self, cell: str, replicas: int) -> None:
         with self.console.status(f"waiting for {replicas} pods of {cell} to run ..."):
-            _wait(lambda: self.running(cell) == replicas, f"{replicas} running pods of {cell}")
+            wait_for(
+                lambda: self.running(cell) == replicas,
+                what=f"{replicas} running pods of {cell}",
+                timeout=90,
+                interval=1.0,
+                error=DemoFailure,
+            )
 
     def cells_table(self) -> None:
         result = self.kubectl("get", "streamcells", "-n", CELLS_NAMESPACE)
@@ -186,7 +180,13 @@ class Demo:
         self.agents.report()
         query = "min by (node) (cellguard_node_thread_headroom_ratio)"
         with self.console.status("waiting for Prometheus to scrape the new figures ..."):
-            _wait(lambda: (h := self.headroom_of(node)) is not None and h < 0.15, "the headroom")
+            wait_for(
+                lambda: (h := self.headroom_of(node)) is not None and h < 0.15,
+                what="the headroom",
+                timeout=90,
+                interval=1.0,
+                error=DemoFailure,
+            )
         table = Table("node", "thread headroom", title=f"Prometheus: {query}")
         for row in sorted(self.stack.prometheus_query(query), key=lambda r: float(r["value"][1]))[
             :5
@@ -194,8 +194,12 @@ class Demo:
             table.add_row(row["metric"]["node"], f"{float(row['value'][1]):.1%}")
         self.console.print(table)
         with self.console.status("waiting for the alert to fire ..."):
-            alert = _wait(
-                lambda: self.alert_for(node), "CellguardNodeThreadHeadroomCritical", timeout=120
+            alert = wait_for(
+                lambda: self.alert_for(node),
+                what="CellguardNodeThreadHeadroomCritical",
+                timeout=120,
+                interval=1.0,
+                error=DemoFailure,
             )
         self.console.print(
             f"[bold red]FIRING[/] {alert['labels']['alertname']} node={node} "
@@ -216,7 +220,7 @@ class Demo:
             status = json.loads(out or "{}").get("status", {})
             return bool(status.get("maxSafeReplicas") is not None and status.get("readyReplicas"))
 
-        _wait(filled, f"the status of {cell}")
+        wait_for(filled, what=f"the status of {cell}", timeout=90, interval=1.0, error=DemoFailure)
 
     def node_of(self, cell: str) -> str:
         out = self.kubectl(
