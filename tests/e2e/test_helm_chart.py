@@ -163,7 +163,14 @@ def test_every_ci_value_set_is_accepted_by_the_api_server(
     cluster: LocalCluster, helm: Helm, api_crds: None, values: Path
 ) -> None:
     namespace = _unique("cg-dry")
-    manifests = helm.template(namespace=namespace, values=[values])
+    # Its own webhook configuration name: the shared cluster may already have a `cellguard`
+    # one from the operator's URL mode, and a server-side dry run merges with what is there
+    # (url and service together are invalid).
+    manifests = helm.template(
+        namespace=namespace,
+        values=[values],
+        set_values=[f"webhook.configurationName={namespace}"],
+    )
     # And the policy the hook Job applies.
     manifests.append(policy_from_hook(manifests))
     with _namespaces(cluster, namespace, *_referenced_namespaces(manifests)):
