@@ -74,6 +74,7 @@ def request_json(
     query: list[tuple[str, str]] | None = None,
     body: Any = None,
     content_type: str = "application/json",
+    accept: str = "application/json",
     timeout: float = 30.0,
 ) -> dict[str, Any]:
     """One raw API request; the response body as JSON. Non-2xx raises ApiException."""
@@ -81,7 +82,7 @@ def request_json(
         method=method,
         resource_path=path,
         query_params=query or [],
-        header_params={"Content-Type": content_type, "Accept": "application/json"},
+        header_params={"Content-Type": content_type, "Accept": accept},
         body=body,
         auth_settings=["BearerToken"],
     )

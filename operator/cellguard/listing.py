@@ -77,6 +77,28 @@ def write_snapshot(path: Path, listing: Listing, taken_at: datetime.datetime) ->
     path.write_text(yaml.safe_dump(document, sort_keys=False))
 
 
+def node_names(api: client.ApiClient) -> set[str]:
+    """The names of every node, as metadata only (cheap even for thousands of nodes)."""
+    names: set[str] = set()
+    token = ""
+    while True:
+        query = [("limit", "1000")]
+        if token:
+            query.append(("continue", token))
+        page = kubeclient.request_json(
+            api,
+            "GET",
+            "/api/v1/nodes",
+            query=query,
+            accept="application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1",
+            timeout=60,
+        )
+        names.update(item["metadata"]["name"] for item in page.get("items", []))
+        token = page.get("metadata", {}).get("continue") or ""
+        if not token:
+            return names
+
+
 def read_snapshot(path: Path) -> tuple[Listing, datetime.datetime | None]:
     """A listing saved by `cellguard status --save-snapshot` (YAML or JSON), and when it
     was taken: budgets are judged as of then, so an old snapshot does not turn stale."""

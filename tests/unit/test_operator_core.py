@@ -392,3 +392,16 @@ def test_snapshot_rebuilds_for_structure_at_once_and_for_budgets_at_most_every_s
     gate.budget_refresh_seconds = 0.0
     state.upsert_budget(budget("n2", in_use=5_000))
     assert gate.snapshot().nodes["n2"].budget.threads_in_use == 5_000  # type: ignore[union-attr]
+
+
+def test_a_node_deleted_during_a_watch_gap_is_forgotten_unless_an_event_is_newer() -> None:
+    state = two_node_state()
+    before = state.node_events
+    # A name listing taken now lacks n2 (deleted while the watch was down) ...
+    assert state.forget_absent_nodes({"n1"}, before) == ["n2"]
+    assert set(state.nodes) == {"n1"}
+    # ... but a node whose event came after the listing began is the newer truth.
+    listed_at = state.node_events
+    state.upsert_node(node("n3"))
+    assert state.forget_absent_nodes({"n1"}, listed_at) == []
+    assert "n3" in state.nodes

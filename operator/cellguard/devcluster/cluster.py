@@ -188,12 +188,17 @@ class LocalCluster:
             atexit.unregister(self.stop)
 
     def restart_apiserver(
-        self, down_seconds: float = 0.0, grace: float = 2.0, timeout: float = 60.0
+        self,
+        down_seconds: float = 0.0,
+        grace: float = 2.0,
+        timeout: float = 60.0,
+        while_down: Callable[[], None] | None = None,
     ) -> None:
         """Stop kube-apiserver and start it again with the same arguments and port.
 
         For fault tests: every client's watches and connections break while it is away
-        (`down_seconds` after it stopped), then it comes back on the same URL, certificates
+        (`down_seconds` after it stopped, and `while_down` is called then - e.g. to change
+        etcd behind every watcher's back), then it comes back on the same URL, certificates
         and etcd (the stored objects are all still there). Returns once /readyz answers 200.
 
         SIGTERM first, SIGKILL after `grace` seconds: on SIGTERM kube-apiserver stops
@@ -209,6 +214,8 @@ class LocalCluster:
                 old.popen.kill()
                 old.popen.wait()
         time.sleep(down_seconds)
+        if while_down is not None:
+            while_down()
         # Same port, flags and files: _start_apiserver reads them all from self. The new
         # process replaces the old one in self.processes (its log is appended to).
         self._start_apiserver()
@@ -578,7 +585,12 @@ class LocalCluster:
         ready = set()
         for item in json.loads(body)["items"]:
             conditions = item.get("status", {}).get("conditions", [])
-            if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+            # Ready, and the node lifecycle controller has lifted the not-ready taint it
+            # puts on new nodes: only then does the scheduler (and cellguard) use the node.
+            taints = {t.get("key") for t in item.get("spec", {}).get("taints") or []}
+            if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions) and not (
+                taints & {"node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"}
+            ):
                 ready.add(item["metadata"]["name"])
         return ready
 

@@ -30,7 +30,7 @@ from cellguard.constants import (
     KOPF_PREFIX,
 )
 from cellguard.context import OperatorContext
-from cellguard.listing import list_cluster
+from cellguard.listing import list_cluster, node_names
 from cellguard.metrics import OperatorMetrics
 from cellguard.reconcile import handlers as reconcile_handlers
 from cellguard.resources import webhook as webhook_config
@@ -264,6 +264,7 @@ async def run_operator(settings: Settings) -> int:
         )
         housekeeping = asyncio.create_task(_housekeeping(ctx, stop, readiness_gauge))
         resync = asyncio.create_task(_resync(api, ctx, stop))
+        node_check = asyncio.create_task(_forget_deleted_nodes(api, ctx, stop))
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait(
             {hold, operator_task, stopper}, return_when=asyncio.FIRST_COMPLETED
@@ -284,6 +285,7 @@ async def run_operator(settings: Settings) -> int:
         kopf_stop.set()
         housekeeping.cancel()
         resync.cancel()
+        node_check.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(operator_task, timeout=30)
         with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -327,3 +329,24 @@ async def _resync(api: client.ApiClient, ctx: OperatorContext, stop: asyncio.Eve
             load_listing(ctx, listing)
         else:
             log.debug("resync skipped: the cache changed while listing")
+
+
+async def _forget_deleted_nodes(
+    api: client.ApiClient, ctx: OperatorContext, stop: asyncio.Event
+) -> None:
+    """Every few seconds, drop nodes deleted while a watch was down (see
+    ClusterState.forget_absent_nodes): a ghost node would be budgeted as free room."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=ctx.settings.node_check_seconds)
+        if stop.is_set():
+            return
+        events = ctx.state.node_events
+        try:
+            names = await asyncio.to_thread(node_names, api)
+        except Exception as exc:  # the API server may be away: the next round retries
+            log.debug("node name listing failed: %s", exc)
+            continue
+        for name in ctx.state.forget_absent_nodes(names, events):
+            log.warning("node %s was deleted while a watch was down: forgotten", name)
+            ctx.budget_changed()

@@ -87,6 +87,10 @@ class ClusterState:
         self.version = 0  # bumped on every change that can move a decision
         # What changed, by kind, so the gate rebuilds only what it must.
         self.node_version = 0
+        # Node events seen, and the count at each node's last one: a listing taken when
+        # the count was lower is older than what the cache knows of that node.
+        self.node_events = 0
+        self.node_touched: dict[str, int] = {}
         self.budget_version = 0
         self.cell_version = 0
         self.pod_version = 0
@@ -96,10 +100,29 @@ class ClusterState:
     def upsert_node(self, raw: Mapping[str, Any]) -> None:
         name = raw["metadata"]["name"]
         view = NodeView.from_manifest(raw, self.budgets.get(name))
+        self.node_events += 1
+        self.node_touched[name] = self.node_events
         if self.nodes.get(name) != view:
             self.nodes[name] = view
             self.version += 1
             self.node_version += 1
+
+    def forget_absent_nodes(self, listed: set[str], events_before_listing: int) -> list[str]:
+        """Drop nodes a listing no longer has, unless an event about them came after it.
+
+        A watch that broke (an API server restart) is resumed by re-listing, which replays
+        what exists but says nothing of what was deleted in the gap: a deleted node would
+        stay here as a place for new pods - an unsafe ghost. A cheap name listing, taken
+        often, settles it.
+        """
+        gone = [
+            name
+            for name in self.nodes
+            if name not in listed and self.node_touched.get(name, 0) <= events_before_listing
+        ]
+        for name in gone:
+            self.delete_node(name)
+        return gone
 
     def _attach_budget(self, name: str) -> None:
         view = self.nodes.get(name)
@@ -107,6 +130,8 @@ class ClusterState:
             self.nodes[name] = replace(view, budget=self.budgets.get(name))
 
     def delete_node(self, name: str) -> None:
+        self.node_events += 1
+        self.node_touched[name] = self.node_events
         if self.nodes.pop(name, None) is not None:
             self.version += 1
             self.node_version += 1
