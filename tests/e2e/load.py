@@ -21,7 +21,7 @@ from cellguard.budget.limits import allowed_threads
 from cellguard.constants import GROUP, LABEL_CELL, STREAMCELL_PLURAL, VERSION
 from cellguard.devcluster.cluster import LocalCluster
 
-from .harness import NodePool, budget_manifest, get_json, node_threads
+from .harness import NodePool, apply_yaml, budget_manifest, get_json, node_threads
 
 # A storm's pool mixes two node sizes, so "the limit" is each node's own.
 STORM_PID_MAX = (32_768, 24_576)
@@ -205,3 +205,17 @@ def storm_cell(
             },
         },
     }
+
+
+def apply_admitted(cluster: LocalCluster, manifest: dict[str, Any], timeout: float = 60) -> None:
+    """Apply a cell, retrying while the operator has not caught up with a pool just made
+    (new nodes carry the not-ready taint for a moment; budget reports are folded into its
+    snapshot at most once a second)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = apply_yaml(cluster, manifest)
+        if result.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{manifest['metadata']['name']} refused: {result.stderr}")
+        time.sleep(0.5)
