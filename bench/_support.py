@@ -71,10 +71,25 @@ def summary_ms(samples_s: Sequence[float]) -> dict[str, float]:
     }
 
 
+def code_version() -> str:
+    """The commit the operator code was taken from (+dirty when operator/ has local edits)."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "operator"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return f"{head}+dirty" if dirty else head
+
+
 def write_result(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{name}.json"
     body = {
+        "commit": code_version(),
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
@@ -106,12 +121,15 @@ class BenchOperator(OperatorProcess):
     """
 
     extra_args: list[str] = field(default_factory=lambda: ["--status-interval=10"])
+    profile: Path | None = None  # cProfile output of the operator process, written on stop
 
     def start(self, wait: bool = True) -> None:
         log = self.log_path.open("ab")
+        profiler = ["-m", "cProfile", "-o", str(self.profile)] if self.profile else []
         self.popen = subprocess.Popen(
             [
                 sys.executable,
+                *profiler,
                 "-m",
                 "cellguard",
                 "run",
@@ -141,25 +159,31 @@ class BenchOperator(OperatorProcess):
             return text
 
 
-def pool_nodes(name: str, count: int, pods: str = "110") -> list[NodeSpec]:
+def pool_nodes(name: str, count: int, pods: str = "110", first: int = 1) -> list[NodeSpec]:
     """Nodes of a pool: the harness's pool label and matching NoSchedule taint."""
-    width = len(str(count))
     return [
         NodeSpec(
-            name=f"{name}-{i:0{width}d}",
+            name=f"{name}-{i:05d}",
             labels={POOL_LABEL: name},
             taints=({"key": POOL_LABEL, "value": name, "effect": "NoSchedule"},),
             pods=pods,
         )
-        for i in range(1, count + 1)
+        for i in range(first, first + count)
     ]
 
 
 def add_pool(
-    cluster: LocalCluster, name: str, count: int, *, pods: str = "110", **budget: Any
+    cluster: LocalCluster,
+    name: str,
+    count: int,
+    *,
+    pods: str = "110",
+    first: int = 1,
+    **budget: Any,
 ) -> NodePool:
-    """Create a pool of Ready kwok nodes with a NodeBudget each (figures as keyword args)."""
-    specs = pool_nodes(name, count, pods)
+    """Create a pool of Ready kwok nodes with a NodeBudget each (figures as keyword args);
+    `first` numbers the nodes on when a pool grows."""
+    specs = pool_nodes(name, count, pods, first)
     for start in range(0, len(specs), 500):
         cluster.add_nodes(specs[start : start + 500], parallelism=16)
     cluster.wait_nodes_ready([s.name for s in specs], timeout=600)
@@ -195,13 +219,17 @@ def cellguard_cluster(
 
 
 def start_operator(
-    cluster: LocalCluster, kubeconfig: Path, extra_args: list[str] | None = None
+    cluster: LocalCluster,
+    kubeconfig: Path,
+    extra_args: list[str] | None = None,
+    profile: Path | None = None,
 ) -> BenchOperator:
     operator = BenchOperator(
         cluster=cluster,
         kubeconfig=kubeconfig,
         log_path=cluster.workdir / "operator.log",
         extra_args=extra_args if extra_args is not None else ["--status-interval=10"],
+        profile=profile,
     )
     operator.start()
     return operator
@@ -209,3 +237,16 @@ def start_operator(
 
 def say(message: str) -> None:
     print(f"  [{time.strftime('%H:%M:%S')}] {message}  (load {load()[0]})", flush=True)
+
+
+def apply_admitted(cluster: LocalCluster, manifest: dict[str, Any], timeout: float = 60) -> None:
+    """Apply a cell, retrying while the operator has not seen fresh budgets yet (it folds
+    budget reports into its snapshot at most once a second)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = harness.apply_yaml(cluster, manifest)
+        if result.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{manifest['metadata']['name']} refused: {result.stderr}")
+        time.sleep(0.5)

@@ -25,6 +25,7 @@ from kubernetes import client
 
 from _support import (
     add_pool,
+    apply_admitted,
     cellguard_cluster,
     harness,
     invalid_specs,
@@ -120,7 +121,7 @@ def main() -> int:
             target = harness.cell_manifest(
                 NS, "target", service="target", replicas=1, base=10, per_peer=0, pool=pool
             )
-            assert harness.apply_yaml(cluster, target).returncode == 0
+            apply_admitted(cluster, target)
             harness.wait_cell_pods(cluster, NS, "target", 1)
             api = client.CustomObjectsApi(cluster.api_client())
             say(f"sending {args.count} invalid objects")
