@@ -365,23 +365,31 @@ def submit_dry_run(api: client.CustomObjectsApi, case: InvalidCase) -> Answer:
             )
         elif case.replace:
             namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
-            current = api.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, STREAMCELL_PLURAL, name
-            )
             manifest = copy.deepcopy(manifest)
-            manifest["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-            started = time.perf_counter()  # time the write only
-            api.replace_namespaced_custom_object(
-                GROUP,
-                VERSION,
-                namespace,
-                STREAMCELL_PLURAL,
-                name,
-                manifest,
-                dry_run="All",
-                field_validation="Strict",
-                _request_timeout=30,
-            )
+            # The operator refreshes the target's status every few seconds, which moves its
+            # resourceVersion: a 409 only means "read again", so read again (a few times).
+            for attempt in range(5):
+                current = api.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, STREAMCELL_PLURAL, name
+                )
+                manifest["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+                started = time.perf_counter()  # time the write only
+                try:
+                    api.replace_namespaced_custom_object(
+                        GROUP,
+                        VERSION,
+                        namespace,
+                        STREAMCELL_PLURAL,
+                        name,
+                        manifest,
+                        dry_run="All",
+                        field_validation="Strict",
+                        _request_timeout=30,
+                    )
+                    break
+                except ApiException as conflict:
+                    if conflict.status != 409 or attempt == 4:
+                        raise
         else:
             api.create_namespaced_custom_object(
                 GROUP,

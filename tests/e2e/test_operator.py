@@ -120,7 +120,8 @@ def test_kubectl_scale_within_and_beyond_budget(
         assert apply_yaml(cluster, manifest).returncode == 0
         wait_cell_pods(cluster, ns, "ingest", 4)
         max_safe = wait_for(
-            lambda: cell(cluster, ns, "ingest").get("status", {}).get("maxSafeReplicas")
+            lambda: cell(cluster, ns, "ingest").get("status", {}).get("maxSafeReplicas"),
+            what="status.maxSafeReplicas",
         )
 
         ok = cluster.kubectl("scale", "streamcell/ingest", "-n", ns, "--replicas=8", check=False)
