@@ -223,10 +223,16 @@ def test_prometheus_scrapes_the_operator_and_the_rules_fire(
         )
         assert refused.returncode != 0
         assert f"scaling {ns}/ingest from 3 to 20 replicas would put node prom-" in refused.stderr
+        # At least one: the API server re-runs admission when its storage update retries on
+        # a conflict (the operator writes the cell's status every few seconds), so a single
+        # `kubectl scale` may be decided - and counted - twice.
         wait_for(
-            lambda: prometheus.value(refused_series) == before + 1,
+            lambda: (
+                (value := prometheus.value(refused_series)) is not None
+                and before + 1 <= value <= before + 3
+            ),
             timeout=WAIT,
-            what=f"{refused_series} to go from {before} to {before + 1} in Prometheus",
+            what=f"{refused_series} to go up from {before} in Prometheus",
         )
         increase = prometheus.value(f"increase({refused_series}[1m])")
         assert increase is not None and increase > 0, increase
