@@ -44,6 +44,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Commands that only print: they may die quietly on a closed pipe.
+PIPE_FILTERS = frozenset({"plan", "status"})
+
+
 def _load(module_name: str) -> _Subcommand:
     module: _Subcommand = importlib.import_module(module_name)
     return module
@@ -68,14 +72,17 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # `cellguard status -o json | head` ends quietly, like any Unix filter.
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(args_list)
     args = parser.parse_args(args_list)
     if not args.command:
         parser.print_help()
         return 2
+    if args.command in PIPE_FILTERS:
+        # `cellguard status -o json | head` ends quietly, like any Unix filter. Only for
+        # these: a server (the operator's webhook, the agent) must survive a peer that hangs
+        # up, which with SIG_DFL would kill the whole process.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     module_name, _ = SUBCOMMANDS[args.command]
     return _load(module_name).run(args)
 

@@ -193,3 +193,35 @@ def test_a_saved_snapshot_is_judged_as_of_when_it_was_taken(
         == 0
     )
     assert "FITS" in capsys.readouterr().out
+
+
+def test_only_printing_commands_die_quietly_on_a_closed_pipe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import argparse
+    import signal
+
+    seen: dict[str, object] = {}
+
+    class Recorder:
+        def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+            pass
+
+        def run(self, args: argparse.Namespace) -> int:
+            seen[args.command] = signal.getsignal(signal.SIGPIPE)
+            return 0
+
+    monkeypatch.setattr(cli, "_load", lambda _module: Recorder())
+    previous = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    try:
+        # Servers keep Python's default (ignore SIGPIPE, raise BrokenPipeError): a webhook
+        # client hanging up must never kill the operator, nor a closed socket the agent.
+        for command in ("run", "agent", "demo"):
+            assert cli.main([command]) == 0
+            assert seen[command] == signal.SIG_IGN, command
+        for command in ("status", "plan"):
+            assert cli.main([command]) == 0
+            assert seen[command] == signal.SIG_DFL, command
+            signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    finally:
+        signal.signal(signal.SIGPIPE, previous)
