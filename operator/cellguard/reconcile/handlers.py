@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -40,29 +41,27 @@ def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
     # kopf lists each resource first (event type None) and then watches: the cache, loaded
     # by the start-up listing, stays complete.
 
-    @kopf.on.event("", "v1", "nodes", registry=registry)
-    async def node_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-        if event.get("type") == "DELETED":
-            ctx.state.delete_node(body.metadata.name or "")
-        else:
-            ctx.state.upsert_node(dict(body))
-        ctx.budget_changed()
+    def feed(
+        group: str,
+        version: str,
+        plural: str,
+        upsert: Callable[[dict[str, Any]], None],
+        delete: Callable[[str], None],
+    ) -> None:
+        """Nodes, NodeBudgets and policies: cluster-scoped, by name, and each may move
+        every cell's figures."""
 
-    @kopf.on.event(GROUP, VERSION, NODEBUDGET_PLURAL, registry=registry)
-    async def budget_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-        if event.get("type") == "DELETED":
-            ctx.state.delete_budget(body.metadata.name or "")
-        else:
-            ctx.state.upsert_budget(dict(body))
-        ctx.budget_changed()
+        @kopf.on.event(group, version, plural, id=f"feed-{plural}", registry=registry)
+        async def cluster_object_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+            if event.get("type") == "DELETED":
+                delete(body.metadata.name or "")
+            else:
+                upsert(dict(body))
+            ctx.budget_changed()
 
-    @kopf.on.event(GROUP, VERSION, POLICY_PLURAL, registry=registry)
-    async def policy_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-        if event.get("type") == "DELETED":
-            ctx.state.delete_policy(body.metadata.name or "")
-        else:
-            ctx.state.upsert_policy(dict(body))
-        ctx.budget_changed()
+    feed("", "v1", "nodes", ctx.state.upsert_node, ctx.state.delete_node)
+    feed(GROUP, VERSION, NODEBUDGET_PLURAL, ctx.state.upsert_budget, ctx.state.delete_budget)
+    feed(GROUP, VERSION, POLICY_PLURAL, ctx.state.upsert_policy, ctx.state.delete_policy)
 
     @kopf.on.event(GROUP, VERSION, STREAMCELL_PLURAL, registry=registry)
     async def cell_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
