@@ -126,12 +126,12 @@ class BenchOperator(OperatorProcess):
     def start(self, wait: bool = True) -> None:
         log = self.log_path.open("ab")
         profiler = ["-m", "cProfile", "-o", str(self.profile)] if self.profile else []
+        entry = ["-m", "cellguard"]
         self.popen = subprocess.Popen(
             [
                 sys.executable,
                 *profiler,
-                "-m",
-                "cellguard",
+                *entry,
                 "run",
                 f"--kubeconfig={self.kubeconfig}",
                 "--webhook-mode=url",

@@ -67,6 +67,7 @@ def populate(cluster: Any, pool: Any, cells: list[str], api: Any) -> None:
             NS, name, service=name, replicas=REPLICAS, base=20, per_peer=1, pool=pool
         )
         manifest["spec"]["isolation"] = "Shared"
+        last = ""
         for _ in range(60):
             try:
                 api.create_namespaced_custom_object(
@@ -78,10 +79,13 @@ def populate(cluster: Any, pool: Any, cells: list[str], api: Any) -> None:
                     return
                 if exc.status not in (403, 429, 500, 503, 504):
                     raise
+                last = str(exc.body)[:600]
                 time.sleep(1.0)
-        raise RuntimeError(f"{name} never admitted")
+        raise RuntimeError(f"{name} never admitted: {last}")
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool_exec:
+    # Few at once: every admission is decided one at a time, and a webhook call that waits
+    # past the API server's 10 s timeout fails (and is retried here).
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool_exec:
         list(pool_exec.map(create, cells))
 
 
