@@ -405,3 +405,18 @@ def test_a_node_deleted_during_a_watch_gap_is_forgotten_unless_an_event_is_newer
     state.upsert_node(node("n3"))
     assert state.forget_absent_nodes({"n1"}, listed_at) == []
     assert "n3" in state.nodes
+
+
+def test_status_only_cell_events_leave_the_snapshot_alone() -> None:
+    state = two_node_state(a={"replicas": 2})
+    gate, _ = make_gate(state)
+    first = gate.snapshot()
+    versions = (state.version, state.cell_version)
+    same = cell("ns", "a", replicas=2)
+    same["status"] = {"replicas": 2}  # the operator's own status write comes back as an event
+    state.upsert_cell(same)
+    assert (state.version, state.cell_version) == versions
+    assert gate._cached is not None and gate._cached.snapshot.cells is first.cells
+    state.upsert_cell(cell("ns", "a", replicas=3))  # a real spec change does move them
+    assert state.cell_version == versions[1] + 1
+    assert gate.snapshot().cells[CellKey("ns", "a")].replicas == 3

@@ -185,10 +185,15 @@ class ClusterState:
             spec=cell.spec,
             view=CellView.from_streamcell(cell),
         )
+        previous = self.cells.get(key)
         self.cells[key] = record
         self.cell_errors.pop(key, None)
-        self.version += 1
-        self.cell_version += 1
+        # Most cell events are the operator's own status patches and kopf's annotations:
+        # the decision's inputs did not move, so neither do the versions (a bump would
+        # make the gate rebuild its whole planner snapshot for nothing).
+        if previous is None or previous.view != record.view or previous.uid != record.uid:
+            self.version += 1
+            self.cell_version += 1
         return record
 
     def delete_cell(self, key: CellKey) -> None:
