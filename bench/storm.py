@@ -21,6 +21,7 @@ import threading
 import time
 from collections import Counter
 from fractions import Fraction
+from pathlib import Path
 
 from _support import (
     add_pool,
@@ -47,10 +48,11 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=32)
     parser.add_argument("--max-replicas", type=int, default=14)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--profile", type=Path, help="cProfile the operator into this file")
     args = parser.parse_args()
 
     with cellguard_cluster() as (cluster, kubeconfig):
-        operator = start_operator(cluster, kubeconfig)
+        operator = start_operator(cluster, kubeconfig, profile=args.profile)
         try:
             harness.ensure_namespace(cluster, NS)
             pool = add_pool(cluster, "storm", args.nodes)
