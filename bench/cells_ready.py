@@ -84,7 +84,9 @@ def main() -> int:
 
             def create(manifest: dict[str, Any]) -> None:
                 name = manifest["metadata"]["name"]
-                for _attempt in range(20):
+                # Refusals while earlier cells' reservations are held (worst case on every
+                # node, until their pods are bound) are retried for up to two minutes.
+                for _attempt in range(240):
                     try:
                         api.create_namespaced_custom_object(
                             GROUP, VERSION, NS, STREAMCELL_PLURAL, manifest, _request_timeout=60
@@ -107,7 +109,9 @@ def main() -> int:
                 ready_at: dict[str, float] = {}
                 pods_running_at: float | None = None
                 timeline: list[tuple[float, int, int]] = []
-                while len(ready_at) < args.cells and time.monotonic() - started < args.timeout:
+                while time.monotonic() - started < args.timeout:
+                    if all(f.done() for f in submitting) and len(ready_at) >= len(created_at):
+                        break  # every cell that was admitted is Ready
                     time.sleep(1.0)
                     now = time.monotonic()
                     cells = api.list_namespaced_custom_object(
@@ -151,13 +155,17 @@ def main() -> int:
         "load_average": end_load,
         "timeline_s_running_ready": timeline,
     }
+    out = write_result(f"cells_ready_{args.cells}", result)
     print(
         f"\n{args.cells} cells x 1 replica on {args.nodes} nodes, status interval "
         f"{args.status_interval:g} s (load average 1/5/15 min at end: {end_load})"
     )
     print(f"{'all created (webhook admitted)':<38} {result['submit_all_s']:>8} s")
-    print(f"{'all pods Running':<38} {result['pods_all_running_s']:>8} s")
-    print(f"{'all cells Ready=True':<38} {result['cells_all_ready_s']:>8} s   (target <= 60 s)")
+    print(f"{'all pods Running':<38} {result['pods_all_running_s'] or 'never':>8} s")
+    print(
+        f"{'all cells Ready=True':<38} {result['cells_all_ready_s'] or 'never':>8} s   "
+        "(target <= 60 s)"
+    )
     print(
         f"{'per cell, create -> Ready':<38} p50 {per_cell['p50_ms'] / 1000:.1f} s, "
         f"p99 {per_cell['p99_ms'] / 1000:.1f} s, max {per_cell['max_ms'] / 1000:.1f} s"
@@ -166,7 +174,7 @@ def main() -> int:
         f"{'operator RSS / peak':<38} {memory.get('VmRSS', 0) / 1024:.0f} MiB / "
         f"{memory.get('VmHWM', 0) / 1024:.0f} MiB"
     )
-    out = write_result(f"cells_ready_{args.cells}", result)
+    print(f"{'cells never admitted (refused 2 min)':<38} {len(refused):>8}")
     print(f"wrote {out}")
     return 0
 
