@@ -6,10 +6,14 @@ here is `apply_children` (run in a worker thread), so the rest can be driven fro
 
 from __future__ import annotations
 
+import asyncio
 import datetime
-from collections.abc import Callable, Mapping
+import logging
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from cellguard.api.v1alpha1 import Isolation
+from cellguard.budget.pools import is_pool_label, pool_label_key, pool_label_value
 from cellguard.budget.snapshot import CellKey
 from cellguard.constants import LABEL_CELL
 from cellguard.metrics import CellFiguresRow, FleetReport, OperatorMetrics
@@ -20,6 +24,10 @@ from cellguard.state.reservations import ReservationLedger
 from cellguard.state.store import CellRecord, ClusterState
 
 Applier = Callable[[dict[str, Any]], dict[str, Any]]
+# (node name, labels to set, None to remove) -> the node as stored.
+NodeLabeler = Callable[[str, dict[str, str | None]], dict[str, Any]]
+
+log = logging.getLogger(__name__)
 
 
 def utc_now() -> datetime.datetime:
@@ -34,6 +42,7 @@ class OperatorContext:
         apply: Applier,
         *,
         now: Callable[[], datetime.datetime] = utc_now,
+        label_node: NodeLabeler | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -42,6 +51,7 @@ class OperatorContext:
         self.now = now
         self.gate = ScaleGate(self.state, self.ledger, metrics, now=now)
         self._apply = apply
+        self._label_node = label_node
         self.own_username: str | None = None
         # What the operator last saw of each cell's Deployment.
         self.deployment_replicas: dict[CellKey, int] = {}
@@ -84,6 +94,87 @@ class OperatorContext:
         self._apply(builders.deployment(*args, replicas=replicas, threads_per_pod=threads_per_pod))
         self._apply(builders.headless_service(*args))
         self._apply(builders.disruption_budget(*args))
+
+    # ------------------------------------------------------------------ node pools
+
+    async def join_pool(self, record: CellRecord, nodes: Iterable[str]) -> list[str]:
+        """Label `nodes` into the cell's pool (those not labelled yet); the nodes labelled."""
+        key = pool_label_key(record.spec.service)
+        value = pool_label_value(record.namespace, record.name)
+        todo = [
+            name
+            for name in sorted(nodes)
+            if name in self.state.nodes and self.state.nodes[name].labels.get(key) != value
+        ]
+        for name in todo:
+            await self._set_node_labels(name, {key: value})
+            log.info("node %s joined the pool of %s/%s", name, record.namespace, record.name)
+        return todo
+
+    async def tend_pools(self) -> list[tuple[str, str]]:
+        """Take nodes out of pools their cell no longer needs; the (node, label) removed.
+
+        Decided under the gate's lock, so no decision plans with a node while it leaves.
+        """
+        if not self.state.synced or self._label_node is None:
+            return []
+        async with self.gate.exclusive():
+            released = self.releasable_pool_labels()
+            for name, key in released:
+                await self._set_node_labels(name, {key: None})
+                log.info("node %s left pool %s", name, key)
+        return released
+
+    def releasable_pool_labels(self) -> list[tuple[str, str]]:
+        """(node, pool label) pairs whose node its cell no longer needs.
+
+        A node leaves a pool when no NodeExclusive cell of that name exists any more, or
+        when its cell is settled - every pod it asked for exists, is bound and none is
+        terminating, its Deployment is at its size, no reservation holds - and has no pod
+        on the node. With maxSkew 1 a settled cell with an empty pool node has at most one
+        pod a node, so a rollout or a replaced pod still finds room in the rest of its pool.
+        """
+        state = self.state
+        owners = {
+            (pool_label_key(r.spec.service), pool_label_value(r.namespace, r.name)): r
+            for r in state.cells.values()
+            if r.spec.isolation is Isolation.NODE_EXCLUSIVE
+        }
+        unreadable = {pool_label_value(k.namespace, k.name) for k in state.cell_errors}
+        now = self.now()
+        released = []
+        for name, node in sorted(state.nodes.items()):
+            for key, value in node.labels.items():
+                if not is_pool_label(key) or value in unreadable:
+                    continue
+                hosted = {
+                    pool_label_value(cell.namespace, cell.name)
+                    for cell, per_node in state.placement.items()
+                    if per_node.get(name)
+                }
+                if value in hosted:
+                    continue
+                record = owners.get((key, value))
+                if record is None or self._settled(record.key, record.spec.replicas, now):
+                    released.append((name, key))
+        return released
+
+    def _settled(self, key: CellKey, replicas: int, now: datetime.datetime) -> bool:
+        held = self.ledger.get(key)
+        state = self.state
+        return (
+            (held is None or held.expires_at <= now)
+            and self.deployment_replicas.get(key) == replicas
+            and state.pods_by_cell.get(key, 0) == replicas
+            and sum(state.placement.get(key, {}).values()) == replicas
+            and not state.terminating.get(key)
+        )
+
+    async def _set_node_labels(self, name: str, labels: dict[str, str | None]) -> None:
+        if self._label_node is None:
+            raise RuntimeError("this operator context cannot label nodes")
+        stored = await asyncio.to_thread(self._label_node, name, labels)
+        self.state.upsert_node(stored)  # decide on the new labels before the watch says so
 
     # ------------------------------------------------------------------ notifications
 

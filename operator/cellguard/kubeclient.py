@@ -117,6 +117,20 @@ def server_side_apply(
     )
 
 
+def label_node(
+    api_client: client.ApiClient, name: str, labels: dict[str, str | None]
+) -> dict[str, Any]:
+    """Set (or, with None, remove) labels of a node with a JSON merge patch; returns the
+    node as stored. Touches nothing but `metadata.labels`."""
+    return request_json(
+        api_client,
+        "PATCH",
+        f"/api/v1/nodes/{name}",
+        body={"metadata": {"labels": labels}},
+        content_type="application/merge-patch+json",
+    )
+
+
 def describe_api_error(exc: ApiException) -> str:
     """`HTTP 422 Unprocessable Entity: <the Status message>` on one line."""
     summary = f"HTTP {exc.status} {exc.reason or ''}".rstrip()

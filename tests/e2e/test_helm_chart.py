@@ -261,6 +261,7 @@ def _check_operator_access(
     for verb in ("get", "list", "watch", "patch", "update"):
         access.can(f"{verb} streamcells.cellguard.io -n {cells_ns}")
     access.can(
+        "patch nodes",
         f"patch streamcells.cellguard.io --subresource=status -n {cells_ns}",
         f"get streamcells.cellguard.io --subresource=status -n {cells_ns}",
         "list threadbudgetpolicies.cellguard.io",
@@ -291,8 +292,8 @@ def _check_operator_access(
         "get secrets -n default",
         "list secrets --all-namespaces",
         f"get secrets -n {namespace}",
-        # Nodes: read only.
-        "patch nodes",
+        # Nodes: patch only (the chart's admission policy narrows it to pool labels, see
+        # test_the_operator_may_change_pool_labels_of_a_node_and_nothing_else).
         "update nodes",
         "delete nodes",
         "patch nodes --subresource=status",
@@ -412,6 +413,69 @@ def test_service_accounts_can_do_what_they_need_and_nothing_more(
                 check=False,
             )
     assert failures == []
+
+
+def test_the_operator_may_change_pool_labels_of_a_node_and_nothing_else(
+    cluster: LocalCluster, helm: Helm, api_crds: None
+) -> None:
+    """RBAC gives the operator `patch nodes`; the chart's ValidatingAdmissionPolicy, enforced
+    by the API server, lets it touch nothing but the cellpool.cellguard.io/* labels."""
+    namespace = _unique("cg-pools")
+    manifests = helm.template(release=namespace, namespace=namespace)
+    kinds = (*RBAC_KINDS, "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
+    chosen = [m for m in manifests if m["kind"] in kinds and not is_hook(m)]
+    assert {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} <= {
+        m["kind"] for m in chosen
+    }
+    operator = _sa_user(namespace, f"{namespace}-cellguard-operator")
+    node = cluster.initial_nodes[0].name
+    pool_label = f"cellpool.cellguard.io/{namespace}"
+
+    def label(*args: str, user: str = operator) -> subprocess.CompletedProcess[str]:
+        return cluster.kubectl("label", "node", node, *args, f"--as={user}", check=False)
+
+    with _namespaces(cluster, namespace):
+        try:
+            cluster.kubectl("apply", "-f", "-", input_text=_yaml(chosen))
+
+            def policy_active() -> bool:
+                # The policy is enforced once the API server has compiled it: probe with a
+                # change it must refuse (and undo it should it pass before that).
+                probe = label("cellguard-e2e-probe=1")
+                if probe.returncode == 0:
+                    cluster.kubectl("label", "node", node, "cellguard-e2e-probe-", check=False)
+                    return False
+                return "may only change cellpool.cellguard.io/* labels" in probe.stderr
+
+            wait_for(policy_active, timeout=60, what="the node pool policy to be enforced")
+            joined = label(f"{pool_label}=apps.ingest-a")
+            assert joined.returncode == 0, joined.stderr
+            moved = label(f"{pool_label}=apps.ingest-b", "--overwrite")
+            assert moved.returncode == 0, moved.stderr
+            left = label(f"{pool_label}-")
+            assert left.returncode == 0, left.stderr
+            other = label("kubernetes.io/hostname-")
+            assert other.returncode != 0
+            assert "may only change cellpool.cellguard.io/* labels" in other.stderr
+            annotated = cluster.kubectl(
+                "annotate", "node", node, "x=1", f"--as={operator}", check=False
+            )
+            assert annotated.returncode != 0 and "may not change" in annotated.stderr
+            tainted = cluster.kubectl(
+                "taint", "node", node, "x=1:NoSchedule", f"--as={operator}", check=False
+            )
+            assert tainted.returncode != 0 and "may not change" in tainted.stderr
+        finally:
+            cluster.kubectl("label", "node", node, f"{pool_label}-", check=False)
+            cluster.kubectl(
+                "delete",
+                "--wait=false",
+                "--ignore-not-found",
+                "-f",
+                "-",
+                input_text=_yaml(chosen),
+                check=False,
+            )
 
 
 # --------------------------------------------------------------------------- a fresh cluster

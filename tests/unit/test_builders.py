@@ -67,11 +67,27 @@ def test_node_exclusive_adds_required_anti_affinity_against_sibling_cells() -> N
     assert exprs[LABEL_CELL]["operator"] == "NotIn" and exprs[LABEL_CELL]["values"] == ["ingest-a"]
 
 
-def test_shared_isolation_has_no_anti_affinity() -> None:
+def test_shared_isolation_has_no_anti_affinity_and_keeps_off_every_pool() -> None:
     dep = builders.deployment(
         "prod", "c", "u", _spec(isolation="Shared"), replicas=1, threads_per_pod=40
     )
-    assert "affinity" not in dep["spec"]["template"]["spec"]
+    affinity = dep["spec"]["template"]["spec"]["affinity"]
+    assert "podAntiAffinity" not in affinity
+    (term,) = affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    assert term["matchExpressions"] == [
+        {"key": "cellpool.cellguard.io/ingest", "operator": "DoesNotExist"}
+    ]
+    assert "cellpool.cellguard.io/ingest" not in dep["spec"]["template"]["spec"]["nodeSelector"]
+
+
+def test_node_exclusive_pods_select_their_cell_pool() -> None:
+    pod = builders.pod_template("prod", "ingest-a", _spec())
+    assert pod["spec"]["nodeSelector"] == {
+        "disk": "ssd",
+        "cellpool.cellguard.io/ingest": "prod.ingest-a",
+    }
 
 
 def test_placement_merges_into_pod_spec_without_mutating_the_cell() -> None:
@@ -82,8 +98,12 @@ def test_placement_merges_into_pod_spec_without_mutating_the_cell() -> None:
         }
     )
     before = spec.model_dump()
-    pod = builders.pod_template("c", spec)
-    assert pod["spec"]["nodeSelector"] == {"disk": "ssd", "pool": "stream"}
+    pod = builders.pod_template("ns", "c", spec)
+    assert pod["spec"]["nodeSelector"] == {
+        "disk": "ssd",
+        "pool": "stream",
+        "cellpool.cellguard.io/ingest": "ns.c",
+    }
     assert pod["spec"]["tolerations"] == [
         {"key": "dedicated", "operator": "Equal", "value": "stream"}
     ]
@@ -104,7 +124,7 @@ def test_existing_hostname_spread_is_replaced_not_duplicated() -> None:
             "whenUnsatisfiable": "ScheduleAnyway",
         },
     ]
-    pod = builders.pod_template("c", _spec(template=template))
+    pod = builders.pod_template("ns", "c", _spec(template=template))
     keys = [(c["topologyKey"], c["maxSkew"]) for c in pod["spec"]["topologySpreadConstraints"]]
     assert keys == [("topology.kubernetes.io/zone", 1), ("kubernetes.io/hostname", 1)]
 

@@ -11,11 +11,12 @@ import pytest
 import yaml
 
 from cellguard import cli
+from cellguard.budget.pools import pool_label_key, pool_label_value
 
 
-def _node(name: str) -> dict[str, Any]:
+def _node(name: str, **labels: str) -> dict[str, Any]:
     return {
-        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, **labels}},
         "spec": {},
         "status": {"conditions": [{"type": "Ready", "status": "True"}]},
     }
@@ -50,8 +51,10 @@ def _cell_spec(replicas: int) -> dict[str, Any]:
 def snapshot(tmp_path: Path) -> Path:
     nodes = [f"n{i}" for i in range(1, 7)]
     listing = {
-        "nodes": [_node(n) for n in nodes],
-        "budgets": [_budget(n) for n in nodes[:-1]],  # n6 has no budget
+        # n6, in ingest-a's pool and without a pod of it, has no budget.
+        "nodes": [_node(n) for n in nodes[:-1]]
+        + [_node("n6", **{pool_label_key("ingest"): pool_label_value("prod", "ingest-a")})],
+        "budgets": [_budget(n) for n in nodes[:-1]],
         "cells": [{"metadata": {"namespace": "prod", "name": "ingest-a"}, "spec": _cell_spec(3)}],
         "policies": [{"metadata": {"name": "default"}, "spec": {"safetyMargin": 0.2}}],
         "pods": [
@@ -74,7 +77,7 @@ def snapshot(tmp_path: Path) -> Path:
 
 
 def test_plan_exit_codes_and_json(snapshot: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # Scale-ups that would place a pod on n6 (no budget) are refused: fail closed.
+    # Scale-ups that may place a pod on n6 (in the pool, no budget) are refused: fail closed.
     code = cli.main(
         [
             "plan",

@@ -297,6 +297,7 @@ class RefusalReason(StrEnum):
     BUDGET_UNKNOWN = "BudgetUnknown"
     BUDGET_STALE = "BudgetStale"
     NO_ELIGIBLE_NODES = "NoEligibleNodes"
+    UNSCHEDULABLE = "Unschedulable"
     POLICY_NOT_FOUND = "PolicyNotFound"
 
 

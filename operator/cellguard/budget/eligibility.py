@@ -8,6 +8,15 @@ is symmetric because required pod anti-affinity is: the scheduler also refuses a
 an existing pod's anti-affinity matches. It is namespaced because pod anti-affinity
 without a namespace selector only sees pods of its own namespace.
 
+Cell node pools (see `pools`) narrow it further: a NodeExclusive cell's pods may land on
+its own pool's nodes only (plus the free nodes a decision claims for it), a Shared cell's on
+nodes in no pool of its service.
+
+The spread domains are what the scheduler's hostname spread constraint counts: every node
+matching the pods' node selection (nodeSelector, pool label) whose blocking taints they
+tolerate - cordoned nodes and nodes the anti-affinity keeps them off included. The
+planner needs both sets: a domain that cannot receive pods caps every other node.
+
 The per-node predicates spell the rules out; `eligible_nodes` answers the same question
 for thousands of nodes with set operations over indexes kept on the snapshot.
 """
@@ -18,7 +27,17 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 
 from cellguard.api.v1alpha1 import Isolation, TaintEffect, Toleration, TolerationOperator
-from cellguard.budget.snapshot import CELLS, NODES, CellView, ClusterSnapshot, Taint
+from cellguard.budget.pools import pool_label_key, pool_label_value
+from cellguard.budget.snapshot import (
+    CELLS,
+    NODES,
+    NOW,
+    RESERVATIONS,
+    CellKey,
+    CellView,
+    ClusterSnapshot,
+    Taint,
+)
 
 # Only these effects keep a pod off a node; PreferNoSchedule is a preference.
 BLOCKING_EFFECTS = frozenset({TaintEffect.NO_SCHEDULE.value, TaintEffect.NO_EXECUTE.value})
@@ -142,12 +161,8 @@ def excluded_by_isolation(snapshot: ClusterSnapshot, cell: CellView) -> set[str]
     return excluded
 
 
-def placement_nodes(snapshot: ClusterSnapshot, cell: CellView) -> frozenset[str]:
-    """Schedulable (not cordoned) nodes the cell's selector and tolerations allow (isolation aside).
-
-    Kept per placement: cells share few distinct selector/toleration combinations.
-    """
-    signature = (
+def _placement_signature(cell: CellView) -> tuple[object, ...]:
+    return (
         tuple(sorted(cell.node_selector.items())),
         tuple(
             sorted(
@@ -156,27 +171,136 @@ def placement_nodes(snapshot: ClusterSnapshot, cell: CellView) -> frozenset[str]
         ),
     )
 
-    def compute() -> frozenset[str]:
-        nodes = set(_schedulable(snapshot))
-        selected = _selected(snapshot, cell)
-        if selected is not None:
-            nodes.intersection_update(selected)
-        nodes.intersection_update(_tolerated(snapshot, cell))
-        return frozenset(nodes)
 
+def placement_domains(snapshot: ClusterSnapshot, cell: CellView) -> frozenset[str]:
+    """Nodes the cell's selector and tolerations allow, cordoned or not (pools aside).
+
+    What the spread constraint (nodeAffinityPolicy and nodeTaintsPolicy Honor) counts as
+    domains; a cordoned node leaves them only once the node.kubernetes.io/unschedulable
+    taint is on it. Kept per placement: cells share few distinct combinations.
+    """
+
+    def compute() -> frozenset[str]:
+        selected = _selected(snapshot, cell)
+        tolerated = _tolerated(snapshot, cell)
+        return frozenset(tolerated if selected is None else tolerated.intersection(selected))
+
+    signature = _placement_signature(cell)
+    return snapshot.derived(f"eligibility.domains:{signature}", frozenset({NODES}), compute)
+
+
+def placement_nodes(snapshot: ClusterSnapshot, cell: CellView) -> frozenset[str]:
+    """Schedulable (not cordoned) nodes the cell's selector and tolerations allow (isolation
+    and pools aside)."""
+
+    def compute() -> frozenset[str]:
+        return placement_domains(snapshot, cell).intersection(_schedulable(snapshot))
+
+    signature = _placement_signature(cell)
     return snapshot.derived(f"eligibility.placement:{signature}", frozenset({NODES}), compute)
 
 
+def pool_owners(snapshot: ClusterSnapshot, service: str) -> dict[str, frozenset[str]]:
+    """Pool label value (`<namespace>.<cell>`) -> the nodes in that cell's pool."""
+    return _label_values(snapshot, pool_label_key(service))
+
+
+def pooled_nodes(snapshot: ClusterSnapshot, service: str) -> frozenset[str]:
+    """Nodes in the pool of some cell of `service`."""
+
+    def compute() -> frozenset[str]:
+        return frozenset().union(*pool_owners(snapshot, service).values())
+
+    return snapshot.derived(f"eligibility.pooled:{service}", frozenset({NODES}), compute)
+
+
+def own_pool(snapshot: ClusterSnapshot, cell: CellView) -> frozenset[str]:
+    owners = pool_owners(snapshot, cell.service)
+    return owners.get(pool_label_value(cell.namespace, cell.name), frozenset())
+
+
+def _claims(snapshot: ClusterSnapshot, service: str) -> dict[CellKey, frozenset[str]]:
+    """Cell of `service` -> free nodes its live reservation claims for its pool."""
+
+    def compute() -> dict[CellKey, frozenset[str]]:
+        claims: dict[CellKey, frozenset[str]] = {}
+        for reservation in snapshot.reservations:
+            if reservation.expires_at <= snapshot.now or not reservation.claimed_nodes:
+                continue
+            key = CellKey(*reservation.cell)
+            owner = snapshot.cells.get(key)
+            if owner is not None and owner.service == service:
+                claims[key] = claims.get(key, frozenset()) | reservation.claimed_nodes
+        return claims
+
+    inputs = frozenset({RESERVATIONS, CELLS, NOW})
+    return snapshot.derived(f"eligibility.claims:{service}", inputs, compute)
+
+
+def claimed_by_others(snapshot: ClusterSnapshot, cell: CellView) -> frozenset[str]:
+    """Nodes another cell of the service claimed for its pool (not labelled yet)."""
+    claims = _claims(snapshot, cell.service)
+    return frozenset().union(*(nodes for key, nodes in claims.items() if key != cell.key))
+
+
+def own_claims(snapshot: ClusterSnapshot, cell: CellView) -> frozenset[str]:
+    return _claims(snapshot, cell.service).get(cell.key, frozenset())
+
+
+def is_pooled(cell: CellView) -> bool:
+    """NodeExclusive cells live in pools; Shared cells on the nodes of no pool."""
+    return cell.isolation is Isolation.NODE_EXCLUSIVE
+
+
+def spread_domains(snapshot: ClusterSnapshot, cell: CellView) -> frozenset[str]:
+    """The nodes the scheduler counts in the cell's hostname spread, as labelled now."""
+    domains = placement_domains(snapshot, cell)
+    if is_pooled(cell):
+        return domains.intersection(own_pool(snapshot, cell))
+    return domains.difference(pooled_nodes(snapshot, cell.service))
+
+
 def eligible_nodes(snapshot: ClusterSnapshot, cell: CellView) -> frozenset[str]:
-    """The nodes the cell's new pods may land on."""
-    return placement_nodes(snapshot, cell).difference(excluded_by_isolation(snapshot, cell))
+    """The nodes the cell's new pods may land on: those that may receive them now and the
+    free nodes a NodeExclusive cell may claim into its pool."""
+    return receiving_nodes(snapshot, cell) | free_nodes(snapshot, cell)
+
+
+def receiving_nodes(snapshot: ClusterSnapshot, cell: CellView) -> frozenset[str]:
+    """The nodes the cell's pods may land on now: its pool (NodeExclusive) or the nodes in
+    no pool (Shared), less cordoned nodes, isolation and other cells' claims."""
+    placement = placement_nodes(snapshot, cell)
+    if is_pooled(cell):
+        placement = placement.intersection(own_pool(snapshot, cell))
+    else:
+        placement = placement.difference(pooled_nodes(snapshot, cell.service))
+    return placement.difference(
+        excluded_by_isolation(snapshot, cell), claimed_by_others(snapshot, cell)
+    )
+
+
+def free_nodes(snapshot: ClusterSnapshot, cell: CellView) -> frozenset[str]:
+    """Nodes a NodeExclusive cell may claim for its pool: schedulable, matching its
+    placement, in no pool of the service, hosting no pod of a cell it may not share with,
+    not claimed by another cell (its own claims included)."""
+    if not is_pooled(cell):
+        return frozenset()
+    return placement_nodes(snapshot, cell).difference(
+        pooled_nodes(snapshot, cell.service),
+        excluded_by_isolation(snapshot, cell),
+        claimed_by_others(snapshot, cell),
+    )
 
 
 def ineligibility(snapshot: ClusterSnapshot, cell: CellView) -> Counter[str]:
-    """Why nodes are not eligible, first reason per node (for refusal messages)."""
+    """Why nodes cannot take the cell's pods, first reason per node (for refusal messages)."""
     excluded = excluded_by_isolation(snapshot, cell)
+    claimed = claimed_by_others(snapshot, cell)
+    key = pool_label_key(cell.service)
+    mine = pool_label_value(cell.namespace, cell.name)
     reasons: Counter[str] = Counter()
     for name, node in snapshot.nodes.items():
+        owner = node.labels.get(key)
         if not selector_matches(cell.node_selector, node.labels):
             reasons["do not match its nodeSelector"] += 1
         elif not tolerates_all(cell.tolerations, node.taints):
@@ -185,4 +309,10 @@ def ineligibility(snapshot: ClusterSnapshot, cell: CellView) -> Counter[str]:
             reasons["are cordoned"] += 1
         elif name in excluded:
             reasons[f"host another cell of service {cell.service}"] += 1
+        elif owner is not None and not is_pooled(cell):
+            reasons[f"are in the pool of a NodeExclusive cell of service {cell.service}"] += 1
+        elif owner is not None and owner != mine:
+            reasons[f"are in the pool of another cell of service {cell.service}"] += 1
+        elif name in claimed:
+            reasons["are claimed by another cell's pending scale-up"] += 1
     return reasons

@@ -24,11 +24,22 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from itertools import accumulate
 from types import MappingProxyType
 
 from cellguard.api.v1alpha1 import RefusalReason
 from cellguard.budget import messages
-from cellguard.budget.eligibility import excluded_by_isolation, ineligibility, placement_nodes
+from cellguard.budget.eligibility import (
+    claimed_by_others,
+    excluded_by_isolation,
+    free_nodes,
+    ineligibility,
+    is_pooled,
+    own_claims,
+    placement_nodes,
+    receiving_nodes,
+    spread_domains,
+)
 from cellguard.budget.limits import BudgetStatus, NodeLimits, allowed_threads, describe
 from cellguard.budget.snapshot import CellKey, CellView, ClusterSnapshot, Reservation
 from cellguard.budget.spread import WaterFill
@@ -95,6 +106,7 @@ class Projection:
     rows: tuple[NodeRow, ...]  # nodes hosting the cell + tightest receiving node per limit
     receiving_nodes: int  # nodes that may receive new pods
     headroom: float | None
+    claimed_nodes: frozenset[str] = frozenset()  # to label into the cell's pool first
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +134,8 @@ class Decision:
     receiving_nodes: int  # how many nodes may receive new pods
     reservation: Mapping[str, int]  # threads per node to hold until the change is applied
     message: str
+    # Nodes to label into the cell's pool before its pods can land (NodeExclusive cells).
+    claimed_nodes: frozenset[str] = frozenset()
 
     def reservation_until(self, expires_at: datetime) -> Reservation:
         """The reservation the operator holds for this (allowed) change."""
@@ -130,6 +144,7 @@ class Decision:
             threads_by_node=self.reservation,
             expires_at=expires_at,
             target_replicas=self.to_replicas,
+            claimed_nodes=self.claimed_nodes,
         )
 
 
@@ -141,7 +156,8 @@ class _Host:
     """A node hosting pods of the cell."""
 
     name: str
-    pods: int
+    pods: int  # every pod of the cell there (terminating ones hold threads too)
+    live: int  # the ones the scheduler's spread counts (not terminating)
     eligible: bool
     figures: NodeLimits
     used: int
@@ -150,7 +166,7 @@ class _Host:
 
 @dataclass(frozen=True, slots=True)
 class _Tightest:
-    """Of the eligible nodes without pods of the cell and one limit, the least free."""
+    """Of some nodes without pods of the cell, the least free (one per limit)."""
 
     name: str
     figures: NodeLimits
@@ -160,7 +176,16 @@ class _Tightest:
 
 
 class CellPlan:
-    """Everything about one cell in one snapshot that does not depend on the target size."""
+    """Everything about one cell in one snapshot that does not depend on the target size.
+
+    Where new pods go (see `eligibility` and `pools`): the receivers are the nodes the
+    cell's pods may land on now (a NodeExclusive cell's pool, a Shared cell's nodes outside
+    every pool); a NodeExclusive cell may also claim free nodes into its pool. The water
+    line is computed over receivers and claimable nodes together, and the plan claims the
+    fewest free nodes that keep it there (most free threads first). Spread domains that
+    cannot receive (cordoned, or kept off by a sibling) cap the water line at their count
+    + 1 (maxSkew 1): beyond it the scheduler would leave pods Pending, so it is refused.
+    """
 
     def __init__(self, snapshot: ClusterSnapshot, cell: CellView, nodes: PolicyNodes) -> None:
         self.snapshot = snapshot
@@ -179,11 +204,26 @@ class CellPlan:
         reserved = reserved_threads(snapshot)
         own = reserved.by_cell.get(cell.key, {})
         hosting = snapshot.pods.of_cell(cell.key)
-        # Eligible = allowed by placement and not excluded by isolation; kept as the two
-        # sets (the first is shared by every cell with the same placement).
+        live = snapshot.pods.live_of_cell(cell.key)
+        self.pooled = is_pooled(cell)
         self.placement = placement_nodes(snapshot, cell)
         self.excluded = excluded_by_isolation(snapshot, cell)
-        self.placed = sum(hosting.values())
+        receivers = receiving_nodes(snapshot, cell)
+        claimable = free_nodes(snapshot, cell)
+        adopt: frozenset[str] = frozenset()
+        if self.pooled:
+            # Hosts in no pool (pods placed before pools existed) join the cell's pool.
+            adopt = claimable.intersection(n for n, count in hosting.items() if count > 0)
+            receivers = receivers | adopt
+            claimable = claimable.difference(hosting, nodes.unusable)
+        self.adopt = adopt
+        self.receivers = receivers
+        self.claimable = claimable
+        # Spread domains that cannot receive: each caps the water line at its count + 1.
+        self.blocked = spread_domains(snapshot, cell).difference(receivers)
+        floor = min((live.get(name, 0) for name in self.blocked), default=None)
+        self.level_cap = floor + 1 if floor is not None else None
+        self.placed = sum(count for count in live.values() if count > 0)
 
         hosts = []
         for name in sorted(hosting):
@@ -195,7 +235,8 @@ class CellPlan:
                 _Host(
                     name=name,
                     pods=pods,
-                    eligible=name in self.placement and name not in self.excluded,
+                    live=max(0, live.get(name, 0)),
+                    eligible=name in receivers,
                     figures=figures,
                     used=used_threads(figures, modelled.get(name, 0)),
                     reserved=reserved.others(cell.key, name),
@@ -204,20 +245,28 @@ class CellPlan:
         self.hosts = tuple(hosts)
         # The per-size check runs a dozen times a decision: plain tuples, looked up once.
         self._host_checks = tuple(
-            (h.used + h.reserved, h.pods, h.eligible, h.figures.allowed or 0, h.name)
+            (h.used + h.reserved, h.pods, h.live, h.eligible, h.figures.allowed or 0, h.name)
             for h in self.hosts
         )
         self.unusable_host = next((h for h in self.hosts if not h.figures.usable), None)
 
-        # Eligible nodes without pods of the cell: up to thousands, handled as groups.
-        self.empty = self.placement.difference(self.excluded, hosting)
-        histogram = Counter(h.pods for h in self.hosts if h.eligible)
+        # Receivers without pods of the cell: up to thousands, handled as groups.
+        self.empty = receivers.difference(hosting)
+        histogram = Counter(h.live for h in self.hosts if h.eligible)
         histogram[0] += len(self.empty)
-        self.fill = WaterFill(histogram)
+        self._receiver_counts = tuple(histogram.items())
+        with_free = Counter(histogram)
+        with_free[0] += len(claimable)
+        self.fill = WaterFill(with_free)
         unusable_empty = nodes.unusable.intersection(self.empty)
         self.unusable_empty = nodes.of(snapshot, min(unusable_empty)) if unusable_empty else None
+        self._free = free
+        self._own = own
+        self._reserved_total = reserved.total
         self.tightest = tuple(self._tightest_per_limit(free, own, reserved.total))
         self.pod_limit = self._smallest_pod_limit()
+        self._claim_order: list[str] | None = None
+        self._claim_tightest: list[tuple[int, str]] = []
 
     def _tightest_per_limit(
         self,
@@ -239,34 +288,76 @@ class CellPlan:
                     best = candidate
             if best is None:
                 continue
-            node_free, name = best
-            figures = self.nodes.limits[name]
-            assert figures.allowed is not None
-            reserved = reserved_total.get(name, 0) - own.get(name, 0)
-            found.append(
-                _Tightest(
-                    name=name,
-                    figures=figures,
-                    used=figures.allowed - node_free - reserved,
-                    reserved=reserved,
-                    free=node_free,
-                )
-            )
+            found.append(self._tight(best[1], best[0]))
         return found
+
+    def _tight(self, name: str, node_free: int) -> _Tightest:
+        figures = self.nodes.limits[name]
+        assert figures.allowed is not None
+        reserved = self._reserved_total.get(name, 0) - self._own.get(name, 0)
+        return _Tightest(
+            name=name,
+            figures=figures,
+            used=figures.allowed - node_free - reserved,
+            reserved=reserved,
+            free=node_free,
+        )
 
     def _smallest_pod_limit(self) -> tuple[int, str] | None:
         """The smallest per-pod PID limit where the cell's pods are or may go."""
-        hosts = {h.name for h in self.hosts}
+        where_pods = self.receivers | self.claimable | {h.name for h in self.hosts}
         for limit, names in self.nodes.pod_limits:
-            where = (names & self.placement).difference(self.excluded) | (names & hosts)
+            where = names & where_pods
             if where:
                 return limit, min(where)
         return None
 
+    # ----------------------------------------------------------------- claims
+
+    def _claim_candidates(self) -> list[tuple[int, str]]:
+        """(free threads, node) of the tightest of the first k claim candidates, for each k.
+
+        Candidates come in the order claims take them: those the cell's own reservation
+        already claimed (so that admission and reconciler agree), then the most free.
+        """
+        if self._claim_order is None:
+            mine = own_claims(self.snapshot, self.cell)
+            free, own = self._free, self._own
+
+            def free_of(name: str) -> int:
+                return free.get(name, 0) + own.get(name, 0)
+
+            order = sorted(self.claimable, key=lambda n: (n not in mine, -free_of(n), n))
+            self._claim_order = order
+            self._claim_tightest = list(accumulate(((free_of(n), n) for n in order), min))
+        return self._claim_tightest
+
+    def claims_needed(self, replicas: int) -> int:
+        """How many free nodes the cell at `replicas` takes into its pool."""
+        new = self.new_pods(replicas)
+        level = self.level(replicas)
+        if not level or not self.claimable:
+            return 0
+        room = sum(
+            nodes * (level - count) for count, nodes in self._receiver_counts if count < level
+        )
+        remaining = new - room
+        return 0 if remaining <= 0 else min(len(self.claimable), -(-remaining // level))
+
+    def claimed(self, replicas: int) -> frozenset[str]:
+        """Nodes to label into the cell's pool before its pods at `replicas` can land."""
+        claims = self.claims_needed(replicas)
+        if not claims:
+            return self.adopt
+        self._claim_candidates()
+        assert self._claim_order is not None
+        return self.adopt.union(self._claim_order[:claims])
+
     # ----------------------------------------------------------------- at size M
 
     def new_pods(self, replicas: int) -> int:
-        # Pods not yet placed (pending, or admitted but not created) are new pods too.
+        # Pods not yet placed (pending, replacing a terminating one, or admitted but not
+        # created) are new pods too.
         return max(0, replicas - min(self.placed, self.current))
 
     def level(self, replicas: int) -> int:
@@ -281,6 +372,10 @@ class CellPlan:
         if new and not self.fill.node_count:
             return RefusalReason.NO_ELIGIBLE_NODES, None
         level = self.fill.level(new) if new else 0
+        if self.level_cap is not None and (
+            level > self.level_cap or replicas > self.level_cap * self.fill.node_count
+        ):
+            return RefusalReason.UNSCHEDULABLE, None
         unknown = self.unusable_host.figures if self.unusable_host else None
         if unknown is None and level and self.unusable_empty is not None:
             unknown = self.unusable_empty
@@ -292,14 +387,19 @@ class CellPlan:
             if per_pod > allowed_threads(pod_limit, self.margin):
                 return RefusalReason.POD_PID_LIMIT, node
         growth = per_pod - self.threads_now
-        for before, pods, eligible, allowed, name in self._host_checks:
-            received = level - pods if eligible and level > pods else 0
+        for before, pods, live, eligible, allowed, name in self._host_checks:
+            received = level - live if eligible and level > live else 0
             if before + growth * pods + per_pod * received > allowed:
                 return RefusalReason.NODE_THREAD_LIMIT, name
         if level:
             for tight in self.tightest:
                 if tight.free < per_pod * level:
                     return RefusalReason.NODE_THREAD_LIMIT, tight.name
+            claims = self.claims_needed(replicas)
+            if claims:
+                node_free, name = self._claim_candidates()[claims - 1]
+                if node_free < per_pod * level:
+                    return RefusalReason.NODE_THREAD_LIMIT, name
         return None
 
     def rows(self, replicas: int) -> list[NodeRow]:
@@ -308,13 +408,18 @@ class CellPlan:
         level = self.level(replicas)
         rows = []
         for host in self.hosts:
-            received = WaterFill.received(level, host.pods) if host.eligible else 0
+            received = WaterFill.received(level, host.live) if host.eligible else 0
             add = growth * host.pods + per_pod * received
             rows.append(
                 _row(host.name, host.figures, host.pods, received, host.used, host.reserved, add)
             )
         if level:
-            for tight in self.tightest:
+            tightest = list(self.tightest)
+            claims = self.claims_needed(replicas)
+            if claims:
+                node_free, name = self._claim_candidates()[claims - 1]
+                tightest.append(self._tight(name, node_free))
+            for tight in tightest:
                 rows.append(
                     _row(
                         tight.name,
@@ -333,16 +438,18 @@ class CellPlan:
         level = self.level(replicas)
         if not level:
             return 0
-        return len(self.empty) + sum(1 for h in self.hosts if h.eligible and h.pods < level)
+        hosts_below = sum(1 for h in self.hosts if h.eligible and h.live < level)
+        return len(self.empty) + hosts_below + self.claims_needed(replicas)
 
     def reservation(self, replicas: int) -> dict[str, int]:
         """Threads per node the cell at `replicas` needs beyond what it holds now."""
         per_pod = threads_per_pod(self.cell.base, self.cell.per_peer, replicas)
         growth = per_pod - self.threads_now
         level = self.level(replicas)
-        held = dict.fromkeys(self.empty, per_pod * level) if level else {}
+        receiving = self.empty.union(self.claimed(replicas) - self.adopt) if level else ()
+        held = dict.fromkeys(receiving, per_pod * level)
         for host in self.hosts:
-            received = WaterFill.received(level, host.pods) if host.eligible else 0
+            received = WaterFill.received(level, host.live) if host.eligible else 0
             add = growth * host.pods + per_pod * received
             if add > 0:
                 held[host.name] = add
@@ -368,6 +475,7 @@ class CellPlan:
             rows=rows,
             receiving_nodes=self.receiving(replicas),
             headroom=limiting.headroom if limiting else None,
+            claimed_nodes=self.claimed(replicas) if refusal is None else self.adopt,
         )
 
     def max_safe_replicas(self) -> int:
@@ -554,6 +662,7 @@ def _decision(
         receiving_nodes=projection.receiving_nodes,
         reservation=reservation,
         message=message,
+        claimed_nodes=projection.claimed_nodes,
     )
 
 
@@ -658,11 +767,48 @@ def _refusal_message(change: str, plan: CellPlan, projection: Projection, max_sa
             f"(pod PID {messages.limit_clause(pod_limit, plan.margin, allowed)} on node {node}); "
             f"{fits}; {fix}"
         )
+    if reason is RefusalReason.UNSCHEDULABLE:
+        return (
+            f"{change} cannot be placed: {placement_clause(plan)}; {fits}; "
+            "add nodes matching its placement, or uncordon or free the blocked ones"
+        )
     limiting = projection.limiting
     assert limiting is not None and limiting.projected is not None
     assert limiting.limit is not None and limiting.allowed is not None
     return (
         f"{change} would put node {limiting.node} at {messages.figure(limiting.projected)} "
-        f"threads ({messages.limit_clause(limiting.limit, plan.margin, limiting.allowed)}); "
-        f"{fits}; {messages.remedy(cell.per_peer)}"
+        f"threads ({messages.limit_clause(limiting.limit, plan.margin, limiting.allowed)})"
+        f"{pool_clause(plan)}; {fits}; {messages.remedy(cell.per_peer)}"
     )
+
+
+def placement_clause(plan: CellPlan) -> str:
+    """Why the scheduler caps the cell's pods a node: spread domains that cannot receive."""
+    cell = plan.cell
+    claimed = claimed_by_others(plan.snapshot, cell)
+    why: Counter[str] = Counter()
+    for name in plan.blocked:
+        node = plan.snapshot.nodes[name]
+        if node.unschedulable:
+            why["cordoned"] += 1
+        elif name in plan.excluded:
+            why[f"hosting another cell of service {cell.service}"] += 1
+        elif name in claimed:
+            why["claimed by another cell's pending scale-up"] += 1
+        else:
+            why["unable to take its pods"] += 1
+    parts = ", ".join(f"{count:,} {text}" for text, count in sorted(why.items()))
+    cap = plan.level_cap or 0
+    return (
+        f"{len(plan.blocked):,} of the nodes its pods spread over cannot take them ({parts}), "
+        f"so the scheduler's even spread (maxSkew 1) allows at most {messages.figure(cap)} "
+        f"a node on the {messages.figure(plan.fill.node_count)} that can"
+    )
+
+
+def pool_clause(plan: CellPlan) -> str:
+    """For a NodeExclusive cell whose pool cannot grow: say so (another cell would need
+    free nodes too, so the remedy includes nodes)."""
+    if not plan.pooled or plan.claimable:
+        return ""
+    return f" and no free node is left to join its pool of {messages.figure(len(plan.receivers))}"

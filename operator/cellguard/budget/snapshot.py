@@ -137,6 +137,9 @@ class ReservationLike(Protocol):
     @property
     def expires_at(self) -> datetime: ...
 
+    @property
+    def claimed_nodes(self) -> frozenset[str]: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
@@ -146,6 +149,9 @@ class Reservation:
     threads_by_node: Mapping[str, int]
     expires_at: datetime
     target_replicas: int = 0
+    # Free nodes the change takes into the cell's pool (NodeExclusive cells): no other
+    # cell of the service may take them while the reservation holds.
+    claimed_nodes: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -153,10 +159,13 @@ class PodPlacement:
     """How many pods of each cell run on each node: cell -> node -> count.
 
     Pods not yet bound to a node are not counted here (the planner treats the cell's
-    missing pods as pods still to place).
+    missing pods as pods still to place). Terminating pods are counted (their threads are
+    there until they are gone) and also kept apart in `terminating`: the scheduler's spread
+    constraint does not count them.
     """
 
     by_cell: Mapping[CellKey, Mapping[str, int]] = field(default_factory=dict)
+    terminating: Mapping[CellKey, Mapping[str, int]] = field(default_factory=dict)
 
     @classmethod
     def from_pairs(cls, pods: Iterable[tuple[tuple[str, str], str]]) -> PodPlacement:
@@ -169,6 +178,15 @@ class PodPlacement:
 
     def of_cell(self, cell: tuple[str, str]) -> Mapping[str, int]:
         return self.by_cell.get(CellKey(*cell), {})
+
+    def live_of_cell(self, cell: tuple[str, str]) -> Mapping[str, int]:
+        """node -> the cell's pods there that the scheduler's spread counts (not terminating)."""
+        key = CellKey(*cell)
+        pods = self.by_cell.get(key, {})
+        leaving = self.terminating.get(key)
+        if not leaving:
+            return pods
+        return {node: count - leaving.get(node, 0) for node, count in pods.items()}
 
     def on_node(self, node: str) -> dict[CellKey, int]:
         """Pods per cell on one node (a scan; the planner never needs it in a hot path)."""

@@ -7,7 +7,14 @@ from dataclasses import dataclass
 from cellguard.api.v1alpha1 import RefusalReason
 from cellguard.budget import messages
 from cellguard.budget.limits import allowed_threads, describe
-from cellguard.budget.planner import CellPlan, NodeRow, cell_of, plan_for
+from cellguard.budget.planner import (
+    CellPlan,
+    NodeRow,
+    cell_of,
+    placement_clause,
+    plan_for,
+    pool_clause,
+)
 from cellguard.budget.snapshot import CellKey, ClusterSnapshot
 from cellguard.budget.threads import threads_per_pod
 
@@ -87,6 +94,8 @@ def _message(
         return f"{size} exceeds its cell size cap of {messages.figure(plan.cap)}; add a cell"
     if reason is RefusalReason.NO_ELIGIBLE_NODES:
         return f"{size} has pods to place and no node can take them; adjust spec.placement"
+    if reason is RefusalReason.UNSCHEDULABLE:
+        return f"{size} cannot be placed in full: {placement_clause(plan)}; {fits}"
     if reason in (RefusalReason.BUDGET_UNKNOWN, RefusalReason.BUDGET_STALE):
         figures = plan.nodes.of(plan.snapshot, refused_node or "")
         state = "stale" if reason is RefusalReason.BUDGET_STALE else "unknown"
@@ -104,6 +113,7 @@ def _message(
     assert row.limit is not None and row.allowed is not None
     return (
         f"{size} puts node {row.node} at {messages.figure(row.projected)} threads "
-        f"({messages.limit_clause(row.limit, plan.margin, row.allowed)}); {fits}; "
+        f"({messages.limit_clause(row.limit, plan.margin, row.allowed)}){pool_clause(plan)}; "
+        f"{fits}; "
         f"{messages.remedy(cell.per_peer)}"
     )

@@ -145,6 +145,9 @@ async def _converge(
     applied = ctx.deployment_replicas.get(record.key)
     answer = await ctx.gate.backstop(record, applied)
     target = answer.replicas_to_apply
+    if answer.claimed_nodes:
+        # The pods select their pool's label: the nodes join before the pods exist.
+        await ctx.join_pool(record, answer.claimed_nodes)
     if spec_changed or target != applied or not ctx.has_children(record.key):
         await asyncio.to_thread(ctx.apply_children, record, target, answer.threads_per_pod)
         ctx.deployment_replicas[record.key] = target

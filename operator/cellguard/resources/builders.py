@@ -2,8 +2,10 @@
 
 The Deployment carries exactly the placement rules the budget planner assumes: a hostname
 topology spread (maxSkew 1, DoNotSchedule, node affinity and taints honoured, over every
-pod of the cell), required anti-affinity against other cells of the same service under
-NodeExclusive, and a rollout that never surges above the budgeted replica count.
+pod of the cell), the cell's node pool (a NodeExclusive cell's pods select its pool label;
+a Shared cell's keep off every pool of the service, see budget.pools), required
+anti-affinity against other cells of the same service under NodeExclusive, and a rollout
+that never surges above the budgeted replica count.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import copy
 from typing import Any
 
 from cellguard.api.v1alpha1 import Isolation, StreamCellSpec
+from cellguard.budget.pools import pool_label_key, pool_label_value
 from cellguard.constants import (
     ANNOTATION_THREADS_PER_POD,
     API_VERSION,
@@ -91,8 +94,21 @@ def exclusive_anti_affinity(cell_name: str, service: str) -> dict[str, Any]:
     }
 
 
-def pod_template(cell_name: str, spec: StreamCellSpec) -> dict[str, Any]:
-    """The cell's pod template with cellguard's labels and placement rules merged in."""
+def _keep_off_pools(pod_spec: dict[str, Any], service: str) -> None:
+    """Require that the node is in no pool of `service`. (A template's own nodeAffinity is
+    refused by the API model, so this is the only node affinity the pods carry.)"""
+    outside = {"key": pool_label_key(service), "operator": "DoesNotExist"}
+    pod_spec.setdefault("affinity", {})["nodeAffinity"] = {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [outside]}]
+        }
+    }
+
+
+def pod_template(namespace: str, cell_name: str, spec: StreamCellSpec) -> dict[str, Any]:
+    """The cell's pod template with cellguard's labels and placement rules merged in: its
+    node selection includes the cell's pool (NodeExclusive) or keeps off every pool of its
+    service (Shared)."""
     template = copy.deepcopy(spec.template)
     metadata = template.setdefault("metadata", {})
     metadata["labels"] = {**metadata.get("labels", {}), **cell_labels(cell_name, spec.service)}
@@ -110,6 +126,13 @@ def pod_template(cell_name: str, spec: StreamCellSpec) -> dict[str, Any]:
                 for t in spec.placement.tolerations
             ),
         ]
+    if spec.isolation is Isolation.NODE_EXCLUSIVE:
+        pod_spec["nodeSelector"] = {
+            **pod_spec.get("nodeSelector", {}),
+            pool_label_key(spec.service): pool_label_value(namespace, cell_name),
+        }
+    else:
+        _keep_off_pools(pod_spec, spec.service)
     constraints = [
         c
         for c in pod_spec.get("topologySpreadConstraints", [])
@@ -149,7 +172,7 @@ def deployment(
                 "type": "RollingUpdate",
                 "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
             },
-            "template": pod_template(cell_name, spec),
+            "template": pod_template(namespace, cell_name, spec),
         },
     }
 

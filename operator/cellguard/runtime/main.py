@@ -189,7 +189,10 @@ async def run_operator(settings: Settings) -> int:
     def apply(manifest: dict[str, Any]) -> dict[str, Any]:
         return kubeclient.server_side_apply(api, manifest, FIELD_MANAGER_OPERATOR)
 
-    ctx = OperatorContext(settings, metrics, apply)
+    def label_node(name: str, labels: dict[str, str | None]) -> dict[str, Any]:
+        return kubeclient.label_node(api, name, labels)
+
+    ctx = OperatorContext(settings, metrics, apply, label_node=label_node)
     metrics.attach_fleet(ctx)
     stop = asyncio.Event()
     kopf_ready = asyncio.Event()
@@ -265,6 +268,7 @@ async def run_operator(settings: Settings) -> int:
         housekeeping = asyncio.create_task(_housekeeping(ctx, stop, readiness_gauge))
         resync = asyncio.create_task(_resync(api, ctx, stop))
         node_check = asyncio.create_task(_forget_deleted_nodes(api, ctx, stop))
+        pools = asyncio.create_task(_tend_pools(ctx, stop))
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait(
             {hold, operator_task, stopper}, return_when=asyncio.FIRST_COMPLETED
@@ -286,6 +290,7 @@ async def run_operator(settings: Settings) -> int:
         housekeeping.cancel()
         resync.cancel()
         node_check.cancel()
+        pools.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(operator_task, timeout=30)
         with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -294,6 +299,9 @@ async def run_operator(settings: Settings) -> int:
     finally:
         await probes.stop()
     return exit_code
+
+
+POOL_TENDING_SECONDS = 5.0
 
 
 async def _housekeeping(ctx: OperatorContext, stop: asyncio.Event, readiness_gauge: Any) -> None:
@@ -305,6 +313,17 @@ async def _housekeeping(ctx: OperatorContext, stop: asyncio.Event, readiness_gau
         readiness_gauge()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=1.0)
+
+
+async def _tend_pools(ctx: OperatorContext, stop: asyncio.Event) -> None:
+    """Every few seconds, take nodes out of pools their cells no longer need."""
+    while not stop.is_set():
+        try:
+            await ctx.tend_pools()
+        except Exception as exc:  # a failed patch is retried on the next round
+            log.warning("tending node pools failed: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=POOL_TENDING_SECONDS)
 
 
 async def _resync(api: client.ApiClient, ctx: OperatorContext, stop: asyncio.Event) -> None:

@@ -71,6 +71,8 @@ class BackstopAnswer:
     message: str
     replicas_to_apply: int
     threads_per_pod: int
+    # Nodes to label into the cell's pool before its pods at that size can land.
+    claimed_nodes: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,10 @@ class ScaleGate:
         self.refusals: dict[CellKey, Refusal] = {}
         self.admitted_at: dict[CellKey, datetime.datetime] = {}
 
+    def exclusive(self) -> asyncio.Lock:
+        """The lock every decision holds: hold it to change what decisions look at."""
+        return self._lock
+
     # ------------------------------------------------------------------ snapshot
 
     def snapshot(self) -> ClusterSnapshot:
@@ -182,7 +188,10 @@ class ScaleGate:
         return snapshot.at(now)
 
     def _placement(self) -> PodPlacement:
-        return PodPlacement({k: dict(v) for k, v in self.state.placement.items()})
+        return PodPlacement(
+            {k: dict(v) for k, v in self.state.placement.items()},
+            {k: dict(v) for k, v in self.state.terminating.items()},
+        )
 
     def _ttl(self, policy_name: str) -> datetime.timedelta:
         policy = self.state.policies.get(policy_name) or ThreadBudgetPolicySpec()
@@ -317,38 +326,55 @@ class ScaleGate:
     # ------------------------------------------------------------------ reconciler
 
     async def backstop(self, record: CellRecord, applied: int | None) -> BackstopAnswer:
-        """Re-check the desired size before it is applied (the webhook may be bypassed)."""
+        """Re-check the desired size before it is applied (the webhook may be bypassed), and
+        say which nodes must join the cell's pool first."""
         desired = record.spec.replicas
         running = applied if applied is not None else 0
-        per_pod_desired = threads_per_pod(
-            record.spec.threads.base, record.spec.threads.per_peer, desired
-        )
-        if desired <= running:
-            return BackstopAnswer(True, "ScaleDown", "", desired, per_pod_desired)
+        base, per_peer = record.spec.threads.base, record.spec.threads.per_peer
+        per_pod_desired = threads_per_pod(base, per_peer, desired)
         async with self._lock:
             if not self.state.synced:
+                if desired <= running:
+                    return BackstopAnswer(True, "ScaleDown", "", desired, per_pod_desired)
                 answer = self._not_synced()
                 return BackstopAnswer(
                     False,
                     answer.reason,
                     answer.message,
                     running,
-                    threads_per_pod(
-                        record.spec.threads.base, record.spec.threads.per_peer, running
-                    ),
+                    threads_per_pod(base, per_peer, running),
                 )
             snapshot = self.snapshot().with_cell(replace(record.view, replicas=running))
             decision = decide(snapshot, record.key, desired)
+            if desired <= running:
+                return BackstopAnswer(
+                    True, "ScaleDown", "", desired, per_pod_desired, decision.claimed_nodes
+                )
+            held = self.ledger.get(record.key)
+            if decision.allowed and (
+                held is None
+                or held.target_replicas != desired
+                or held.claimed_nodes != decision.claimed_nodes
+            ):
+                # Hold the threads and claims until the pods are placed: the admission's
+                # reservation may be gone (a restart, an expiry, a bypassed webhook).
+                self._reserve(decision, record.spec.policy_ref)
         if decision.allowed:
             return BackstopAnswer(
-                True, str(decision.reason), decision.message, desired, per_pod_desired
+                True,
+                str(decision.reason),
+                decision.message,
+                desired,
+                per_pod_desired,
+                decision.claimed_nodes,
             )
         return BackstopAnswer(
             False,
             str(decision.reason),
             decision.message,
             running,
-            threads_per_pod(record.spec.threads.base, record.spec.threads.per_peer, running),
+            threads_per_pod(base, per_peer, running),
+            decision.claimed_nodes,
         )
 
     async def cell_figures(self, record: CellRecord, applied: int) -> CellFigures:

@@ -81,6 +81,8 @@ class ClusterState:
         # cell -> node -> pods of that cell bound to that node (terminating ones included:
         # their threads are there until the pods are gone); the planner's PodPlacement shape.
         self.placement: dict[CellKey, dict[str, int]] = defaultdict(dict)
+        # The terminating ones among them (the scheduler's spread does not count them).
+        self.terminating: dict[CellKey, dict[str, int]] = defaultdict(dict)
         # cell -> pods of the cell, bound or not.
         self.pods_by_cell: dict[CellKey, int] = defaultdict(int)
         self.synced = False
@@ -249,12 +251,9 @@ class ClusterState:
             del self.pods_by_cell[record.cell]
         if record.node is None:
             return
-        per_node = self.placement[record.cell]
-        per_node[record.node] = per_node.get(record.node, 0) + delta
-        if per_node[record.node] <= 0:
-            del per_node[record.node]
-        if not per_node:
-            del self.placement[record.cell]
+        _add(self.placement, record.cell, record.node, delta)
+        if record.terminating:
+            _add(self.terminating, record.cell, record.node, delta)
 
     # ------------------------------------------------------------------ bulk
 
@@ -290,6 +289,7 @@ class ClusterState:
             fresh.placement,
             fresh.pods_by_cell,
         )
+        self.terminating = fresh.terminating
         self.version += 1
         self.node_version += 1
         self.budget_version += 1
@@ -301,6 +301,15 @@ class ClusterState:
         return [
             c for c in self.cells.values() if c.namespace == namespace and c.spec.service == service
         ]
+
+
+def _add(table: dict[CellKey, dict[str, int]], cell: CellKey, node: str, delta: int) -> None:
+    per_node = table[cell]
+    per_node[node] = per_node.get(node, 0) + delta
+    if per_node[node] <= 0:
+        del per_node[node]
+    if not per_node:
+        del table[cell]
 
 
 def _first_error(error: ValidationError) -> str:

@@ -16,22 +16,26 @@ from typing import Any
 
 import pytest
 
-from cellguard.api.v1alpha1 import RefusalReason, ThreadBudgetPolicySpec
+from cellguard.api.v1alpha1 import Isolation, RefusalReason, ThreadBudgetPolicySpec
 from cellguard.budget import (
     AllowedReason,
     CellKey,
+    CellView,
     ClusterSnapshot,
     NodeView,
+    PodPlacement,
     Reservation,
     Taint,
     cell_status,
     decide,
     max_safe_replicas,
 )
+from cellguard.budget.pools import pool_label_key, pool_label_value
 
 from .helpers import NOW, cell, node, policy, reservation, snapshot, use_defaults
 
 INGEST = cell("ingest-a", replicas=8, base=100, per_peer=50)
+IN_INGEST_POOL = {pool_label_key("ingest"): pool_label_value("prod", "ingest-a")}
 OTHER = cell("billing-a", replicas=1, service="billing")
 NAMES = ("n1", "n2", "n3", "n4")
 TWO_EACH = {name: 2 for name in NAMES}
@@ -147,13 +151,20 @@ CASES = [
         message="cap of 10 (defaultMaxReplicas of ThreadBudgetPolicy default)",
     ),
     Case(
-        "an unknown budget where new pods may go",
+        "an unknown budget where new pods may go (an empty node of the cell's pool)",
         9,
         False,
         RefusalReason.BUDGET_UNKNOWN,
         "n5",
-        extra_nodes=[node("n5", no_budget=True)],
+        extra_nodes=[node("n5", no_budget=True, labels=IN_INGEST_POOL)],
         message="needs node n5, whose thread budget is unknown (no NodeBudget",
+    ),
+    Case(
+        "an unknown budget on a free node: never claimed into the pool",
+        9,
+        True,
+        AllowedReason.WITHIN_BUDGET,
+        extra_nodes=[node("n5", no_budget=True)],
     ),
     Case(
         "an unknown budget where the cell already runs",
@@ -267,7 +278,8 @@ def test_refusal_names_the_node_the_figures_and_the_largest_safe_size() -> None:
     # at 9 that is 26,100 <= 26,214, at 10 it is 26,250.
     assert decision.message == (
         "scaling prod/ingest-a from 8 to 12 replicas would put node n3 at 26,550 threads "
-        "(limit 32,768 less 20% margin = 26,214); at most 9 replicas fit; add a cell"
+        "(limit 32,768 less 20% margin = 26,214) and no free node is left to join its "
+        "pool of 4; at most 9 replicas fit; add a cell"
     )
     assert decision.max_safe_replicas == 9
     assert (decision.limiting_node, decision.projected) == ("n3", 26_550)
@@ -295,7 +307,15 @@ def test_admitted_change_carries_the_reservation_it_needs() -> None:
     held = decision.reservation_until(NOW + timedelta(minutes=2))
     assert held.cell == INGEST.key and held.target_replicas == 9
     # Once held, the reservation counts against every other cell's decision on those nodes.
-    other = cell("billing-b", replicas=0, service="billing", base=26_214 - 1_000 - 499)
+    # A Shared cell: its first pod may go to any node, n5 among them. (A NodeExclusive
+    # one would claim the node with the most threads free, see the claim tests.)
+    other = cell(
+        "billing-b",
+        replicas=0,
+        service="billing",
+        base=26_214 - 1_000 - 499,
+        isolation=Isolation.SHARED,
+    )
     crowded = snap.with_cell(other).with_reservation(held)
     assert decide(snap.with_cell(other), other.key, 1).allowed
     refused = decide(crowded, other.key, 1)
@@ -316,12 +336,85 @@ def test_pods_still_to_place_count_as_new_pods() -> None:
 
 
 def test_scaling_up_from_zero_spreads_over_every_eligible_node() -> None:
-    fresh = cell("ingest-new", replicas=0, base=1_000)
+    fresh = cell("ingest-new", replicas=0, base=1_000, isolation=Isolation.SHARED)
     snap = snapshot([node(name) for name in NAMES], [fresh], {})
     decision = decide(snap, fresh.key, 5)  # 5 pods on 4 nodes: any node may get 2
     assert decision.allowed
     assert decision.reservation == dict.fromkeys(NAMES, 2_000)
     assert decision.receiving_nodes == 4
+    assert decision.claimed_nodes == frozenset()  # Shared cells have no pool
+
+
+def test_a_new_exclusive_cell_claims_the_fewest_nodes_that_keep_the_water_line() -> None:
+    fresh = cell("ingest-new", replicas=0, base=1_000)
+    # n4 is the least loaded, then n3, n2: claims take the most free nodes first.
+    loads = {"n1": 4_000, "n2": 3_000, "n3": 2_000, "n4": 1_000}
+    snap = snapshot([node(name, in_use=loads[name]) for name in NAMES], [fresh], {})
+    decision = decide(snap, fresh.key, 5)  # at most 2 a node, as over all 4: 3 nodes do
+    assert decision.allowed
+    assert decision.claimed_nodes == {"n2", "n3", "n4"}
+    assert decision.reservation == dict.fromkeys(("n2", "n3", "n4"), 2_000)
+    assert decision.receiving_nodes == 3
+    four = decide(snap, fresh.key, 4)  # one a node: all four
+    assert four.claimed_nodes == set(NAMES)
+    # Once labelled, the pool is where its pods go: nothing more to claim for the same size.
+    pooled = snapshot(
+        [node(name, in_use=loads[name], labels=_pool(fresh)) for name in ("n2", "n3", "n4")]
+        + [node("n1", in_use=loads["n1"])],
+        [fresh],
+        {},
+    )
+    assert decide(pooled, fresh.key, 5).claimed_nodes == frozenset()
+
+
+def test_a_sibling_claim_keeps_other_cells_off_the_claimed_nodes() -> None:
+    a = cell("ingest-a", replicas=0, base=1_000)
+    b = cell("ingest-b", replicas=0, base=1_000)
+    snap = snapshot([node(name) for name in NAMES], [a, b], {})
+    first = decide(snap, a.key, 2)
+    assert first.allowed and first.claimed_nodes == {"n1", "n2"}
+    held = snap.with_reservation(first.reservation_until(NOW + timedelta(minutes=2)))
+    assert decide(held, b.key, 2).claimed_nodes == {"n3", "n4"}
+    assert decide(snap, b.key, 2).claimed_nodes == {"n1", "n2"}  # without the claim
+
+
+def test_a_blocked_spread_domain_caps_the_cell_and_is_refused_as_unschedulable() -> None:
+    # A Shared cell beside a NodeExclusive sibling's legacy pods (no pool label yet): the
+    # scheduler counts n1 and n2 as spread domains with 0 pods, so at most 1 a node.
+    shared = cell("ingest-s", replicas=2, base=100, isolation=Isolation.SHARED)
+    legacy = cell("ingest-x", replicas=2, base=100)
+    pods = {shared.key: {"n3": 1, "n4": 1}, legacy.key: {"n1": 1, "n2": 1}}
+    snap = snapshot([node(name) for name in NAMES], [shared, legacy], pods)
+    assert decide(snap, shared.key, 2).allowed
+    refused = decide(snap, shared.key, 3)
+    assert not refused.allowed and refused.reason is RefusalReason.UNSCHEDULABLE
+    assert refused.max_safe_replicas == 2
+    assert "2 of the nodes its pods spread over cannot take them" in refused.message
+    assert "2 hosting another cell of service ingest" in refused.message
+    assert "at most 1 a node" in refused.message
+    # Once the sibling's nodes are in its pool they are no domains of the Shared cell.
+    labelled = snapshot(
+        [node(name, labels=_pool(legacy)) for name in ("n1", "n2")]
+        + [node(name) for name in ("n3", "n4")],
+        [shared, legacy],
+        pods,
+    )
+    assert decide(labelled, shared.key, 4).allowed
+
+
+def test_terminating_pods_hold_threads_but_do_not_count_in_the_spread() -> None:
+    shared = cell("web", replicas=2, base=100, isolation=Isolation.SHARED)
+    snap = snapshot([node("n1"), node("n2")], [shared], {})
+    placed = snap.with_pods(PodPlacement({shared.key: {"n1": 2}}, {shared.key: {"n1": 1}}))
+    # One pod is leaving n1: its replacement is a new pod, and the spread sees n1 at 1.
+    decision = decide(placed, shared.key, 2)
+    rows = {row.node: row for row in decision.nodes}
+    assert rows["n1"].pods == 2 and rows["n1"].new_pods == 0
+    assert decision.receiving_nodes == 1  # n2, at 0
+
+
+def _pool(view: CellView) -> dict[str, str]:
+    return {pool_label_key(view.service): pool_label_value(view.namespace, view.name)}
 
 
 def test_unknown_cell_is_a_key_error() -> None:

@@ -45,7 +45,8 @@ def test_a_ten_percent_capacity_add_to_one_big_fleet_is_refused() -> None:
     assert decision.allowed_threads == ALLOWED_AT_20
     assert decision.message == (
         "scaling prod/frontend from 400 to 440 replicas would put node fe-5 at 28,095 threads "
-        "(limit 32,768 less 20% margin = 26,214); at most 422 replicas fit; add a cell"
+        "(limit 32,768 less 20% margin = 26,214) and no free node is left to join its pool of 8; "
+        "at most 422 replicas fit; add a cell"
     )
 
 

@@ -1,14 +1,31 @@
 """Properties of the planner over small random clusters, checked against a brute force.
 
-The brute force below shares no code with the planner: it re-derives eligibility, limits,
-threads in use and reservations from the snapshot's raw values, and places new pods one
-at a time (each on a node with the fewest pods of the cell, ties going to the node under
-examination: the worst case for it). The planner must agree with it on every size.
+The brute force below shares no code with the planner: it re-derives placement, pools,
+isolation, claims, the spread's water line, limits, threads in use and reservations from
+the snapshot's raw values (only the pool label's format comes from `pools`), and places
+new pods one at a time (each on a node with the fewest live pods of the cell, ties going
+to the node under examination: the worst case for it). The planner must agree with it on
+every size.
+
+The model it re-derives (cell X, node n):
+- placement(X): nodes of the snapshot, not cordoned, matching X's nodeSelector, tolerating
+  every NoSchedule/NoExecute taint; its spread domains also count cordoned nodes.
+- A node is in the pool of X when its label `cellpool.cellguard.io/<service>` is
+  `<namespace>.<cell>`; pooled nodes carry that key, whatever the value.
+- excluded(X): nodes hosting a pod (terminating too) of another cell of X's namespace and
+  service when either is NodeExclusive. Claims: nodes live reservations of cells of X's
+  service (any namespace) take into their pools.
+- NodeExclusive: receivers = its pool (placement) less excluded and others' claims, plus
+  the hosts of X in no pool ("adopted"); claimable = free placement nodes in no pool, not
+  excluded, not claimed, not hosting X, with a usable budget; domains = its pool.
+  Shared: receivers = placement in no pool less excluded and claims; domains = no pool.
+- Domains that cannot receive cap the water line at their fewest live pods + 1.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from fractions import Fraction
@@ -21,6 +38,7 @@ from cellguard.api.v1alpha1 import (
     Isolation,
     KubepodsPids,
     NodeBudgetSpec,
+    RefusalReason,
     ThreadBudgetPolicySpec,
     Toleration,
     UnknownBudgetAction,
@@ -31,6 +49,7 @@ from cellguard.budget import (
     CellView,
     ClusterSnapshot,
     NodeView,
+    PodPlacement,
     Reservation,
     Taint,
     decide,
@@ -38,8 +57,9 @@ from cellguard.budget import (
     plan_for,
     project,
 )
+from cellguard.budget.pools import pool_label_key, pool_label_value
 
-from .helpers import NOW, snapshot
+from .helpers import NOW
 
 SETTINGS = settings(max_examples=150, deadline=None)
 EXCLUSIVE = Isolation.NODE_EXCLUSIVE
@@ -53,6 +73,7 @@ TOLERATIONS = [
     Toleration(key="dedicated", operator="Exists"),
     Toleration(key="gpu", operator="Exists", effect="NoExecute"),
 ]
+GONE = CellKey("ns1", "gone")  # a cell the snapshot does not have (deleted, or never was)
 
 
 def _kubepods(limit: int | None) -> KubepodsPids:
@@ -78,10 +99,16 @@ def budgets(draw: st.DrawFn, name: str) -> NodeBudgetSpec | None:
 
 
 @st.composite
-def nodes(draw: st.DrawFn, name: str) -> NodeView:
+def nodes(draw: st.DrawFn, name: str, owners: list[tuple[str, str]]) -> NodeView:
+    """`owners`: (service, pool label value) a node's pool label may name."""
+    labels = {"zone": draw(st.sampled_from(["a", "b"]))}
+    # About half the nodes are in a pool; a few in two (of two services); later wins.
+    for _ in range(draw(st.sampled_from([0, 0, 1, 1, 1, 2]))):
+        service, value = draw(st.sampled_from(owners))
+        labels[pool_label_key(service)] = value
     return NodeView(
         name=name,
-        labels={"zone": draw(st.sampled_from(["a", "b"]))},
+        labels=labels,
         taints=tuple(draw(st.lists(st.sampled_from(TAINTS), max_size=2, unique=True))),
         ready=draw(st.sampled_from([True] * 6 + [False])),
         unschedulable=draw(st.sampled_from([False] * 6 + [True])),
@@ -94,7 +121,7 @@ def cells(draw: st.DrawFn, name: str) -> CellView:
     return CellView(
         namespace=draw(st.sampled_from(["ns1", "ns1", "ns2"])),
         name=name,
-        service=draw(st.sampled_from(["s1", "s2"])),
+        service=draw(st.sampled_from(["s1", "s1", "s2"])),
         base=draw(st.integers(1, 400)),
         per_peer=draw(st.sampled_from([0, 0, 1, 10, 60])),
         replicas=draw(st.integers(0, 8)),
@@ -132,10 +159,15 @@ class World:
 
 @st.composite
 def worlds(draw: st.DrawFn) -> World:
-    node_views = [draw(nodes(f"n{i}")) for i in range(draw(st.integers(1, 6)))]
     cell_views = [draw(cells(f"c{i}")) for i in range(draw(st.integers(1, 3)))]
+    # Pool labels name the world's cells (under their own service's key), and now and then
+    # a cell that does not exist (its label outlived it).
+    owners = [(c.service, pool_label_value(c.namespace, c.name)) for c in cell_views] * 3
+    owners.append(("s1", pool_label_value(*GONE)))
+    node_views = [draw(nodes(f"n{i}", owners)) for i in range(draw(st.integers(1, 6)))]
     places = [n.name for n in node_views] + ["ghost"]  # a node the snapshot lost
-    pods: dict[CellKey, dict[str, int]] = {}
+    by_cell: dict[CellKey, dict[str, int]] = {}
+    terminating: dict[CellKey, dict[str, int]] = {}
     for view in cell_views:
         counts = {
             place: draw(st.integers(0, 3))
@@ -144,24 +176,40 @@ def worlds(draw: st.DrawFn) -> World:
                 st.sampled_from([True, False, False] if place != "ghost" else [False] * 9 + [True])
             )
         }
-        pods[view.key] = {place: count for place, count in counts.items() if count}
-    # Reservations, the tested cell's own among them; expiry exactly now means expired.
+        by_cell[view.key] = {place: count for place, count in counts.items() if count}
+        # Some of them terminating: they hold threads, the spread does not count them.
+        leaving = {
+            place: draw(st.integers(0, count))
+            for place, count in by_cell[view.key].items()
+            if draw(st.sampled_from([True, False, False, False]))
+        }
+        if any(leaving.values()):
+            terminating[view.key] = {place: n for place, n in leaving.items() if n}
+    # Reservations, the tested cell's own among them (and a deleted cell's, whose claims
+    # name no cell of the snapshot); expiry exactly now means expired.
+    holders = [c.key for c in cell_views] * 3 + [GONE]
     reservations = [
         Reservation(
-            cell=draw(st.sampled_from(cell_views)).key,
+            cell=draw(st.sampled_from(holders)),
             threads_by_node={
                 place: draw(st.integers(1, 4_000))
                 for place in draw(st.sets(st.sampled_from(places), min_size=1))
             },
             expires_at=NOW + timedelta(seconds=draw(st.sampled_from([-1, 0, 60, 60]))),
+            claimed_nodes=frozenset(
+                draw(st.sets(st.sampled_from(places), max_size=3))
+                if draw(st.booleans())
+                else ()
+            ),
         )
         for _ in range(draw(st.integers(0, 3)))
     ]
-    world = snapshot(
-        node_views,
-        cell_views,
-        pods,
+    world = ClusterSnapshot.build(
+        nodes=node_views,
+        cells=cell_views,
+        pods=PodPlacement(by_cell, terminating),
         policies={"default": draw(policies())},
+        now=NOW,
         reservations=reservations,
     )
     return World(world, draw(st.sampled_from(cell_views)))
@@ -197,41 +245,78 @@ class Worst:
 
 class BruteForce:
     def __init__(self, world: World) -> None:
-        self.snap = world.snapshot
-        self.cell = world.cell
-        self.policy = self.snap.policies["default"]
+        self.snap = snap = world.snapshot
+        self.cell = cell = world.cell
+        self.policy = snap.policies["default"]
         self.margin = Fraction(str(self.policy.safety_margin))
-        self.hosting = dict(self.snap.pods.by_cell.get(self.cell.key, {}))
+        pods = snap.pods.by_cell.get(cell.key, {})
+        leaving = snap.pods.terminating.get(cell.key, {})
+        self.count = {n: c for n, c in pods.items() if c > 0}  # c_n: every pod, for threads
+        self.live = {n: c - leaving.get(n, 0) for n, c in self.count.items()}  # s_n: spread
+        self.hosts = set(self.count)
 
-    def pods_of(self, cell: CellView, node: str) -> int:
-        return self.snap.pods.by_cell.get(cell.key, {}).get(node, 0)
+        names = set(snap.nodes)
+        label, mine = pool_label_key(cell.service), pool_label_value(cell.namespace, cell.name)
+        self.domains_base = {n for n in names if self.matches(n)}
+        self.placement = {n for n in self.domains_base if not snap.nodes[n].unschedulable}
+        self.pooled = {n for n in names if label in snap.nodes[n].labels}
+        self.own_pool = {n for n in self.pooled if snap.nodes[n].labels[label] == mine}
+        self.excluded = {
+            n
+            for other in snap.cells.values()
+            if other.key != cell.key
+            and (other.namespace, other.service) == (cell.namespace, cell.service)
+            and EXCLUSIVE in (other.isolation, cell.isolation)
+            for n, c in snap.pods.by_cell.get(other.key, {}).items()
+            if c > 0
+        }
+        self.claimed_by_others = self.claims(lambda key: key != cell.key)
+        self.own_claims = self.claims(lambda key: key == cell.key)
+        unusable = {n for n in names if self.figures(n) is None}
+        keep_off = self.excluded | self.claimed_by_others
+        if cell.isolation is EXCLUSIVE:
+            self.adopt = {
+                h for h in self.hosts if h in self.placement and h not in self.pooled | keep_off
+            }
+            self.receivers = ((self.placement & self.own_pool) - keep_off) | self.adopt
+            self.claimable = self.placement - self.pooled - keep_off - self.hosts - unusable
+            domains = self.domains_base & self.own_pool
+        else:
+            self.adopt = set()
+            self.receivers = self.placement - self.pooled - keep_off
+            self.claimable = set()
+            domains = self.domains_base - self.pooled
+        self.blocked = domains - self.receivers
+        self.level_cap = min(self.s(n) for n in self.blocked) + 1 if self.blocked else None
+        self.unusable = unusable
 
-    def eligible(self, name: str) -> bool:
-        node = self.snap.nodes.get(name)
+    # ----------------------------------------------------------------- the world
+
+    def s(self, name: str) -> int:
+        return self.live.get(name, 0)
+
+    def matches(self, name: str) -> bool:
+        """The cell's nodeSelector and tolerations allow the node (cordoned or not)."""
+        node = self.snap.nodes[name]
         # The scheduler goes by taints, not the Ready condition (see eligibility).
-        if node is None or node.unschedulable:
-            return False
         if any(node.labels.get(k) != v for k, v in self.cell.node_selector.items()):
             return False
-        for taint in node.taints:
-            if taint.effect in ("NoSchedule", "NoExecute") and not any(
-                _tolerated(t, taint) for t in self.cell.tolerations
-            ):
-                return False
-        for other in self.snap.cells.values():
-            same_service = (other.namespace, other.service) == (
-                self.cell.namespace,
-                self.cell.service,
-            )
-            exclusive = EXCLUSIVE in (other.isolation, self.cell.isolation)
-            if (
-                other.key != self.cell.key
-                and same_service
-                and exclusive
-                and self.pods_of(other, name)
-            ):
-                return False
-        return True
+        return all(
+            any(_tolerated(t, taint) for t in self.cell.tolerations)
+            for taint in node.taints
+            if taint.effect in ("NoSchedule", "NoExecute")
+        )
+
+    def live_reservations(self) -> list[Reservation]:
+        return [r for r in self.snap.reservations if r.expires_at > self.snap.now]  # type: ignore[misc]
+
+    def claims(self, whose: Callable[[CellKey], bool]) -> set[str]:
+        claimed: set[str] = set()
+        for r in self.live_reservations():
+            owner = self.snap.cells.get(CellKey(*r.cell))
+            if owner is not None and owner.service == self.cell.service and whose(owner.key):
+                claimed |= r.claimed_nodes
+        return claimed
 
     def figures(self, name: str) -> tuple[int, int, int | None] | None:
         """(limit, observed, pod PID limit), or None when nothing may go there."""
@@ -254,10 +339,70 @@ class BruteForce:
     def allowed(self, limit: int) -> int:
         return math.floor(limit * (1 - self.margin))
 
-    def received(self, target: str, new_pods: int, eligible: list[str]) -> int:
-        if target not in eligible:
+    def used(self, name: str, observed: int) -> int:
+        modelled = sum(
+            _threads(c, c.replicas) * self.snap.pods.by_cell.get(c.key, {}).get(name, 0)
+            for c in self.snap.cells.values()
+        )
+        return max(observed, modelled)
+
+    def reserved(self, name: str, whose: Callable[[CellKey], bool]) -> int:
+        return sum(
+            r.threads_by_node.get(name, 0)
+            for r in self.live_reservations()
+            if whose(CellKey(*r.cell))
+        )
+
+    def cap(self) -> int:
+        if self.cell.max_replicas is not None:
+            return self.cell.max_replicas
+        return self.policy.default_max_replicas
+
+    # ----------------------------------------------------------------- at size M
+
+    def new_pods(self, replicas: int) -> int:
+        placed = sum(max(0, s) for s in self.live.values())
+        return max(0, replicas - min(placed, self.cell.replicas))
+
+    def water_line(self, replicas: int) -> int:
+        new = self.new_pods(replicas)
+        values = [self.s(n) for n in self.receivers] + [0] * len(self.claimable)
+        level = 0
+        while sum(max(0, level - v) for v in values) < new:
+            assert values, "no node to place new pods on"
+            level += 1
+        return level
+
+    def free(self, name: str) -> int:
+        figures = self.figures(name)
+        assert figures is not None  # claimable nodes have a usable budget
+        limit, observed, _ = figures
+        return (
+            self.allowed(limit)
+            - self.used(name, observed)
+            - self.reserved(name, lambda _: True)
+            + self.reserved(name, lambda key: key == self.cell.key)
+        )
+
+    def claimed(self, replicas: int) -> list[str]:
+        """Free nodes the cell at `replicas` takes into its pool, in claim order."""
+        level = self.water_line(replicas)
+        if not level:
+            return []
+        new = self.new_pods(replicas)
+        room = sum(max(0, level - self.s(n)) for n in self.receivers)
+        needed = -(-(new - room) // level) if new > room else 0
+        assert needed <= len(self.claimable)
+        order = sorted(
+            self.claimable, key=lambda n: (n not in self.own_claims, -self.free(n), n)
+        )
+        return order[:needed]
+
+    def received(self, target: str, new_pods: int, where: set[str]) -> int:
+        """New pods `target` gets when the scheduler breaks every tie against it."""
+        if target not in where:
             return 0
-        counts = {name: self.hosting.get(name, 0) for name in eligible}
+        counts = {name: self.s(name) for name in where}
         for _ in range(new_pods):
             fewest = min(counts.values())
             pick = (
@@ -266,64 +411,76 @@ class BruteForce:
                 else min(n for n in counts if counts[n] == fewest)
             )
             counts[pick] += 1
-        return counts[target] - self.hosting.get(target, 0)
+        return counts[target] - self.s(target)
 
-    def worst_case(self, replicas: int) -> dict[str, Worst | None] | None:
-        """node -> its worst case for every node the cell uses at `replicas` (None for an
-        unusable budget); None when no node can take the new pods."""
-        eligible = sorted(n for n in self.snap.nodes if self.eligible(n))
-        current = self.cell.replicas
-        new_pods = max(0, replicas - min(sum(self.hosting.values()), current))
-        if new_pods and not eligible:
-            return None
-        received = {n: self.received(n, new_pods, eligible) for n in eligible}
-        used_nodes = set(self.hosting) | {n for n, r in received.items() if r}
+    def worst_case(self, replicas: int) -> dict[str, Worst | None]:
+        """node -> its worst case, for every node the cell uses at `replicas` (None for an
+        unusable budget)."""
+        new_pods = self.new_pods(replicas)
+        where = self.receivers | set(self.claimed(replicas))
+        received = {n: self.received(n, new_pods, where) for n in where}
+        growth = _threads(self.cell, replicas) - _threads(self.cell, self.cell.replicas)
         out: dict[str, Worst | None] = {}
-        for name in used_nodes:
+        for name in self.hosts | {n for n, r in received.items() if r}:
             figures = self.figures(name)
             if figures is None:
                 out[name] = None
                 continue
             limit, observed, _ = figures
-            modelled = sum(
-                _threads(c, c.replicas) * self.pods_of(c, name) for c in self.snap.cells.values()
+            before = self.used(name, observed) + self.reserved(
+                name, lambda key: key != self.cell.key
             )
-            reserved = sum(
-                threads
-                for r in self.snap.reservations
-                if CellKey(*r.cell) != self.cell.key and r.expires_at > self.snap.now
-                for node, threads in r.threads_by_node.items()
-                if node == name
-            )
-            growth = (
-                _threads(self.cell, replicas) - _threads(self.cell, current)
-            ) * self.hosting.get(name, 0)
-            added = _threads(self.cell, replicas) * received.get(name, 0)
-            out[name] = Worst(
-                max(observed, modelled) + reserved, growth + added, self.allowed(limit)
-            )
+            added = growth * self.count.get(name, 0) + _threads(
+                self.cell, replicas
+            ) * received.get(name, 0)
+            out[name] = Worst(before, added, self.allowed(limit))
         return out
 
-    def fits(self, replicas: int) -> bool:
-        cap = self.cell.max_replicas or self.policy.default_max_replicas
-        if replicas > cap:
-            return False
-        nodes = self.worst_case(replicas)
-        if nodes is None or any(v is None for v in nodes.values()):
-            return False
+    def refusal(self, replicas: int) -> str | None:
+        """Why the cell does not fit at `replicas`, in the brute force's words (None: fits)."""
+        if replicas > self.cap():
+            return "size cap"
+        new = self.new_pods(replicas)
+        if new and not self.receivers and not self.claimable:
+            return "no nodes"
+        level = self.water_line(replicas)
+        if self.level_cap is not None and (
+            level > self.level_cap
+            or replicas > self.level_cap * (len(self.receivers) + len(self.claimable))
+        ):
+            return "unschedulable"
+        if self.hosts & self.unusable or (level and (self.receivers - self.hosts) & self.unusable):
+            return "budget"
+        worst = self.worst_case(replicas)
+        if any(node is None for node in worst.values()):
+            return "budget"
         if replicas > 0:
-            eligible = {n for n in self.snap.nodes if self.eligible(n)}
+            where = self.receivers | self.claimable | self.hosts
             pod_limits = [
-                f[2]
-                for n in eligible | set(self.hosting)
-                if (f := self.figures(n)) is not None and f[2] is not None
+                f[2] for n in where if (f := self.figures(n)) is not None and f[2] is not None
             ]
             if pod_limits and _threads(self.cell, replicas) > self.allowed(min(pod_limits)):
-                return False
-        return all(v is not None and v.projected <= v.allowed for v in nodes.values())
+                return "pod PID limit"
+        if any(node is not None and node.projected > node.allowed for node in worst.values()):
+            return "node"
+        return None
 
-    def cap(self) -> int:
-        return self.cell.max_replicas or self.policy.default_max_replicas
+    def fits(self, replicas: int) -> bool:
+        return self.refusal(replicas) is None
+
+
+# Refusals the planner checks first, in this order; the rest it may report in any order.
+ORDERED = {
+    "size cap": {RefusalReason.CELL_SIZE_CAP},
+    "no nodes": {RefusalReason.NO_ELIGIBLE_NODES},
+    "unschedulable": {RefusalReason.UNSCHEDULABLE},
+}
+LATER = {
+    RefusalReason.BUDGET_UNKNOWN,
+    RefusalReason.BUDGET_STALE,
+    RefusalReason.POD_PID_LIMIT,
+    RefusalReason.NODE_THREAD_LIMIT,
+}
 
 
 # --------------------------------------------------------------------------- properties
@@ -334,9 +491,11 @@ class BruteForce:
 def test_planner_agrees_with_brute_force_at_every_size(world: World) -> None:
     brute = BruteForce(world)
     for replicas in range(brute.cap() + 3):
-        assert project(world.snapshot, world.cell.key, replicas).fits == brute.fits(replicas), (
-            replicas
-        )
+        projection = project(world.snapshot, world.cell.key, replicas)
+        why = brute.refusal(replicas)
+        assert projection.fits == (why is None), (replicas, why, projection.reason)
+        if why is not None:
+            assert projection.reason in ORDERED.get(why, LATER), (replicas, why)
 
 
 @SETTINGS
@@ -382,13 +541,39 @@ def test_an_admitted_plan_never_projects_a_node_past_its_limit(world: World) -> 
             continue
         assert target <= brute.cap()
         worst = brute.worst_case(target)
-        assert worst is not None
         for name, node in worst.items():
             assert node is not None, f"{name}: admitted onto a node with no budget"
             assert node.projected <= node.allowed, f"{name} at {target}: {node}"
         # What the operator holds is exactly what the change may add, node by node.
         expected = {name: node.added for name, node in worst.items() if node and node.added > 0}
         assert dict(decision.reservation) == expected
+        # And it takes exactly the nodes the brute force would into the cell's pool.
+        assert decision.claimed_nodes == brute.adopt | set(brute.claimed(target))
+
+
+@SETTINGS
+@given(worlds())
+def test_an_exclusive_scale_up_claims_only_free_nodes_and_holds_only_where_it_may_go(
+    world: World,
+) -> None:
+    if world.cell.isolation is not EXCLUSIVE:
+        return
+    brute = BruteForce(world)
+    label = pool_label_key(world.cell.service)
+    mine = pool_label_value(world.cell.namespace, world.cell.name)
+    others_pools = {
+        name
+        for name, node in world.snapshot.nodes.items()
+        if node.labels.get(label, mine) != mine
+    }
+    for target in range(world.cell.replicas + 1, brute.cap() + 1):
+        decision = decide(world.snapshot, world.cell.key, target)
+        if not decision.allowed:
+            continue
+        claimed = set(decision.claimed_nodes)
+        assert not claimed & brute.claimed_by_others, target
+        assert not claimed & others_pools, target
+        assert set(decision.reservation) <= brute.receivers | brute.adopt | claimed, target
 
 
 @SETTINGS
@@ -417,12 +602,14 @@ def test_derived_snapshots_carry_the_figures_a_fresh_snapshot_computes(
         cell = data.draw(st.sampled_from(list(current.cells.values())))
         change = data.draw(st.sampled_from(["hold", "release", "resize", "wait"]))
         if change == "hold":
+            names = sorted(current.nodes)
             threads = {
                 n: data.draw(st.integers(1, 3_000))
-                for n in data.draw(st.sets(st.sampled_from(sorted(current.nodes)), min_size=1))
+                for n in data.draw(st.sets(st.sampled_from(names), min_size=1))
             }
+            claims = frozenset(data.draw(st.sets(st.sampled_from(names), max_size=2)))
             current = current.with_reservation(
-                Reservation(cell.key, threads, NOW + timedelta(seconds=60))
+                Reservation(cell.key, threads, NOW + timedelta(seconds=60), claimed_nodes=claims)
             )
         elif change == "release":
             current = current.without_reservation(cell.key)
