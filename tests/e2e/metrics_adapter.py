@@ -98,10 +98,15 @@ class _Handler(BaseHTTPRequestHandler):
         if path == f"/apis/{GROUP_VERSION}":
             self._send(200, adapter.discovery())
             return
+        if path == "/openapi/v2":
+            # The aggregator merges every APIService's spec into /openapi/v2 and logs an
+            # error for each one it cannot download: an empty spec keeps its log clean.
+            self._send(200, _OPENAPI_V2)
+            return
         match = _METRIC_PATH.match(path)
         if match is None:
-            # Includes /apis (aggregated discovery) and /openapi/*: a 404 makes the
-            # aggregator fall back to the group-version's discovery document above.
+            # Includes /apis (aggregated discovery), where a 404 makes the aggregator fall
+            # back to the group-version's document above, and /openapi/v3 (none: fine).
             self._send(404, _status(404, "NotFound", f"{path} is not served here"))
             return
         namespace, metric = match.groups()
@@ -111,6 +116,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, _status(404, "NotFound", f"no metric {metric} in {namespace}"))
             return
         self._send(200, adapter.value_list(metric, value))
+
+
+_OPENAPI_V2: dict[str, Any] = {
+    "swagger": "2.0",
+    "info": {"title": "cellguard test metrics adapter", "version": VERSION},
+    "paths": {},
+}
 
 
 def _status(code: int, reason: str, message: str) -> dict[str, Any]:

@@ -15,7 +15,6 @@ nothing beyond the CRD's scale subresource is needed for an HPA to drive a Strea
 from __future__ import annotations
 
 import re
-import time
 from typing import Any
 
 import pytest
@@ -103,7 +102,6 @@ def hpa_condition(cluster: LocalCluster, type_: str) -> dict[str, Any] | None:
 def test_hpa_scales_a_cell_within_budget_and_is_refused_beyond(
     cluster: LocalCluster, operator: OperatorProcess
 ) -> None:
-    started = time.monotonic()
     ensure_namespace(cluster, NS)
     try:
         with (
@@ -131,10 +129,14 @@ def test_hpa_scales_a_cell_within_budget_and_is_refused_beyond(
                 adapter.set(NS, METRIC, safe)
                 hpa = apply_yaml(cluster, hpa_manifest(max_replicas=unsafe + 10))
                 assert hpa.returncode == 0, hpa.stderr
+                # Up to ~35 s when this test runs first: kube-controller-manager's REST
+                # mapper learns of CRDs created after it started only at its 30-second
+                # refresh (until then the HPA reports FailedGetScale, "no matches for kind
+                # StreamCell"); then one 5 s HPA sync.
                 wait_for(
                     lambda: cell(cluster, NS, CELL)["spec"]["replicas"] == safe,
                     what=f"the HPA to scale the cell to {safe}",
-                    timeout=30,
+                    timeout=60,
                 )
                 wait_cell_pods(cluster, NS, CELL, safe)
                 assert deployment_replicas(cluster, NS, CELL) == safe
@@ -183,8 +185,6 @@ def test_hpa_scales_a_cell_within_budget_and_is_refused_beyond(
                 assert cell(cluster, NS, CELL)["spec"]["replicas"] == safe
                 assert deployment_replicas(cluster, NS, CELL) == safe
                 wait_cell_pods(cluster, NS, CELL, safe)
-                print(f"HPA event {event['reason']}: {message}")
-                print(f"test body took {time.monotonic() - started:.1f} s")
             finally:
                 cluster.kubectl("delete", "hpa", CELL, "-n", NS, "--ignore-not-found", check=False)
                 cluster.kubectl(

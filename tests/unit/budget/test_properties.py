@@ -197,9 +197,7 @@ def worlds(draw: st.DrawFn) -> World:
             },
             expires_at=NOW + timedelta(seconds=draw(st.sampled_from([-1, 0, 60, 60]))),
             claimed_nodes=frozenset(
-                draw(st.sets(st.sampled_from(places), max_size=3))
-                if draw(st.booleans())
-                else ()
+                draw(st.sets(st.sampled_from(places), max_size=3)) if draw(st.booleans()) else ()
             ),
         )
         for _ in range(draw(st.integers(0, 3)))
@@ -393,9 +391,7 @@ class BruteForce:
         room = sum(max(0, level - self.s(n)) for n in self.receivers)
         needed = -(-(new - room) // level) if new > room else 0
         assert needed <= len(self.claimable)
-        order = sorted(
-            self.claimable, key=lambda n: (n not in self.own_claims, -self.free(n), n)
-        )
+        order = sorted(self.claimable, key=lambda n: (n not in self.own_claims, -self.free(n), n))
         return order[:needed]
 
     def received(self, target: str, new_pods: int, where: set[str]) -> int:
@@ -430,9 +426,9 @@ class BruteForce:
             before = self.used(name, observed) + self.reserved(
                 name, lambda key: key != self.cell.key
             )
-            added = growth * self.count.get(name, 0) + _threads(
-                self.cell, replicas
-            ) * received.get(name, 0)
+            added = growth * self.count.get(name, 0) + _threads(self.cell, replicas) * received.get(
+                name, 0
+            )
             out[name] = Worst(before, added, self.allowed(limit))
         return out
 
@@ -562,9 +558,7 @@ def test_an_exclusive_scale_up_claims_only_free_nodes_and_holds_only_where_it_ma
     label = pool_label_key(world.cell.service)
     mine = pool_label_value(world.cell.namespace, world.cell.name)
     others_pools = {
-        name
-        for name, node in world.snapshot.nodes.items()
-        if node.labels.get(label, mine) != mine
+        name for name, node in world.snapshot.nodes.items() if node.labels.get(label, mine) != mine
     }
     for target in range(world.cell.replicas + 1, brute.cap() + 1):
         decision = decide(world.snapshot, world.cell.key, target)
