@@ -35,9 +35,13 @@ CELL_MAY_GROW = (
     "request.operation == 'CREATE' || (object.spec != oldObject.spec && "
     f"!(object.spec.replicas < oldObject.spec.replicas && {_SAME_SHAPE}))"
 )
-SCALE_GROWS = "object.spec.replicas > oldObject.spec.replicas"
+# An autoscaling/v1 Scale omits spec.replicas when it is 0 (omitempty): read it with has(),
+# or a scale from zero fails the condition's evaluation and the request is refused.
+_NEW_SCALE = "(has(object.spec.replicas) ? object.spec.replicas : 0)"
+_OLD_SCALE = "(has(oldObject.spec.replicas) ? oldObject.spec.replicas : 0)"
+SCALE_GROWS = f"{_NEW_SCALE} > {_OLD_SCALE}"
 SPEC_CHANGES = "object.spec != oldObject.spec"
-REPLICAS_CHANGE = "object.spec.replicas != oldObject.spec.replicas"
+REPLICAS_CHANGE = f"{_NEW_SCALE} != {_OLD_SCALE}"
 
 
 def url_client_config(base_url: str, ca_bundle_b64: str) -> ClientConfig:
