@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # the e2e harness lives in tests/e2e
     sys.path.insert(0, str(REPO))
 
-from tests.e2e import harness, invalid_specs  # noqa: E402
+from tests.e2e import harness, invalid_specs, placement  # noqa: E402
 from tests.e2e import load as load_helpers  # noqa: E402
 from tests.e2e.harness import (  # noqa: E402
     POOL_LABEL,
@@ -39,7 +39,7 @@ from tests.e2e.harness import (  # noqa: E402
 from cellguard.devcluster.cluster import LocalCluster, NodeSpec  # noqa: E402
 from cellguard.devcluster.toolchain import ensure_binaries  # noqa: E402
 
-__all__ = ["harness", "invalid_specs", "load_helpers"]
+__all__ = ["harness", "invalid_specs", "load_helpers", "placement"]
 
 RESULTS = Path(__file__).parent / "results"
 

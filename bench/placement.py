@@ -14,16 +14,16 @@ from __future__ import annotations
 import argparse
 import time
 
-from tests.e2e.placement import Outcome, run_scenario
-
-from _support import cellguard_cluster, load, start_operator, write_result
+from _support import cellguard_cluster, load, placement, start_operator, write_result
 from cellguard.devcluster.cluster import LocalCluster
+
+Outcome = placement.Outcome
 
 
 def _run(cluster: LocalCluster, first: int, count: int) -> list[Outcome]:
     outcomes: list[Outcome] = []
     for seed in range(first, first + count):
-        outcome = run_scenario(cluster, seed)
+        outcome = placement.run_scenario(cluster, seed)
         outcomes.append(outcome)
         print(
             f"seed {seed}: {outcome.changes} changes, {outcome.admitted} admitted, "

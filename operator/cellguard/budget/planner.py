@@ -267,6 +267,7 @@ class CellPlan:
         self.pod_limit = self._smallest_pod_limit()
         self._claim_order: list[str] | None = None
         self._claim_tightest: list[tuple[int, str]] = []
+        self._chosen: dict[int, tuple[int, int, tuple[RefusalReason, str] | None]] = {}
 
     def _tightest_per_limit(
         self,
@@ -306,11 +307,20 @@ class CellPlan:
     def _smallest_pod_limit(self) -> tuple[int, str] | None:
         """The smallest per-pod PID limit where the cell's pods are or may go."""
         where_pods = self.receivers | self.claimable | {h.name for h in self.hosts}
+        found: tuple[int, str] | None = None
         for limit, names in self.nodes.pod_limits:
             where = names & where_pods
             if where:
-                return limit, min(where)
-        return None
+                found = (limit, min(where))
+                break
+        # A host the snapshot lost has no entry there; the policy's defaults may still give
+        # it a pod PID limit.
+        for host in self.hosts:
+            lost_limit = host.figures.pod_pids_limit
+            if host.name not in self.nodes.limits and lost_limit is not None:
+                candidate = (lost_limit, host.name)
+                found = min(found, candidate) if found else candidate
+        return found
 
     # ----------------------------------------------------------------- claims
 
@@ -332,17 +342,19 @@ class CellPlan:
             self._claim_tightest = list(accumulate(((free_of(n), n) for n in order), min))
         return self._claim_tightest
 
-    def claims_needed(self, replicas: int) -> int:
-        """How many free nodes the cell at `replicas` takes into its pool."""
-        new = self.new_pods(replicas)
-        level = self.level(replicas)
+    def _claims_at(self, replicas: int, level: int) -> int:
+        """Free nodes the cell at `replicas` takes into its pool with the water line at
+        `level`: the fewest that give its new pods room."""
         if not level or not self.claimable:
             return 0
-        room = sum(
-            nodes * (level - count) for count, nodes in self._receiver_counts if count < level
-        )
+        new = self.new_pods(replicas)
+        room = sum(n * (level - count) for count, n in self._receiver_counts if count < level)
         remaining = new - room
         return 0 if remaining <= 0 else min(len(self.claimable), -(-remaining // level))
+
+    def claims_needed(self, replicas: int) -> int:
+        """How many free nodes the cell at `replicas` takes into its pool."""
+        return self._choose(replicas)[1]
 
     def claimed(self, replicas: int) -> frozenset[str]:
         """Nodes to label into the cell's pool before its pods at `replicas` can land."""
@@ -361,31 +373,39 @@ class CellPlan:
         return max(0, replicas - min(self.placed, self.current))
 
     def level(self, replicas: int) -> int:
+        """The water line the cell's new pods at `replicas` are planned at."""
+        return self._choose(replicas)[0]
+
+    def _lowest_level(self, replicas: int) -> int:
         new = self.new_pods(replicas)
         return self.fill.level(new) if new and self.fill.node_count else 0
 
-    def refusal(self, replicas: int) -> tuple[RefusalReason, str | None] | None:
-        """Why the cell does not fit at `replicas` (None when it does). Cheap: no rows."""
-        if replicas > self.cap:
-            return RefusalReason.CELL_SIZE_CAP, None
-        new = self.new_pods(replicas)
-        if new and not self.fill.node_count:
-            return RefusalReason.NO_ELIGIBLE_NODES, None
-        level = self.fill.level(new) if new else 0
-        if self.level_cap is not None and (
-            level > self.level_cap or replicas > self.level_cap * self.fill.node_count
-        ):
-            return RefusalReason.UNSCHEDULABLE, None
-        unknown = self.unusable_host.figures if self.unusable_host else None
-        if unknown is None and level and self.unusable_empty is not None:
-            unknown = self.unusable_empty
-        if unknown is not None:
-            return _budget_reason(unknown), unknown.node
+    def _choose(self, replicas: int) -> tuple[int, int, tuple[RefusalReason, str] | None]:
+        """(water line, claims, thread refusal at the lowest line) for the cell at `replicas`.
+
+        The lowest water line spreads the new pods over the most nodes. When a claimed node
+        cannot take that many threads, a higher line over fewer (and freer) claimed nodes
+        may: the first line that fits is the plan, so that fitting is monotone in size.
+        """
+        chosen = self._chosen.get(replicas)
+        if chosen is None:
+            lowest = self._lowest_level(replicas)
+            first = self._thread_refusal(replicas, lowest)
+            chosen = (lowest, self._claims_at(replicas, lowest), first)
+            if first is not None and self.claimable and lowest:
+                top = self.level_cap if self.level_cap is not None else replicas
+                for level in range(lowest + 1, max(lowest, top) + 1):
+                    claims = self._claims_at(replicas, level)
+                    if self._thread_refusal(replicas, level) is None:
+                        chosen = (level, claims, None)
+                        break
+                    if not claims:
+                        break  # higher lines only load the pool's nodes more
+            self._chosen[replicas] = chosen
+        return chosen
+
+    def _thread_refusal(self, replicas: int, level: int) -> tuple[RefusalReason, str] | None:
         per_pod = threads_per_pod(self.cell.base, self.cell.per_peer, replicas)
-        if self.pod_limit is not None and replicas > 0:
-            pod_limit, node = self.pod_limit
-            if per_pod > allowed_threads(pod_limit, self.margin):
-                return RefusalReason.POD_PID_LIMIT, node
         growth = per_pod - self.threads_now
         for before, pods, live, eligible, allowed, name in self._host_checks:
             received = level - live if eligible and level > live else 0
@@ -395,11 +415,38 @@ class CellPlan:
             for tight in self.tightest:
                 if tight.free < per_pod * level:
                     return RefusalReason.NODE_THREAD_LIMIT, tight.name
-            claims = self.claims_needed(replicas)
+            claims = self._claims_at(replicas, level)
             if claims:
                 node_free, name = self._claim_candidates()[claims - 1]
                 if node_free < per_pod * level:
                     return RefusalReason.NODE_THREAD_LIMIT, name
+        return None
+
+    def refusal(self, replicas: int) -> tuple[RefusalReason, str | None] | None:
+        """Why the cell does not fit at `replicas` (None when it does). Cheap: no rows."""
+        if replicas > self.cap:
+            return RefusalReason.CELL_SIZE_CAP, None
+        new = self.new_pods(replicas)
+        if new and not self.fill.node_count:
+            return RefusalReason.NO_ELIGIBLE_NODES, None
+        lowest = self._lowest_level(replicas)
+        if self.level_cap is not None and (
+            lowest > self.level_cap or replicas > self.level_cap * self.fill.node_count
+        ):
+            return RefusalReason.UNSCHEDULABLE, None
+        unknown = self.unusable_host.figures if self.unusable_host else None
+        if unknown is None and lowest and self.unusable_empty is not None:
+            unknown = self.unusable_empty
+        if unknown is not None:
+            return _budget_reason(unknown), unknown.node
+        per_pod = threads_per_pod(self.cell.base, self.cell.per_peer, replicas)
+        if self.pod_limit is not None and replicas > 0:
+            pod_limit, node = self.pod_limit
+            if per_pod > allowed_threads(pod_limit, self.margin):
+                return RefusalReason.POD_PID_LIMIT, node
+        level, _claims, first = self._choose(replicas)
+        if first is not None and level == lowest:
+            return first
         return None
 
     def rows(self, replicas: int) -> list[NodeRow]:
