@@ -393,7 +393,14 @@ class CellPlan:
             first = self._thread_refusal(replicas, lowest)
             chosen = (lowest, self._claims_at(replicas, lowest), first)
             if first is not None and self.claimable and lowest:
-                top = self.level_cap if self.level_cap is not None else replicas
+                # No line above the fullest receiver plus every new pod can be needed (live
+                # pods may outnumber the replicas while a scale-down settles).
+                fullest = max((count for count, _ in self._receiver_counts), default=0)
+                top = (
+                    self.level_cap
+                    if self.level_cap is not None
+                    else fullest + self.new_pods(replicas)
+                )
                 for level in range(lowest + 1, max(lowest, top) + 1):
                     claims = self._claims_at(replicas, level)
                     if self._thread_refusal(replicas, level) is None:

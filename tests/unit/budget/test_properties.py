@@ -20,6 +20,10 @@ The model it re-derives (cell X, node n):
   excluded, not claimed, not hosting X, with a usable budget; domains = its pool.
   Shared: receivers = placement in no pool less excluded and claims; domains = no pool.
 - Domains that cannot receive cap the water line at their fewest live pods + 1.
+- The plan: of the prefixes of the claim order (the cell's own claims, then the most free
+  threads), the one whose worst case fits every node with the lowest water line, then the
+  fewest claims. (The lowest line over every claimable node alone is not monotone in size:
+  a larger size may fit on fewer, freer nodes at a higher line; see the pinned worlds.)
 """
 
 from __future__ import annotations
@@ -554,24 +558,39 @@ def check_monotone(world: World) -> None:
     assert plan is not None
     previous_fits, previous_headroom = True, math.inf
     previous_held: dict[str, int] = {}
-    # A cell that claims free nodes may claim fewer (and freer) ones at a larger size, when
-    # a higher water line lets fewer nodes hold its new pods: then what it holds per node and
-    # its tightest node's headroom need not move one way. Fitting still only shrinks (the
-    # binary search of max_safe_replicas relies on it).
-    claims = bool(plan.claimable)
+    previous_claims: set[str] = set()
     for replicas in range(plan.cap + 3):
         projection = plan.project(replicas)
         assert not (projection.fits and not previous_fits), replicas  # fits only shrinks
-        if claims:
-            previous_fits = projection.fits
+        previous_fits = projection.fits
+        if not projection.fits:
+            # A size that does not fit is projected at the lowest water line, not at the
+            # higher one a smaller size may have fitted at: its figures can be lower.
             continue
-        if projection.headroom is not None:
-            assert projection.headroom <= previous_headroom + 1e-12, replicas
-            previous_headroom = projection.headroom
+        # A cell that claims free nodes may claim fewer (and freer) ones at a larger size,
+        # when a higher water line lets fewer nodes hold its new pods: what it holds on a
+        # claimed node, and that node's headroom, may then go. Everywhere else (hosts and
+        # receivers, at a water line that never goes down) the figures only grow.
+        claims = set(plan.claimed(replicas)) - plan.adopt
+        headroom = min(
+            (
+                r.headroom
+                for r in projection.rows
+                if r.headroom is not None and r.node not in claims
+            ),
+            default=None,
+        )
+        if headroom is not None:
+            assert headroom <= previous_headroom + 1e-12, replicas
+            previous_headroom = headroom
         held = plan.reservation(replicas)
-        shrunk = {n: (t, held.get(n, 0)) for n, t in previous_held.items() if held.get(n, 0) < t}
+        shrunk = {
+            n: (t, held.get(n, 0))
+            for n, t in previous_held.items()
+            if held.get(n, 0) < t and n not in previous_claims
+        }
         assert not shrunk, (replicas, shrunk)
-        previous_fits, previous_held = projection.fits, held
+        previous_held, previous_claims = held, claims
 
 
 def check_admitted_plan(world: World) -> None:
@@ -581,7 +600,7 @@ def check_admitted_plan(world: World) -> None:
         if not decision.allowed:
             continue
         assert target <= brute.cap()
-        worst = brute.worst_case(target, brute.line(target))
+        worst = brute.worst_case(target)
         for name, node in worst.items():
             assert node is not None, f"{name}: admitted onto a node with no budget"
             assert node.projected <= node.allowed, f"{name} at {target}: {node}"
@@ -658,9 +677,9 @@ def test_an_exclusive_scale_up_claims_only_free_nodes_and_holds_only_where_it_ma
 
 def _claims_step_down() -> World:
     """Two empty nodes and a full one; a new NodeExclusive cell. At 3 replicas the water
-    line over all three free nodes is 1, so the planner claims all three and the full one
-    refuses; at 4 the line is 2 and two nodes do, so it admits. (3 also fits on those two.)
-    So 3 is refused while 4 is admitted, and max_safe_replicas (a binary search) says 2."""
+    line over all three free nodes is 1: claiming all three, the full one refuses; at 4 the
+    line is 2 and two nodes do. 3 fits on those two as well: a planner that only tried the
+    lowest line refused 3, admitted 4, and its max_safe_replicas (a binary search) said 2."""
     fresh = helpers.cell("c0", replicas=0, base=1, namespace="ns1", service="s1")
     full = [
         helpers.node("n0", in_use=0),
@@ -673,7 +692,8 @@ def _claims_step_down() -> World:
 
 def _claims_shrink() -> World:
     """Three empty nodes, a new NodeExclusive cell: at 3 replicas it claims (and holds
-    threads on) all three, at 4 only two: what it holds on n2 goes down as it grows."""
+    threads on) all three, at 4 only two: what it holds on n2 goes down as it grows (which
+    `check_monotone` allows on claimed nodes only)."""
     fresh = helpers.cell("c0", replicas=0, base=1, namespace="ns1", service="s1")
     empty = [helpers.node(f"n{i}", in_use=0) for i in range(3)]
     rules = helpers.policy(safetyMargin=0.0, defaultMaxReplicas=4)
@@ -682,8 +702,8 @@ def _claims_shrink() -> World:
 
 def _lost_host_pod_limit() -> World:
     """A pod on a node the snapshot lost; the policy's defaults stand in for unknown
-    budgets, podPidsLimit 900 among them. The planner applies the defaults to that host's
-    threads but not its pod PID limit: it admits 3 replicas at 1,000 threads a pod."""
+    budgets, podPidsLimit 900 among them. The planner applied the defaults to that host's
+    threads but not to its pod PID limit, and admitted 3 replicas at 1,000 threads a pod."""
     legacy = helpers.cell("c0", replicas=1, base=800, per_peer=100, namespace="ns1", service="s1")
     defaults = {"threadsMax": 100_000, "pidMax": 32_768, "threadsInUse": 0, "podPidsLimit": 900}
     rules = helpers.policy(
@@ -698,12 +718,30 @@ def _lost_host_pod_limit() -> World:
     )
 
 
+def _line_above_replicas() -> World:
+    """A NodeExclusive cell scaled down to 2 whose 5 pods all still run on its one pool
+    node, beside a full free node. Growing to 3 it has 1 new pod: at the lowest line (1) it
+    would claim the full node, but its pool node alone takes it at line 6. (The planner once
+    searched lines up to the target size only, 3, and refused.)"""
+    cell = helpers.cell("c0", replicas=2, base=1, namespace="ns1", service="s1")
+    pool = {pool_label_key("s1"): pool_label_value("ns1", "c0")}
+    nodes = [helpers.node("h", labels=pool, in_use=0), helpers.node("n1", in_use=32_768)]
+    rules = helpers.policy(defaultMaxReplicas=4)
+    pods = {cell.key: {"h": 5}}
+    return World(helpers.snapshot(nodes, [cell], pods, policies={"default": rules}), cell)
+
+
 PINNED = [
     pytest.param(check_max_safe, _claims_step_down, id="max-safe-claims-step-down"),
     pytest.param(check_monotone, _claims_step_down, id="monotone-claims-step-down"),
     pytest.param(check_monotone, _claims_shrink, id="monotone-claims-shrink"),
     pytest.param(check_agreement, _lost_host_pod_limit, id="agreement-lost-host-pod-limit"),
     pytest.param(check_max_safe, _lost_host_pod_limit, id="max-safe-lost-host-pod-limit"),
+    pytest.param(
+        check_agreement,
+        _line_above_replicas,
+        id="agreement-line-above-replicas",
+    ),
 ]
 
 
