@@ -135,6 +135,31 @@ def test_plan_of_a_manifest_file(
     assert data["allowed"] is False
 
 
+def test_plan_names_the_free_nodes_a_new_exclusive_cell_claims(
+    snapshot: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = tmp_path / "cell.yaml"
+    spec = {**_cell_spec(2), "service": "billing", "threads": {"base": 200, "perPeer": 0}}
+    manifest.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "cellguard.io/v1alpha1",
+                "kind": "StreamCell",
+                "metadata": {"name": "billing-a", "namespace": "prod"},
+                "spec": spec,
+            }
+        )
+    )
+    args = ["plan", "-f", str(manifest), "--snapshot", str(snapshot)]
+    assert cli.main([*args, "-o", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    # Two pods, one a node: the two nodes with the most threads free - not n1-n3, which run
+    # ingest-a's pods, never n6, whose budget is unknown.
+    assert data["claimedNodes"] == ["n4", "n5"]
+    assert cli.main(args) == 0
+    assert "joining the cell's pool: n4, n5" in capsys.readouterr().out
+
+
 def test_plan_errors_exit_2(snapshot: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["plan", "streamcell/missing", "-n", "prod", "--snapshot", str(snapshot)]) == 2
     assert "not found" in capsys.readouterr().err

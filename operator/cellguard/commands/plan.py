@@ -99,6 +99,8 @@ def decision_data(decision: Decision) -> dict[str, Any]:
         "maxSafeReplicas": decision.max_safe_replicas,
         "cellSizeCap": decision.cell_size_cap,
         "limitingNode": decision.limiting_node,
+        # NodeExclusive cells: free nodes the change takes into the cell's pool.
+        "claimedNodes": sorted(decision.claimed_nodes),
         "nodes": [
             {
                 "node": row.node,
@@ -149,6 +151,12 @@ def print_table(decision: Decision, console: Any) -> None:
             style=style,
         )
     console.print(table)
+    if decision.claimed_nodes:
+        claimed = sorted(decision.claimed_nodes)
+        shown = ", ".join(claimed[:10]) + (
+            f" and {len(claimed) - 10:,} more" if len(claimed) > 10 else ""
+        )
+        console.print(f"joining the cell's pool: {shown}")
     verdict = "[green]FITS[/]" if decision.allowed else "[red]REFUSED[/]"
     console.print(f"{verdict} {decision.message}")
 
