@@ -8,6 +8,8 @@ pods on a node than the plan assumed. bench/placement.py runs a hundred of them.
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from cellguard.budget.pools import pool_label_key
@@ -107,6 +109,42 @@ def test_a_sibling_cell_scaled_to_its_max_safe_size_is_fully_running(
                 return f"{ns}.ingest-a" not in table
 
             wait_for(freed, timeout=60, what="ingest-a's nodes to leave its pool")
+        finally:
+            cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_an_operator_killed_right_after_admitting_a_claim_still_places_the_pods(
+    cluster: LocalCluster, operator: OperatorProcess
+) -> None:
+    """The claim lives in memory until the nodes are labelled: a crash in between must not
+    lose the pods (the restarted operator's backstop claims again) nor give a sibling's
+    nodes away."""
+    ns = "e2e-place-kill"
+    ensure_namespace(cluster, ns)
+    with node_pool(cluster, "placekill", 8) as pool:
+        try:
+            for name, replicas in (("alpha", 2), ("beta", 3)):
+                manifest = cell_manifest(
+                    ns, name, service="feed", replicas=replicas, base=300, per_peer=50, pool=pool
+                )
+                assert apply_yaml(cluster, manifest).returncode == 0
+                wait_cell_pods(cluster, ns, name, replicas)
+            scaled = cluster.kubectl("scale", "streamcell/alpha", "-n", ns, "--replicas=5")
+            assert scaled.returncode == 0
+            operator.stop(signal.SIGKILL)  # at once: the nodes may not be labelled yet
+            operator.start()
+            pods = wait_cell_pods(cluster, ns, "alpha", 5, timeout=90)
+            key = pool_label_key("feed")
+            labels = {
+                n["metadata"]["name"]: n["metadata"].get("labels", {}).get(key)
+                for n in get_json(cluster, "nodes", "-l", key)["items"]
+            }
+            for pod in pods:
+                assert labels.get(pod["spec"]["nodeName"]) == f"{ns}.alpha", pod["spec"]
+            # One a node: 5 nodes of alpha's, beta's 3 untouched.
+            assert len({pod["spec"]["nodeName"] for pod in pods}) == 5
+            assert sorted(labels.values()).count(f"{ns}.beta") == 3
+            assert settled(cluster, ns, {"alpha": 5, "beta": 3}) is None
         finally:
             cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
