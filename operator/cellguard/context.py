@@ -141,18 +141,19 @@ class OperatorContext:
             if r.spec.isolation is Isolation.NODE_EXCLUSIVE
         }
         unreadable = {pool_label_value(k.namespace, k.name) for k in state.cell_errors}
+        hosted: dict[str, set[str]] = {}  # node -> pool values of the cells with pods there
+        for cell, per_node in state.placement.items():
+            value = pool_label_value(cell.namespace, cell.name)
+            for name, count in per_node.items():
+                if count > 0:
+                    hosted.setdefault(name, set()).add(value)
         now = self.now()
         released = []
         for name, node in sorted(state.nodes.items()):
             for key, value in node.labels.items():
                 if not is_pool_label(key) or value in unreadable:
                     continue
-                hosted = {
-                    pool_label_value(cell.namespace, cell.name)
-                    for cell, per_node in state.placement.items()
-                    if per_node.get(name)
-                }
-                if value in hosted:
+                if value in hosted.get(name, ()):
                     continue
                 record = owners.get((key, value))
                 if record is None or self._settled(record.key, record.spec.replicas, now):

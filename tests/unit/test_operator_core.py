@@ -7,11 +7,16 @@ import datetime
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from cellguard.api.v1alpha1 import StreamCellSpec
+from cellguard.budget.pools import pool_label_key
 from cellguard.budget.snapshot import CellKey, Reservation
+from cellguard.context import OperatorContext
+from cellguard.metrics import OperatorMetrics
 from cellguard.reconcile import status as status_model
 from cellguard.resources import webhook
+from cellguard.settings import Settings
 from cellguard.state.gate import BackstopAnswer, CellFigures, Refusal, ScaleGate
 from cellguard.state.reservations import ReservationLedger
 from cellguard.state.store import ClusterState
@@ -420,3 +425,94 @@ def test_status_only_cell_events_leave_the_snapshot_alone() -> None:
     state.upsert_cell(cell("ns", "a", replicas=3))  # a real spec change does move them
     assert state.cell_version == versions[1] + 1
     assert gate.snapshot().cells[CellKey("ns", "a")].replicas == 3
+
+
+# ---------------------------------------------------------------------- node pools
+
+
+def _pool_context(
+    labelled: list[tuple[str, dict[str, str | None]]],
+) -> OperatorContext:
+    """An operator context over four nodes whose node labelling is recorded, not sent."""
+    key = pool_label_key("feed")
+    nodes = [
+        node("n1", **{key: "ns.a"}),
+        node("n2", **{key: "ns.a"}),
+        node("n3", **{key: "ns.gone"}),
+        node("n4"),
+    ]
+    stored = {n["metadata"]["name"]: n for n in nodes}
+
+    def label_node(name: str, labels: dict[str, str | None]) -> dict[str, Any]:
+        labelled.append((name, labels))
+        current = dict(stored[name]["metadata"]["labels"])
+        for label, value in labels.items():
+            if value is None:
+                current.pop(label, None)
+            else:
+                current[label] = value
+        stored[name] = {**stored[name], "metadata": {"name": name, "labels": current}}
+        return stored[name]
+
+    ctx = OperatorContext(
+        Settings(),
+        OperatorMetrics(CollectorRegistry()),
+        lambda manifest: manifest,
+        now=lambda: NOW,
+        label_node=label_node,
+    )
+    ctx.state.replace_all(
+        nodes=nodes,
+        budgets=[budget(n["metadata"]["name"]) for n in nodes],
+        cells=[cell("ns", "a", replicas=1, service="feed", isolation="NodeExclusive")],
+        policies=[{"metadata": {"name": "default"}, "spec": {"safetyMargin": 0.2}}],
+        pods=[pod("ns", "a-1", "a", "n1")],
+    )
+    ctx.deployment_replicas[CellKey("ns", "a")] = 1
+    return ctx
+
+
+def test_pools_release_nodes_of_gone_cells_and_empty_nodes_of_settled_ones() -> None:
+    labelled: list[tuple[str, dict[str, str | None]]] = []
+    ctx = _pool_context(labelled)
+    key = pool_label_key("feed")
+    # n1 hosts a's pod: kept. n2 is an empty node of a settled cell; n3 names no cell.
+    assert ctx.releasable_pool_labels() == [("n2", key), ("n3", key)]
+    # While a holds a reservation (a change not yet placed) its nodes stay.
+    ctx.ledger.hold(
+        Reservation(
+            cell=CellKey("ns", "a"),
+            threads_by_node={"n2": 100},
+            expires_at=NOW + datetime.timedelta(minutes=1),
+            target_replicas=2,
+        )
+    )
+    assert ctx.releasable_pool_labels() == [("n3", key)]
+    ctx.ledger.release(("ns", "a"))
+    # A cell whose Deployment is not at its size yet is not settled either.
+    ctx.deployment_replicas[CellKey("ns", "a")] = 0
+    assert ctx.releasable_pool_labels() == [("n3", key)]
+    ctx.deployment_replicas[CellKey("ns", "a")] = 1
+    released = asyncio.run(ctx.tend_pools())
+    assert released == [("n2", key), ("n3", key)]
+    assert labelled == [("n2", {key: None}), ("n3", {key: None})]
+    # The cache took the stored nodes: the next decision sees them free.
+    assert key not in ctx.state.nodes["n2"].labels
+
+
+def test_backstop_claims_free_nodes_and_the_reconciler_labels_them_first() -> None:
+    labelled: list[tuple[str, dict[str, str | None]]] = []
+    ctx = _pool_context(labelled)
+    ctx.state.upsert_cell(cell("ns", "a", replicas=5, service="feed", isolation="NodeExclusive"))
+    record = ctx.state.cells[CellKey("ns", "a")]
+    answer = asyncio.run(ctx.gate.backstop(record, 1))
+    # 4 new pods: over the pool (n1 with 1 pod, n2 empty) and the one free node (n3 is in a
+    # gone cell's pool until released) the water line is 2; the pool holds 3 of them at 2,
+    # so n4 must join.
+    assert answer.allowed and answer.replicas_to_apply == 5
+    assert answer.claimed_nodes == {"n4"}
+    held = ctx.ledger.get(("ns", "a"))
+    assert held is not None and held.claimed_nodes == {"n4"}
+    joined = asyncio.run(ctx.join_pool(record, answer.claimed_nodes))
+    assert joined == ["n4"] and labelled == [("n4", {pool_label_key("feed"): "ns.a"})]
+    assert asyncio.run(ctx.join_pool(record, answer.claimed_nodes)) == []  # already in
