@@ -47,6 +47,15 @@ WEBHOOK_STREAMCELL: Final = "validate-streamcell"
 WEBHOOK_STREAMCELL_SCALE: Final = "validate-streamcell-scale"
 WEBHOOK_DEPLOYMENT: Final = "validate-cell-deployment"
 WEBHOOK_DEPLOYMENT_SCALE: Final = "validate-cell-deployment-scale"
+WEBHOOK_REPLICASET: Final = "validate-cell-replicaset"
+WEBHOOK_REPLICASET_SCALE: Final = "validate-cell-replicaset-scale"
+
+# Who may change a cell's ReplicaSets besides the operator: the deployment controller (its
+# own service account with --use-service-account-credentials, else the controller manager).
+DEPLOYMENT_CONTROLLER_USERS: Final = (
+    "system:serviceaccount:kube-system:deployment-controller",
+    "system:kube-controller-manager",
+)
 
 # Namespace label set by the API server on every namespace (used to exempt namespaces).
 NAMESPACE_NAME_LABEL: Final = "kubernetes.io/metadata.name"

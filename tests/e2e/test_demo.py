@@ -40,6 +40,9 @@ def test_demo_tells_the_whole_story() -> None:
     # 4. the same capacity as a second cell is admitted.
     assert "streamcell.cellguard.io/ingest-b created" in out
     assert re.search(r"ingest-b 4 4 \d+", out)
+    # ... each cell on a node pool of its own: 14 nodes for ingest-a, 4 for ingest-b.
+    assert len(re.findall(r"stream-\d\d Ready \S+ \S+ \S+ streams\.ingest-a\b", out)) == 14
+    assert len(re.findall(r"stream-\d\d Ready \S+ \S+ \S+ streams\.ingest-b\b", out)) == 4
     # 5. the headroom in Prometheus, the alert firing, the refusal counted.
     assert re.search(
         r"FIRING CellguardNodeThreadHeadroomCritical node=stream-\d\d severity=critical", out

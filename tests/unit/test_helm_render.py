@@ -31,6 +31,8 @@ from cellguard.constants import (
     NAMESPACE_NAME_LABEL,
     WEBHOOK_DEPLOYMENT,
     WEBHOOK_DEPLOYMENT_SCALE,
+    WEBHOOK_REPLICASET,
+    WEBHOOK_REPLICASET_SCALE,
     WEBHOOK_STREAMCELL,
     WEBHOOK_STREAMCELL_SCALE,
 )
@@ -324,6 +326,8 @@ def test_webhook_configuration_is_what_the_operator_builds(helm: Helm, case: str
             WEBHOOK_STREAMCELL_SCALE,
             WEBHOOK_DEPLOYMENT,
             WEBHOOK_DEPLOYMENT_SCALE,
+            WEBHOOK_REPLICASET,
+            WEBHOOK_REPLICASET_SCALE,
         )
     ]
     # Exempt: the system namespaces, the release's, and the configured ones.
@@ -392,6 +396,8 @@ def test_url_mode_gives_the_operator_its_url_and_ca(helm: Helm) -> None:
         "https://cellguard-dev.example.internal:9443/validate-streamcell-scale",
         "https://cellguard-dev.example.internal:9443/validate-cell-deployment",
         "https://cellguard-dev.example.internal:9443/validate-cell-deployment-scale",
+        "https://cellguard-dev.example.internal:9443/validate-cell-replicaset",
+        "https://cellguard-dev.example.internal:9443/validate-cell-replicaset-scale",
     ]
     # No webhook Service in URL mode; the operator may patch its own configuration only.
     assert [s["metadata"]["name"] for s in all_of(manifests, "Service")] == ["cg-cellguard-metrics"]

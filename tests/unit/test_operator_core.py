@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from cellguard.admission.handlers import replicaset_cell
 from cellguard.api.v1alpha1 import StreamCellSpec
 from cellguard.budget.pools import pool_label_key
 from cellguard.budget.snapshot import CellKey, Reservation
@@ -356,6 +357,8 @@ def test_webhook_configuration_is_scoped_and_fails_closed() -> None:
         "validate-streamcell-scale.cellguard.io",
         "validate-cell-deployment.cellguard.io",
         "validate-cell-deployment-scale.cellguard.io",
+        "validate-cell-replicaset.cellguard.io",
+        "validate-cell-replicaset-scale.cellguard.io",
     }
     for hook in hooks.values():
         assert hook["sideEffects"] == "None"
@@ -373,6 +376,14 @@ def test_webhook_configuration_is_scoped_and_fails_closed() -> None:
     assert "objectSelector" in hooks["validate-cell-deployment.cellguard.io"]
     # A Scale has no labels: an objectSelector would silently never match it.
     assert "objectSelector" not in hooks["validate-cell-deployment-scale.cellguard.io"]
+    assert "objectSelector" not in hooks["validate-cell-replicaset-scale.cellguard.io"]
+    # A cell's ReplicaSets: closed to everyone but the deployment controller, whose own
+    # requests never reach cellguard (an outage cannot stall a rollout).
+    replicaset = hooks["validate-cell-replicaset.cellguard.io"]
+    assert "objectSelector" in replicaset and replicaset["failurePolicy"] == "Fail"
+    condition = replicaset["matchConditions"][0]["expression"]
+    assert "system:serviceaccount:kube-system:deployment-controller" in condition
+    assert hooks["validate-cell-replicaset-scale.cellguard.io"]["failurePolicy"] == "Ignore"
     with pytest.raises(ValueError, match=r"1\.\.30"):
         webhook.validating_webhook_configuration(
             webhook.url_client_config("https://x", ""), exempt_namespaces=[], timeout_seconds=31
@@ -516,3 +527,12 @@ def test_backstop_claims_free_nodes_and_the_reconciler_labels_them_first() -> No
     joined = asyncio.run(ctx.join_pool(record, answer.claimed_nodes))
     assert joined == ["n4"] and labelled == [("n4", {pool_label_key("feed"): "ns.a"})]
     assert asyncio.run(ctx.join_pool(record, answer.claimed_nodes)) == []  # already in
+
+
+def test_a_cells_replicasets_are_recognised_by_name_even_from_a_scale() -> None:
+    ctx = _pool_context([])
+    assert replicaset_cell(ctx, "ns", "a-5d8f6b7c9") == "a"
+    assert replicaset_cell(ctx, "ns", "a-x1") is None  # not a pod-template-hash
+    assert replicaset_cell(ctx, "other", "a-5d8f6b7c9") is None  # no such cell there
+    assert replicaset_cell(ctx, "ns", "b-5d8f6b7c9") is None
+    assert replicaset_cell(ctx, "ns", "a") is None

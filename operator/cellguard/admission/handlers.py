@@ -1,13 +1,15 @@
 """Validating admission: thin kopf handlers that ask the scale gate and answer.
 
-Four webhooks (see `resources.webhook`): StreamCell create/update, the StreamCell /scale
+Six webhooks (see `resources.webhook`): StreamCell create/update, the StreamCell /scale
 subresource (kubectl scale, the HorizontalPodAutoscaler), and direct changes to a cell's
-own Deployment or its /scale, which are refused: the StreamCell is the only door.
+own Deployment or ReplicaSets or their /scale, which are refused: the StreamCell is the
+only door.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Awaitable
 from typing import Any
@@ -17,12 +19,15 @@ from pydantic import ValidationError
 
 from cellguard.api.v1alpha1 import StreamCellSpec
 from cellguard.constants import (
+    DEPLOYMENT_CONTROLLER_USERS,
     GROUP,
     LABEL_CELL,
     STREAMCELL_PLURAL,
     VERSION,
     WEBHOOK_DEPLOYMENT,
     WEBHOOK_DEPLOYMENT_SCALE,
+    WEBHOOK_REPLICASET,
+    WEBHOOK_REPLICASET_SCALE,
     WEBHOOK_STREAMCELL,
     WEBHOOK_STREAMCELL_SCALE,
 )
@@ -81,6 +86,34 @@ async def _checked(answer: Awaitable[GateAnswer]) -> GateAnswer:
             "refusing it rather than letting it through unchecked",
             code=422,
         ) from error
+
+
+# A Deployment's ReplicaSets are named <deployment>-<pod-template-hash>; the hash is
+# written in this alphabet (k8s.io/apimachinery rand.SafeEncodeString).
+_POD_TEMPLATE_HASH = re.compile(r"^[bcdfghjklmnpqrstvwxz2456789]{1,10}$")
+
+
+def replicaset_cell(ctx: OperatorContext, namespace: str, name: str) -> str | None:
+    """The cell whose Deployment owns the ReplicaSet `name`, judged by its name (a Scale
+    carries neither labels nor owners); None for any other ReplicaSet."""
+    deployment, _, suffix = name.rpartition("-")
+    if not deployment or not _POD_TEMPLATE_HASH.match(suffix):
+        return None
+    return ctx.cell_of_deployment(namespace, deployment)
+
+
+def _side_door(kind: str, cell: str, replicas: Any) -> kopf.AdmissionError:
+    size = replicas if replicas is not None else "N"
+    return kopf.AdmissionError(
+        f"this {kind} belongs to StreamCell {cell}, whose every scale is checked against "
+        f"node thread limits: scale the StreamCell instead "
+        f"(kubectl scale streamcell/{cell} --replicas={size})",
+        code=_REFUSED,
+    )
+
+
+def _controller_or_operator(ctx: OperatorContext, userinfo: kopf.UserInfo) -> bool:
+    return ctx.is_own_request(userinfo) or userinfo.get("username") in DEPLOYMENT_CONTROLLER_USERS
 
 
 def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
@@ -159,12 +192,7 @@ def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
                 return
             cell = (new.metadata.labels if new is not None else {}).get(LABEL_CELL, "")
             if old_spec.get("replicas") != new_spec.get("replicas"):
-                raise kopf.AdmissionError(
-                    f"this Deployment belongs to StreamCell {cell}, whose every scale is "
-                    f"checked against node thread limits: scale the StreamCell instead "
-                    f"(kubectl scale streamcell/{cell} --replicas=N)",
-                    code=_REFUSED,
-                )
+                raise _side_door("Deployment", cell, None)
             raise kopf.AdmissionError(
                 f"this Deployment is managed by StreamCell {cell}: edit the StreamCell's "
                 f"spec.template instead (kubectl edit streamcell/{cell})",
@@ -198,11 +226,55 @@ def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
             cell = ctx.cell_of_deployment(namespace, name)
             if cell is None:
                 return  # not a cell's Deployment (the Scale object carries no labels)
-            raise kopf.AdmissionError(
-                f"this Deployment belongs to StreamCell {cell}, whose every scale is checked "
-                f"against node thread limits: scale the StreamCell instead "
-                f"(kubectl scale streamcell/{cell} --replicas={new_replicas})",
-                code=_REFUSED,
-            )
+            raise _side_door("Deployment", cell, new_replicas)
         finally:
             ctx.metrics.observe_admission(WEBHOOK_DEPLOYMENT_SCALE, time.perf_counter() - started)
+
+    @kopf.on.validate(
+        "apps",
+        "v1",
+        "replicasets",
+        id=WEBHOOK_REPLICASET,
+        operations=["UPDATE"],
+        labels={LABEL_CELL: kopf.PRESENT},
+        registry=registry,
+    )
+    async def validate_cell_replicaset(userinfo: kopf.UserInfo, **kwargs: Any) -> None:
+        started = time.perf_counter()
+        try:
+            if _controller_or_operator(ctx, userinfo):
+                return
+            old, new = kwargs.get("old"), kwargs.get("new")
+            new_replicas = _replicas(new)
+            if _replicas(old) == new_replicas:
+                return
+            cell = (new.metadata.labels if new is not None else {}).get(LABEL_CELL, "")
+            raise _side_door("ReplicaSet", cell, new_replicas)
+        finally:
+            ctx.metrics.observe_admission(WEBHOOK_REPLICASET, time.perf_counter() - started)
+
+    @kopf.on.validate(
+        "apps",
+        "v1",
+        "replicasets",
+        id=WEBHOOK_REPLICASET_SCALE,
+        subresource="scale",
+        operations=["UPDATE"],
+        registry=registry,
+    )
+    async def validate_cell_replicaset_scale(
+        body: kopf.Body, userinfo: kopf.UserInfo, **kwargs: Any
+    ) -> None:
+        started = time.perf_counter()
+        try:
+            if _controller_or_operator(ctx, userinfo):
+                return
+            new_replicas = _replicas(kwargs.get("new"))
+            if _replicas(kwargs.get("old")) == new_replicas:
+                return
+            namespace = body.metadata.get("namespace") or ""
+            cell = replicaset_cell(ctx, namespace, body.metadata.get("name") or "")
+            if cell is not None:
+                raise _side_door("ReplicaSet", cell, new_replicas)
+        finally:
+            ctx.metrics.observe_admission(WEBHOOK_REPLICASET_SCALE, time.perf_counter() - started)

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from cellguard.budget.pools import pool_label_key
 from cellguard.demo.stack import (
     NAMESPACE,
     SimulatedAgents,
@@ -161,13 +162,17 @@ class Demo:
             "4. The same capacity as a second cell is admitted",
             "ingest-b: 4 servers of the same service in their own cell. Its servers hold\n"
             "threads only for ingest-b's peers, and NodeExclusive isolation keeps the two\n"
-            "cells on different nodes.",
+            "cells on different nodes: each cell has a node pool of its own, the nodes\n"
+            "labelled cellpool.cellguard.io/ingest=<namespace>.<cell>, and its pods run there.",
         )
         if self.apply_example("ingest-b.yaml").returncode:
             raise DemoFailure("the second cell was refused")
         self.wait_running("ingest-b", 4)
         self.wait_status("ingest-b")
         self.cells_table()
+        key = pool_label_key("ingest")
+        pools = self.kubectl("get", "nodes", "-L", key, "-l", key, "--sort-by=.metadata.name")
+        self.show(f"kubectl get nodes -L {key} -l {key}", pools)
 
         self.say(
             "5. Headroom in Prometheus, and an alert",

@@ -2,7 +2,7 @@
 
 kopf's own managed configuration has a fixed 30 s timeout and no namespace selector; ours
 is scoped so that it can never block kube-system or cellguard's own namespace, and the
-Deployment rules only see Deployments that belong to a cell.
+Deployment and ReplicaSet rules only see objects that belong to a cell.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from cellguard.constants import (
+    DEPLOYMENT_CONTROLLER_USERS,
     GROUP,
     LABEL_CELL,
     NAMESPACE_NAME_LABEL,
@@ -18,6 +19,8 @@ from cellguard.constants import (
     WEBHOOK_CONFIGURATION_NAME,
     WEBHOOK_DEPLOYMENT,
     WEBHOOK_DEPLOYMENT_SCALE,
+    WEBHOOK_REPLICASET,
+    WEBHOOK_REPLICASET_SCALE,
     WEBHOOK_STREAMCELL,
     WEBHOOK_STREAMCELL_SCALE,
 )
@@ -42,6 +45,11 @@ _OLD_SCALE = "(has(oldObject.spec.replicas) ? oldObject.spec.replicas : 0)"
 SCALE_GROWS = f"{_NEW_SCALE} > {_OLD_SCALE}"
 SPEC_CHANGES = "object.spec != oldObject.spec"
 REPLICAS_CHANGE = f"{_NEW_SCALE} != {_OLD_SCALE}"
+# A cell's ReplicaSets are the deployment controller's to scale: its requests never reach
+# the webhook (so an operator outage cannot stall a rollout), anyone else's are refused.
+_CONTROLLERS = ", ".join(f"'{user}'" for user in DEPLOYMENT_CONTROLLER_USERS)
+NOT_DEPLOYMENT_CONTROLLER = f"!(request.userInfo.username in [{_CONTROLLERS}])"
+REPLICASET_REPLICAS_CHANGE = f"{REPLICAS_CHANGE} && {NOT_DEPLOYMENT_CONTROLLER}"
 
 
 def url_client_config(base_url: str, ca_bundle_b64: str) -> ClientConfig:
@@ -73,7 +81,8 @@ def validating_webhook_configuration(
     timeout_seconds: int = 10,
     name: str = WEBHOOK_CONFIGURATION_NAME,
 ) -> dict[str, Any]:
-    """Four webhooks: StreamCell writes, StreamCell /scale, cell Deployments and their /scale."""
+    """Six webhooks: StreamCell writes, StreamCell /scale, cell Deployments and ReplicaSets
+    and their /scale."""
     if not 1 <= timeout_seconds <= 30:
         raise ValueError(f"webhook timeoutSeconds must be 1..30, got {timeout_seconds}")
     namespace_selector = {
@@ -160,6 +169,28 @@ def validating_webhook_configuration(
                 "deployments/scale",
                 ["UPDATE"],
                 REPLICAS_CHANGE,
+                failure_policy="Ignore",
+            ),
+            # The side door below the Deployment: a cell's ReplicaSet scaled directly would
+            # start pods (and peer threads) until the deployment controller scales it back.
+            webhook(
+                WEBHOOK_REPLICASET,
+                "apps",
+                "v1",
+                "replicasets",
+                ["UPDATE"],
+                REPLICASET_REPLICAS_CHANGE,
+                object_selector=cell_objects,
+            ),
+            # As for deployments/scale: a Scale carries no labels, so this one sees every
+            # ReplicaSet scale and fails open.
+            webhook(
+                WEBHOOK_REPLICASET_SCALE,
+                "apps",
+                "v1",
+                "replicasets/scale",
+                ["UPDATE"],
+                REPLICASET_REPLICAS_CHANGE,
                 failure_policy="Ignore",
             ),
         ],
