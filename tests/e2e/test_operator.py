@@ -23,6 +23,7 @@ from .harness import (
     wait_cell_pods,
     wait_for,
 )
+from .load import apply_admitted
 
 pytestmark = pytest.mark.e2e
 
@@ -221,7 +222,8 @@ def test_kinesis_replay_refuses_the_add_and_admits_a_second_cell(
         manifest = cell_manifest(
             ns, "frontend-1", service="frontend", replicas=12, base=1_200, per_peer=2_000, pool=pool
         )
-        assert apply_yaml(cluster, manifest).returncode == 0
+        # The pool was made a moment ago: retry while the operator folds its budgets in.
+        apply_admitted(cluster, manifest)
         wait_cell_pods(cluster, ns, "frontend-1", 12)
         # Adding 3 servers adds 6,000 threads to *every* server: 30,200 a node.
         grow = cluster.kubectl(

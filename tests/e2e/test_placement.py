@@ -17,7 +17,6 @@ from cellguard.devcluster.cluster import LocalCluster
 
 from .harness import (
     OperatorProcess,
-    apply_yaml,
     cell,
     cell_manifest,
     ensure_namespace,
@@ -26,6 +25,7 @@ from .harness import (
     wait_cell_pods,
     wait_for,
 )
+from .load import apply_admitted
 from .placement import run_scenario, settled
 
 pytestmark = pytest.mark.e2e
@@ -47,9 +47,10 @@ def test_a_sibling_cell_scaled_to_its_max_safe_size_is_fully_running(
             b = cell_manifest(
                 ns, "ingest-b", service="ingest", replicas=4, base=200, per_peer=500, pool=pool
             )
-            assert apply_yaml(cluster, a).returncode == 0
+            # The pool was made a moment ago: retry while the operator folds its budgets in.
+            apply_admitted(cluster, a)
             wait_cell_pods(cluster, ns, "ingest-a", 14)
-            assert apply_yaml(cluster, b).returncode == 0
+            apply_admitted(cluster, b)
             wait_cell_pods(cluster, ns, "ingest-b", 4)
 
             # Pools: each cell's nodes carry its label, `kubectl get nodes -L` shows them.
@@ -127,7 +128,7 @@ def test_an_operator_killed_right_after_admitting_a_claim_still_places_the_pods(
                 manifest = cell_manifest(
                     ns, name, service="feed", replicas=replicas, base=300, per_peer=50, pool=pool
                 )
-                assert apply_yaml(cluster, manifest).returncode == 0
+                apply_admitted(cluster, manifest)
                 wait_cell_pods(cluster, ns, name, replicas)
             scaled = cluster.kubectl("scale", "streamcell/alpha", "-n", ns, "--replicas=5")
             assert scaled.returncode == 0

@@ -211,10 +211,14 @@ class CellPlan:
         receivers = receiving_nodes(snapshot, cell)
         claimable = free_nodes(snapshot, cell)
         adopt: frozenset[str] = frozenset()
+        self.unusable_free: NodeLimits | None = None
         if self.pooled:
             # Hosts in no pool (pods placed before pools existed) join the cell's pool.
             adopt = claimable.intersection(n for n, count in hosting.items() if count > 0)
             receivers = receivers | adopt
+            unknown_free = nodes.unusable.intersection(claimable).difference(hosting)
+            # Never claimed; but when they are all there is, a refusal names one of them.
+            self.unusable_free = nodes.of(snapshot, min(unknown_free)) if unknown_free else None
             claimable = claimable.difference(hosting, nodes.unusable)
         self.adopt = adopt
         self.receivers = receivers
@@ -435,6 +439,8 @@ class CellPlan:
             return RefusalReason.CELL_SIZE_CAP, None
         new = self.new_pods(replicas)
         if new and not self.fill.node_count:
+            if self.unusable_free is not None:  # nodes there are, but of unknown budget
+                return _budget_reason(self.unusable_free), self.unusable_free.node
             return RefusalReason.NO_ELIGIBLE_NODES, None
         lowest = self._lowest_level(replicas)
         if self.level_cap is not None and (

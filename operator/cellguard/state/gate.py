@@ -294,6 +294,15 @@ class ScaleGate:
             decision=decision,
         )
 
+    def _drop_superseded(self, cell: CellKey, target: int) -> None:
+        """A reservation for a larger size than the cell now asks for, once the pods of that
+        smaller size are all placed, holds threads (and claims) nobody will use: other
+        cells' decisions must not pay for it until it expires."""
+        held = self.ledger.get(cell)
+        bound = sum(self.state.placement.get(cell, {}).values())
+        if held is not None and held.target_replicas > target and bound >= target:
+            self.ledger.release(cell)
+
     def _reserve(self, decision: Decision, policy_name: str) -> None:
         if decision.reservation:
             self.ledger.hold(decision.reservation_until(self.now() + self._ttl(policy_name)))
@@ -344,6 +353,7 @@ class ScaleGate:
                     running,
                     threads_per_pod(base, per_peer, running),
                 )
+            self._drop_superseded(record.key, desired)
             snapshot = self.snapshot().with_cell(replace(record.view, replicas=running))
             decision = decide(snapshot, record.key, desired)
             if desired <= running:
@@ -351,12 +361,16 @@ class ScaleGate:
                     True, "ScaleDown", "", desired, per_pod_desired, decision.claimed_nodes
                 )
             held = self.ledger.get(record.key)
-            if decision.allowed and (
-                held is None
-                or held.target_replicas != desired
-                or held.claimed_nodes != decision.claimed_nodes
+            if (
+                decision.allowed
+                and decision.claimed_nodes
+                and (
+                    held is None
+                    or held.target_replicas != desired
+                    or held.claimed_nodes != decision.claimed_nodes
+                )
             ):
-                # Hold the threads and claims until the pods are placed: the admission's
+                # Hold the claims (and threads) until the pods are placed: the admission's
                 # reservation may be gone (a restart, an expiry, a bypassed webhook).
                 self._reserve(decision, record.spec.policy_ref)
         if decision.allowed:

@@ -459,3 +459,13 @@ def test_status_when_the_cell_no_longer_fits() -> None:
     assert "puts node n2 at 30,000 threads" in status.message
     # ... and still a scale-down is never refused.
     assert decide(snap, INGEST.key, 7).allowed
+
+
+def test_a_new_exclusive_cell_with_only_unknown_free_nodes_names_one_of_them() -> None:
+    # Budgets not reported yet (a pool just added): no node can be claimed, and the refusal
+    # says why in the budget's words rather than "no node can take its pods".
+    fresh = cell("ingest-new", replicas=0, base=1_000)
+    snap = snapshot([node("n1", no_budget=True), node("n2", no_budget=True)], [fresh], {})
+    refused = decide(snap, fresh.key, 1)
+    assert not refused.allowed and refused.reason is RefusalReason.BUDGET_UNKNOWN
+    assert "needs node n1, whose thread budget is unknown" in refused.message

@@ -285,11 +285,14 @@ class BruteForce:
             }
             self.receivers = ((self.placement & self.own_pool) - keep_off) | self.adopt
             self.claimable = self.placement - self.pooled - keep_off - self.hosts - unusable
+            # Free but of unknown budget: never claimed, named when they are all there is.
+            self.unknown_free = (self.placement - self.pooled - keep_off - self.hosts) & unusable
             domains = self.domains_base & self.own_pool
         else:
             self.adopt = set()
             self.receivers = self.placement - self.pooled - keep_off
             self.claimable = set()
+            self.unknown_free = set()
             domains = self.domains_base - self.pooled
         self.blocked = domains - self.receivers
         self.level_cap = min(self.s(n) for n in self.blocked) + 1 if self.blocked else None
@@ -486,7 +489,7 @@ class BruteForce:
             return "size cap"
         new = self.new_pods(replicas)
         if new and not self.receivers and not self.claimable:
-            return "no nodes"
+            return "budget" if self.unknown_free else "no nodes"
         lowest = self.lowest_line(replicas)
         if self.level_cap is not None and (
             lowest > self.level_cap
