@@ -95,6 +95,37 @@ class OperatorContext:
         self._apply(builders.headless_service(*args))
         self._apply(builders.disruption_budget(*args))
 
+    # ------------------------------------------------------------------ reservations
+
+    def release_if_placed(self, cell: CellKey) -> bool:
+        """Drop the cell's reservation once nothing it holds threads for is still to come.
+
+        That is when the cell's pods are all bound, none is terminating, at least the
+        reserved size (or the smaller size the cell asks for now) of them run, and the
+        Deployment asks for at least that many. Counting bound pods alone is not enough:
+        after 8 -> 2 -> 5 the terminating pods of the scale-down make 8 bound while 3 new
+        pods are still to come, and a release then would let another cell spend their
+        threads (seen as an overcommit in the concurrent scale-up test).
+        """
+        held = self.ledger.get(cell)
+        if held is None:
+            return False
+        state = self.state
+        record = state.cells.get(cell)
+        target = held.target_replicas
+        if record is not None:
+            target = min(target, record.spec.replicas)
+        bound = sum(state.placement.get(cell, {}).values())
+        settled = (
+            not state.terminating.get(cell)
+            and state.pods_by_cell.get(cell, 0) == bound
+            and bound >= target
+            and self.deployment_replicas.get(cell, 0) >= target
+        )
+        if settled:
+            self.ledger.release(cell)
+        return settled
+
     # ------------------------------------------------------------------ node pools
 
     async def join_pool(self, record: CellRecord, nodes: Iterable[str]) -> list[str]:

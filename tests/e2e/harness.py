@@ -351,6 +351,15 @@ def node_threads(
     return totals
 
 
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    """The status condition of `type_` of any object (a cell, an HPA ...), or None."""
+    for item in obj.get("status", {}).get("conditions", []):
+        if item["type"] == type_:
+            found: dict[str, Any] = item
+            return found
+    return None
+
+
 def ensure_namespace(cluster: LocalCluster, name: str) -> None:
     cluster.kubectl("create", "namespace", name, check=False)
 

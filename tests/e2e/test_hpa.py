@@ -27,6 +27,7 @@ from .harness import (
     apply_yaml,
     cell,
     cell_manifest,
+    condition,
     deployment_replicas,
     ensure_namespace,
     get_json,
@@ -92,11 +93,7 @@ def hpa_events(cluster: LocalCluster, reason: str) -> list[dict[str, Any]]:
 
 
 def hpa_condition(cluster: LocalCluster, type_: str) -> dict[str, Any] | None:
-    hpa = get_json(cluster, "hpa", CELL, "-n", NS)
-    for condition in hpa.get("status", {}).get("conditions", []):
-        if condition["type"] == type_:
-            return condition  # type: ignore[no-any-return]
-    return None
+    return condition(get_json(cluster, "hpa", CELL, "-n", NS), type_)
 
 
 def test_hpa_scales_a_cell_within_budget_and_is_refused_beyond(

@@ -15,6 +15,7 @@ from .harness import (
     apply_yaml,
     cell,
     cell_manifest,
+    condition,
     deployment_replicas,
     ensure_namespace,
     get_json,
@@ -29,13 +30,6 @@ pytestmark = pytest.mark.e2e
 
 ALLOWED = 26_214  # 32,768 less the 20 % margin
 BASELINE = 1_000  # threads in use the pools' NodeBudgets report
-
-
-def _condition(obj: dict, type_: str) -> dict | None:  # type: ignore[type-arg]
-    for item in obj.get("status", {}).get("conditions", []):
-        if item["type"] == type_:
-            return item  # type: ignore[no-any-return]
-    return None
 
 
 def test_apply_creates_children_and_fills_status(
@@ -59,7 +53,7 @@ def test_apply_creates_children_and_fills_status(
 
         def status_filled() -> dict | None:  # type: ignore[type-arg]
             status = cell(cluster, "e2e-basic", "web").get("status", {})
-            ready = _condition({"status": status}, "Ready")
+            ready = condition({"status": status}, "Ready")
             return status if ready and ready["status"] == "True" else None
 
         status = wait_for(status_filled, what="Ready status")
@@ -67,7 +61,7 @@ def test_apply_creates_children_and_fills_status(
         assert status["maxSafeReplicas"] > 3
         assert status["limitingNode"] in pool.nodes
         assert status["selector"] == "cellguard.io/cell=web"
-        within = _condition({"status": status}, "WithinBudget")
+        within = condition({"status": status}, "WithinBudget")
         assert within is not None and within["status"] == "True"
         table = cluster.kubectl("get", "streamcells", "-n", "e2e-basic").stdout
         header, row = table.splitlines()[:2]

@@ -17,13 +17,13 @@ from cellguard.devcluster.cluster import LocalCluster
 
 from .harness import (
     OperatorProcess,
-    apply_yaml,
     cell_manifest,
     ensure_namespace,
     get_json,
     node_pool,
     wait_cell_pods,
 )
+from .load import apply_admitted
 
 pytestmark = pytest.mark.e2e
 
@@ -49,7 +49,7 @@ def test_an_editor_cannot_scale_a_cells_replicaset(
             manifest = cell_manifest(
                 ns, "feed", service="feed", replicas=3, base=200, per_peer=100, pool=pool
             )
-            assert apply_yaml(cluster, manifest).returncode == 0
+            apply_admitted(cluster, manifest)  # retried while the new pool's budgets fold in
             wait_cell_pods(cluster, ns, "feed", 3)
             (replicaset,) = get_json(cluster, "rs", "-n", ns, "-l", "cellguard.io/cell=feed")[
                 "items"

@@ -148,8 +148,7 @@ def test_ledger_holds_replaces_releases_and_expires() -> None:
     ledger.hold(Reservation(key, {"n1": 300}, NOW + datetime.timedelta(seconds=60), 6))
     assert len(ledger) == 1
     assert ledger.live(NOW)[0].threads_by_node == {"n1": 300}
-    assert not ledger.release_if_applied(key, observed_pods=5)
-    assert ledger.release_if_applied(key, observed_pods=6)
+    assert ledger.release(key) is not None and ledger.get(key) is None
     ledger.hold(Reservation(key, {"n1": 1}, NOW + datetime.timedelta(seconds=1), 2))
     assert ledger.expire(NOW + datetime.timedelta(seconds=2))
     assert len(ledger) == 0
@@ -536,3 +535,32 @@ def test_a_cells_replicasets_are_recognised_by_name_even_from_a_scale() -> None:
     assert replicaset_cell(ctx, "other", "a-5d8f6b7c9") is None  # no such cell there
     assert replicaset_cell(ctx, "ns", "b-5d8f6b7c9") is None
     assert replicaset_cell(ctx, "ns", "a") is None
+
+
+def test_a_reservation_is_released_only_when_nothing_it_holds_for_is_still_to_come() -> None:
+    ctx = _pool_context([])
+    key = CellKey("ns", "a")
+    state = ctx.state
+    state.upsert_cell(cell("ns", "a", replicas=5, service="feed", isolation="NodeExclusive"))
+    ctx.ledger.hold(Reservation(key, {"n1": 100}, NOW + datetime.timedelta(minutes=1), 5))
+    # 8 -> 2 -> 5: eight pods bound, six of them terminating; three new ones are to come.
+    for i in range(8):
+        state.upsert_pod(pod("ns", f"a-{i}", "a", "n1"))
+    for i in range(2, 8):
+        leaving = pod("ns", f"a-{i}", "a", "n1")
+        leaving["metadata"]["deletionTimestamp"] = "2026-11-25T12:00:00Z"
+        state.upsert_pod(leaving)
+    ctx.deployment_replicas[key] = 5
+    assert not ctx.release_if_placed(key)  # 8 bound >= 5, but six are leaving
+    for i in range(2, 8):
+        state.delete_pod(("ns", f"a-{i}"))
+    for i in range(8, 11):
+        state.upsert_pod(pod("ns", f"a-{i}", "a", None))  # created, not bound yet
+    assert not ctx.release_if_placed(key)
+    for i in range(8, 11):
+        state.upsert_pod(pod("ns", f"a-{i}", "a", "n2"))
+    assert ctx.release_if_placed(key)
+    assert ctx.ledger.get(key) is None
+    # A reservation for more than the cell now asks for goes once the smaller size settles.
+    ctx.ledger.hold(Reservation(key, {"n1": 100}, NOW + datetime.timedelta(minutes=1), 9))
+    assert ctx.release_if_placed(key)

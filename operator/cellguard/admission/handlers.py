@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import kopf
@@ -201,34 +201,17 @@ def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
         finally:
             ctx.metrics.observe_admission(WEBHOOK_DEPLOYMENT, time.perf_counter() - started)
 
-    @kopf.on.validate(
-        "apps",
-        "v1",
-        "deployments",
-        id=WEBHOOK_DEPLOYMENT_SCALE,
-        subresource="scale",
-        operations=["UPDATE"],
-        registry=registry,
+    _scale_side_door(
+        registry, ctx, "deployments", WEBHOOK_DEPLOYMENT_SCALE, "Deployment", ctx.cell_of_deployment
     )
-    async def validate_cell_deployment_scale(
-        body: kopf.Body, userinfo: kopf.UserInfo, **kwargs: Any
-    ) -> None:
-        started = time.perf_counter()
-        try:
-            if ctx.is_own_request(userinfo):
-                return
-            old_replicas = _replicas(kwargs.get("old"))
-            new_replicas = _replicas(kwargs.get("new"))
-            if old_replicas == new_replicas:
-                return
-            namespace = body.metadata.get("namespace") or ""
-            name = body.metadata.get("name") or ""
-            cell = ctx.cell_of_deployment(namespace, name)
-            if cell is None:
-                return  # not a cell's Deployment (the Scale object carries no labels)
-            raise _side_door("Deployment", cell, new_replicas)
-        finally:
-            ctx.metrics.observe_admission(WEBHOOK_DEPLOYMENT_SCALE, time.perf_counter() - started)
+    _scale_side_door(
+        registry,
+        ctx,
+        "replicasets",
+        WEBHOOK_REPLICASET_SCALE,
+        "ReplicaSet",
+        lambda namespace, name: replicaset_cell(ctx, namespace, name),
+    )
 
     @kopf.on.validate(
         "apps",
@@ -253,18 +236,28 @@ def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
         finally:
             ctx.metrics.observe_admission(WEBHOOK_REPLICASET, time.perf_counter() - started)
 
+
+def _scale_side_door(
+    registry: kopf.OperatorRegistry,
+    ctx: OperatorContext,
+    plural: str,
+    handler_id: str,
+    kind: str,
+    cell_of: Callable[[str, str], str | None],
+) -> None:
+    """A `<plural>/scale` webhook refusing replica changes of a cell's own objects. A Scale
+    carries no labels, so it sees every object's scale and `cell_of` picks out cells'."""
+
     @kopf.on.validate(
         "apps",
         "v1",
-        "replicasets",
-        id=WEBHOOK_REPLICASET_SCALE,
+        plural,
+        id=handler_id,
         subresource="scale",
         operations=["UPDATE"],
         registry=registry,
     )
-    async def validate_cell_replicaset_scale(
-        body: kopf.Body, userinfo: kopf.UserInfo, **kwargs: Any
-    ) -> None:
+    async def validate_cell_scale(body: kopf.Body, userinfo: kopf.UserInfo, **kwargs: Any) -> None:
         started = time.perf_counter()
         try:
             if _controller_or_operator(ctx, userinfo):
@@ -273,8 +266,8 @@ def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
             if _replicas(kwargs.get("old")) == new_replicas:
                 return
             namespace = body.metadata.get("namespace") or ""
-            cell = replicaset_cell(ctx, namespace, body.metadata.get("name") or "")
+            cell = cell_of(namespace, body.metadata.get("name") or "")
             if cell is not None:
-                raise _side_door("ReplicaSet", cell, new_replicas)
+                raise _side_door(kind, cell, new_replicas)
         finally:
-            ctx.metrics.observe_admission(WEBHOOK_REPLICASET_SCALE, time.perf_counter() - started)
+            ctx.metrics.observe_admission(handler_id, time.perf_counter() - started)

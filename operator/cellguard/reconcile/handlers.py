@@ -80,11 +80,7 @@ def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
             ctx.state.delete_pod(key)
         else:
             ctx.state.upsert_pod(dict(body))
-        cell = CellKey(key[0], body.metadata.labels.get(LABEL_CELL, ""))
-        # Only pods bound to a node count: a pending pod's threads appear in no node's
-        # modelled figure, so the reservation must hold them until the pod is placed.
-        bound = sum(ctx.state.placement.get(cell, {}).values())
-        ctx.ledger.release_if_applied(cell, bound)
+        ctx.release_if_placed(CellKey(key[0], body.metadata.labels.get(LABEL_CELL, "")))
 
     @kopf.on.event(
         "apps", "v1", "deployments", labels={LABEL_CELL: kopf.PRESENT}, registry=registry

@@ -294,15 +294,6 @@ class ScaleGate:
             decision=decision,
         )
 
-    def _drop_superseded(self, cell: CellKey, target: int) -> None:
-        """A reservation for a larger size than the cell now asks for, once the pods of that
-        smaller size are all placed, holds threads (and claims) nobody will use: other
-        cells' decisions must not pay for it until it expires."""
-        held = self.ledger.get(cell)
-        bound = sum(self.state.placement.get(cell, {}).values())
-        if held is not None and held.target_replicas > target and bound >= target:
-            self.ledger.release(cell)
-
     def _reserve(self, decision: Decision, policy_name: str) -> None:
         if decision.reservation:
             self.ledger.hold(decision.reservation_until(self.now() + self._ttl(policy_name)))
@@ -353,7 +344,6 @@ class ScaleGate:
                     running,
                     threads_per_pod(base, per_peer, running),
                 )
-            self._drop_superseded(record.key, desired)
             snapshot = self.snapshot().with_cell(replace(record.view, replicas=running))
             decision = decide(snapshot, record.key, desired)
             if desired <= running:

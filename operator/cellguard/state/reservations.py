@@ -30,14 +30,6 @@ class ReservationLedger:
             self.version += 1
         return released
 
-    def release_if_applied(self, cell: tuple[str, str], observed_pods: int) -> bool:
-        """Drop the cell's reservation once its pods reached the reserved size."""
-        held = self._by_cell.get(CellKey(*cell))
-        if held is not None and observed_pods >= held.target_replicas:
-            self.release(cell)
-            return True
-        return False
-
     def expire(self, now: datetime) -> list[Reservation]:
         expired = [r for r in self._by_cell.values() if r.expires_at <= now]
         for reservation in expired:
