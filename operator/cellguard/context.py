@@ -110,21 +110,28 @@ class OperatorContext:
         held = self.ledger.get(cell)
         if held is None:
             return False
-        state = self.state
-        record = state.cells.get(cell)
+        record = self.state.cells.get(cell)
         target = held.target_replicas
         if record is not None:
             target = min(target, record.spec.replicas)
-        bound = sum(state.placement.get(cell, {}).values())
+        placed = self._pods_in_place(cell)
         settled = (
-            not state.terminating.get(cell)
-            and state.pods_by_cell.get(cell, 0) == bound
-            and bound >= target
+            placed is not None
+            and placed >= target
             and self.deployment_replicas.get(cell, 0) >= target
         )
         if settled:
             self.ledger.release(cell)
         return settled
+
+    def _pods_in_place(self, cell: CellKey) -> int | None:
+        """How many pods of the cell run, when every one is bound and none is terminating
+        (None while any is pending or leaving)."""
+        state = self.state
+        if state.terminating.get(cell):
+            return None
+        bound = sum(state.placement.get(cell, {}).values())
+        return bound if state.pods_by_cell.get(cell, 0) == bound else None
 
     # ------------------------------------------------------------------ node pools
 
@@ -193,13 +200,10 @@ class OperatorContext:
 
     def _settled(self, key: CellKey, replicas: int, now: datetime.datetime) -> bool:
         held = self.ledger.get(key)
-        state = self.state
         return (
             (held is None or held.expires_at <= now)
             and self.deployment_replicas.get(key) == replicas
-            and state.pods_by_cell.get(key, 0) == replicas
-            and sum(state.placement.get(key, {}).values()) == replicas
-            and not state.terminating.get(key)
+            and self._pods_in_place(key) == replicas
         )
 
     async def _set_node_labels(self, name: str, labels: dict[str, str | None]) -> None:

@@ -80,6 +80,19 @@ def _yaml(manifests: Sequence[Manifest]) -> str:
     return yaml.safe_dump_all(list(manifests), sort_keys=False)
 
 
+def _delete(cluster: LocalCluster, manifests: Sequence[Manifest]) -> None:
+    """Delete what a test applied, without waiting and whatever is already gone."""
+    cluster.kubectl(
+        "delete",
+        "--wait=false",
+        "--ignore-not-found",
+        "-f",
+        "-",
+        input_text=_yaml(manifests),
+        check=False,
+    )
+
+
 def _sa_user(namespace: str, name: str) -> str:
     return f"system:serviceaccount:{namespace}:{name}"
 
@@ -403,15 +416,7 @@ def test_service_accounts_can_do_what_they_need_and_nothing_more(
                 cluster, namespace, f"{release}-cellguard-agent", "e2e-1"
             )
         finally:
-            cluster.kubectl(
-                "delete",
-                "--wait=false",
-                "--ignore-not-found",
-                "-f",
-                "-",
-                input_text=_yaml(rbac),
-                check=False,
-            )
+            _delete(cluster, rbac)
     assert failures == []
 
 
@@ -467,15 +472,7 @@ def test_the_operator_may_change_pool_labels_of_a_node_and_nothing_else(
             assert tainted.returncode != 0 and "may not change" in tainted.stderr
         finally:
             cluster.kubectl("label", "node", node, f"{pool_label}-", check=False)
-            cluster.kubectl(
-                "delete",
-                "--wait=false",
-                "--ignore-not-found",
-                "-f",
-                "-",
-                input_text=_yaml(chosen),
-                check=False,
-            )
+            _delete(cluster, chosen)
 
 
 # --------------------------------------------------------------------------- a fresh cluster

@@ -36,7 +36,6 @@ from cellguard.budget.eligibility import (
     ineligibility,
     is_pooled,
     own_claims,
-    placement_nodes,
     receiving_nodes,
     spread_domains,
 )
@@ -206,7 +205,6 @@ class CellPlan:
         hosting = snapshot.pods.of_cell(cell.key)
         live = snapshot.pods.live_of_cell(cell.key)
         self.pooled = is_pooled(cell)
-        self.placement = placement_nodes(snapshot, cell)
         self.excluded = excluded_by_isolation(snapshot, cell)
         receivers = receiving_nodes(snapshot, cell)
         claimable = free_nodes(snapshot, cell)
@@ -267,18 +265,13 @@ class CellPlan:
         self._free = free
         self._own = own
         self._reserved_total = reserved.total
-        self.tightest = tuple(self._tightest_per_limit(free, own, reserved.total))
+        self.tightest = tuple(self._tightest_per_limit())
         self.pod_limit = self._smallest_pod_limit()
-        self._claim_order: list[str] | None = None
-        self._claim_tightest: list[tuple[int, str]] = []
+        self._claim_ranking: tuple[list[str], list[tuple[int, str]]] | None = None
         self._chosen: dict[int, tuple[int, int, tuple[RefusalReason, str] | None]] = {}
 
-    def _tightest_per_limit(
-        self,
-        free: Mapping[str, int],
-        own: Mapping[str, int],
-        reserved_total: Mapping[str, int],
-    ) -> list[_Tightest]:
+    def _tightest_per_limit(self) -> list[_Tightest]:
+        free, own = self._free, self._own
         found = []
         for names in self.nodes.by_limit.values():
             group = names & self.empty
@@ -328,13 +321,14 @@ class CellPlan:
 
     # ----------------------------------------------------------------- claims
 
-    def _claim_candidates(self) -> list[tuple[int, str]]:
-        """(free threads, node) of the tightest of the first k claim candidates, for each k.
+    def _claim_candidates(self) -> tuple[list[str], list[tuple[int, str]]]:
+        """The claimable nodes in the order claims take them, and for each k the (free
+        threads, node) of the tightest of the first k.
 
-        Candidates come in the order claims take them: those the cell's own reservation
-        already claimed (so that admission and reconciler agree), then the most free.
+        Those the cell's own reservation already claimed come first (so that admission and
+        reconciler agree), then the most free. Sorted once a plan, on first use.
         """
-        if self._claim_order is None:
+        if self._claim_ranking is None:
             mine = own_claims(self.snapshot, self.cell)
             free, own = self._free, self._own
 
@@ -342,9 +336,9 @@ class CellPlan:
                 return free.get(name, 0) + own.get(name, 0)
 
             order = sorted(self.claimable, key=lambda n: (n not in mine, -free_of(n), n))
-            self._claim_order = order
-            self._claim_tightest = list(accumulate(((free_of(n), n) for n in order), min))
-        return self._claim_tightest
+            tightest = list(accumulate(((free_of(n), n) for n in order), min))
+            self._claim_ranking = (order, tightest)
+        return self._claim_ranking
 
     def _claims_at(self, replicas: int, level: int) -> int:
         """Free nodes the cell at `replicas` takes into its pool with the water line at
@@ -365,9 +359,8 @@ class CellPlan:
         claims = self.claims_needed(replicas)
         if not claims:
             return self.adopt
-        self._claim_candidates()
-        assert self._claim_order is not None
-        return self.adopt.union(self._claim_order[:claims])
+        order, _ = self._claim_candidates()
+        return self.adopt.union(order[:claims])
 
     # ----------------------------------------------------------------- at size M
 
@@ -394,8 +387,9 @@ class CellPlan:
         chosen = self._chosen.get(replicas)
         if chosen is None:
             lowest = self._lowest_level(replicas)
-            first = self._thread_refusal(replicas, lowest)
-            chosen = (lowest, self._claims_at(replicas, lowest), first)
+            lowest_claims = self._claims_at(replicas, lowest)
+            first = self._thread_refusal(replicas, lowest, lowest_claims)
+            chosen = (lowest, lowest_claims, first)
             if first is not None and self.claimable and lowest:
                 # No line above the fullest receiver plus every new pod can be needed (live
                 # pods may outnumber the replicas while a scale-down settles).
@@ -407,7 +401,7 @@ class CellPlan:
                 )
                 for level in range(lowest + 1, max(lowest, top) + 1):
                     claims = self._claims_at(replicas, level)
-                    if self._thread_refusal(replicas, level) is None:
+                    if self._thread_refusal(replicas, level, claims) is None:
                         chosen = (level, claims, None)
                         break
                     if not claims:
@@ -415,7 +409,11 @@ class CellPlan:
             self._chosen[replicas] = chosen
         return chosen
 
-    def _thread_refusal(self, replicas: int, level: int) -> tuple[RefusalReason, str] | None:
+    def _thread_refusal(
+        self, replicas: int, level: int, claims: int
+    ) -> tuple[RefusalReason, str] | None:
+        """Which node would go over its limit with the new pods at `level` and `claims` free
+        nodes taken (None: none would)."""
         per_pod = threads_per_pod(self.cell.base, self.cell.per_peer, replicas)
         growth = per_pod - self.threads_now
         for before, pods, live, eligible, allowed, name in self._host_checks:
@@ -426,9 +424,8 @@ class CellPlan:
             for tight in self.tightest:
                 if tight.free < per_pod * level:
                     return RefusalReason.NODE_THREAD_LIMIT, tight.name
-            claims = self._claims_at(replicas, level)
             if claims:
-                node_free, name = self._claim_candidates()[claims - 1]
+                node_free, name = self._claim_candidates()[1][claims - 1]
                 if node_free < per_pod * level:
                     return RefusalReason.NODE_THREAD_LIMIT, name
         return None
@@ -477,7 +474,7 @@ class CellPlan:
             tightest = list(self.tightest)
             claims = self.claims_needed(replicas)
             if claims:
-                node_free, name = self._claim_candidates()[claims - 1]
+                node_free, name = self._claim_candidates()[1][claims - 1]
                 tightest.append(self._tight(name, node_free))
             for tight in tightest:
                 rows.append(
