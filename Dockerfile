@@ -1,6 +1,12 @@
 # cellguard: the operator (`cellguard run`) and the node agent (`cellguard agent`) in one image.
 #
-#   docker build -t cellguard:0.1.0 --build-arg VERSION=0.1.0 --build-arg REVISION=$(git rev-parse HEAD) .
+#   VERSION=$(PYTHONPATH=operator python3 -c 'import cellguard; print(cellguard.__version__)')
+#   docker build -t "cellguard:$VERSION" --build-arg VERSION="$VERSION" \
+#     --build-arg REVISION="$(git rev-parse HEAD)" .
+#
+# The version is written once, as `__version__` in operator/cellguard/__init__.py (the wheel
+# built here reads it from there too); pass it as above. The default of ARG VERSION below is
+# only for a bare `docker build .`, and tests/unit/test_version.py fails when it drifts.
 #
 # Stage 1 builds the wheel and installs it with its dependencies into a virtualenv; stage 2 is
 # python:3.11-slim with that virtualenv only: no compiler, no pip, no build backend.

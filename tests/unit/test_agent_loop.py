@@ -25,6 +25,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from cellguard import __version__
 from cellguard.agent.cli import main
 from cellguard.agent.kube import NodeBudgetPublisher
 from cellguard.agent.loop import PublishError, Reporter, run_reports
@@ -151,7 +152,7 @@ def a_spec(**changes: Any) -> NodeBudgetSpec:
         kubepods=KubepodsPids(cgroup_version="v2", path="/sys/fs/cgroup/kubepods.slice", max=8192),
         pod_pids_limit=None,
         observed_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
-        agent_version="0.1.0",
+        agent_version=__version__,
         errors=["/sys/fs/cgroup/kubepods.slice/pids.current: Permission denied"],
     )
     return spec.model_copy(update=changes)
@@ -199,7 +200,7 @@ def test_the_budget_is_server_side_applied_as_the_agent_and_owned_by_the_node(
                 "unlimited": False,
             },
             "observedAt": "2026-01-02T03:04:05Z",
-            "agentVersion": "0.1.0",
+            "agentVersion": __version__,
             "errors": ["/sys/fs/cgroup/kubepods.slice/pids.current: Permission denied"],
         },
     }
