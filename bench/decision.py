@@ -8,7 +8,7 @@ indexes are already built (the operator keeps its snapshot between decisions):
 
 - decide: a scale-up of a random cell by 1-10 replicas (the expensive path);
 - max_safe_replicas: the same cells;
-- at + decide: the same decision on `snapshot.at(now)`, as the operator asks for its
+- at + decide: the same decision on `seen_at(snapshot, now)`, as the operator asks for its
   cached snapshot at the current moment first (figures carry over unless a budget
   turned stale or a reservation expired in between);
 - hold + decide: holding the previous decision's reservation (with_reservation, which
@@ -48,7 +48,9 @@ from cellguard.budget import (
     Taint,
     decide,
     max_safe_replicas,
+    seen_at,
     threads_per_pod,
+    with_reservation,
 )
 
 RESULTS = Path(__file__).parent / "results"
@@ -188,7 +190,11 @@ def measure(node_count: int, calls: int, seed: int) -> dict[str, Any]:
     later_ms = []
     for index, (view, step) in enumerate(picks[: max(20, calls // 4)]):
         started = time.perf_counter_ns()
-        decide(snapshot.at(NOW + timedelta(milliseconds=index + 1)), view.key, view.replicas + step)
+        decide(
+            seen_at(snapshot, NOW + timedelta(milliseconds=index + 1)),
+            view.key,
+            view.replicas + step,
+        )
         later_ms.append((time.perf_counter_ns() - started) / 1e6)
 
     # A burst: decide, hold the reservation, decide the next one on the derived snapshot.
@@ -199,7 +205,7 @@ def measure(node_count: int, calls: int, seed: int) -> dict[str, Any]:
         held = decision.reservation_until(NOW + timedelta(minutes=2))
         started = time.perf_counter_ns()
         if decision.allowed:
-            current = current.with_reservation(held)
+            current = with_reservation(current, held)
         decision = decide(current, view.key, view.replicas + step)
         derived_ms.append((time.perf_counter_ns() - started) / 1e6)
     return {

@@ -13,8 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from cellguard.api.v1alpha1 import Isolation
-from cellguard.budget.pools import is_pool_label, pool_label_key, pool_label_value
-from cellguard.budget.snapshot import CellKey
+from cellguard.budget import CellKey, is_pool_label, pool_label_key, pool_label_value
 from cellguard.constants import LABEL_CELL
 from cellguard.metrics import CellFiguresRow, FleetReport, OperatorMetrics
 from cellguard.resources import builders

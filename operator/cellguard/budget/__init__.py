@@ -4,23 +4,32 @@
     decision = decide(snapshot, CellKey("prod", "ingest-a"), 48)
     if not decision.allowed:
         refuse(decision.message)
+    bigger = with_cell(snapshot, replace(view, replicas=12))  # one change, figures carried
 
 Imports neither kopf nor the Kubernetes client (an import-linter contract says so).
 """
 
+from cellguard.budget.changes import (
+    seen_at,
+    with_cell,
+    with_pods,
+    with_policies,
+    with_reservation,
+    with_reservations,
+    without_reservation,
+)
+from cellguard.budget.decisions import decide, max_safe_replicas, project
 from cellguard.budget.eligibility import eligible_nodes
-from cellguard.budget.limits import BudgetStatus, NodeLimits, node_limits
-from cellguard.budget.planner import (
+from cellguard.budget.explain import headroom_text
+from cellguard.budget.limits import BudgetStatus, NodeLimits, allowed_threads, node_limits
+from cellguard.budget.planner import CellPlan, plan_for
+from cellguard.budget.pools import is_pool_label, pool_label_key, pool_label_value
+from cellguard.budget.results import (
     AllowedReason,
-    CellPlan,
     Decision,
     DecisionReason,
     NodeRow,
     Projection,
-    decide,
-    max_safe_replicas,
-    plan_for,
-    project,
 )
 from cellguard.budget.snapshot import (
     CellKey,
@@ -34,6 +43,7 @@ from cellguard.budget.snapshot import (
 )
 from cellguard.budget.status import CellBudgetStatus, cell_status
 from cellguard.budget.threads import threads_per_pod
+from cellguard.budget.usage import NodeUsage, node_usage
 
 __all__ = [
     "AllowedReason",
@@ -47,18 +57,32 @@ __all__ = [
     "DecisionReason",
     "NodeLimits",
     "NodeRow",
+    "NodeUsage",
     "NodeView",
     "PodPlacement",
     "Projection",
     "Reservation",
     "ReservationLike",
     "Taint",
+    "allowed_threads",
     "cell_status",
     "decide",
     "eligible_nodes",
+    "headroom_text",
+    "is_pool_label",
     "max_safe_replicas",
     "node_limits",
+    "node_usage",
     "plan_for",
+    "pool_label_key",
+    "pool_label_value",
     "project",
+    "seen_at",
     "threads_per_pod",
+    "with_cell",
+    "with_pods",
+    "with_policies",
+    "with_reservation",
+    "with_reservations",
+    "without_reservation",
 ]

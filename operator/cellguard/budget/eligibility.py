@@ -28,15 +28,23 @@ from collections.abc import Iterable, Mapping
 
 from cellguard.api.v1alpha1 import Isolation, TaintEffect, Toleration, TolerationOperator
 from cellguard.budget.pools import pool_label_key, pool_label_value
-from cellguard.budget.snapshot import (
-    CELLS,
-    NODES,
-    NOW,
-    RESERVATIONS,
-    CellKey,
-    CellView,
-    ClusterSnapshot,
-    Taint,
+from cellguard.budget.snapshot import CellKey, CellView, ClusterSnapshot, Index, Input, Taint
+
+ON_NODES = frozenset({Input.NODES})
+SCHEDULABLE: Index[frozenset[str]] = Index("eligibility.schedulable", ON_NODES)
+TAINT_GROUPS: Index[dict[tuple[Taint, ...], frozenset[str]]] = Index(
+    "eligibility.taint-groups", ON_NODES
+)
+BY_LABEL: Index[dict[str, frozenset[str]]] = Index("eligibility.label", ON_NODES)  # per key
+BY_SERVICE: Index[dict[tuple[str, str], tuple[CellView, ...]]] = Index(
+    "eligibility.by-service", frozenset({Input.CELLS})
+)
+# Per placement signature (nodeSelector, tolerations, pool) and per service.
+DOMAINS: Index[frozenset[str]] = Index("eligibility.domains", ON_NODES)
+PLACEMENT: Index[frozenset[str]] = Index("eligibility.placement", ON_NODES)
+POOLED: Index[frozenset[str]] = Index("eligibility.pooled", ON_NODES)
+CLAIMS: Index[dict[CellKey, frozenset[str]]] = Index(
+    "eligibility.claims", frozenset({Input.RESERVATIONS, Input.CELLS, Input.NOW})
 )
 
 # Only these effects keep a pod off a node; PreferNoSchedule is a preference.
@@ -94,7 +102,7 @@ def _schedulable(snapshot: ClusterSnapshot) -> frozenset[str]:
     def compute() -> frozenset[str]:
         return frozenset(name for name, node in snapshot.nodes.items() if not node.unschedulable)
 
-    return snapshot.derived("eligibility.schedulable", frozenset({NODES}), compute)
+    return snapshot.derived(SCHEDULABLE, compute)
 
 
 def _taint_groups(snapshot: ClusterSnapshot) -> dict[tuple[Taint, ...], frozenset[str]]:
@@ -106,7 +114,7 @@ def _taint_groups(snapshot: ClusterSnapshot) -> dict[tuple[Taint, ...], frozense
             groups.setdefault(blocking_taints(node.taints), set()).add(name)
         return {taints: frozenset(names) for taints, names in groups.items()}
 
-    return snapshot.derived("eligibility.taint-groups", frozenset({NODES}), compute)
+    return snapshot.derived(TAINT_GROUPS, compute)
 
 
 def _label_values(snapshot: ClusterSnapshot, key: str) -> dict[str, frozenset[str]]:
@@ -120,7 +128,7 @@ def _label_values(snapshot: ClusterSnapshot, key: str) -> dict[str, frozenset[st
                 values.setdefault(value, set()).add(name)
         return {value: frozenset(names) for value, names in values.items()}
 
-    return snapshot.derived(f"eligibility.label:{key}", frozenset({NODES}), compute)
+    return snapshot.derived(BY_LABEL.of(key), compute)
 
 
 def _cells_by_service(snapshot: ClusterSnapshot) -> dict[tuple[str, str], tuple[CellView, ...]]:
@@ -132,7 +140,7 @@ def _cells_by_service(snapshot: ClusterSnapshot) -> dict[tuple[str, str], tuple[
             services.setdefault((cell.namespace, cell.service), []).append(cell)
         return {service: tuple(cells) for service, cells in services.items()}
 
-    return snapshot.derived("eligibility.by-service", frozenset({CELLS}), compute)
+    return snapshot.derived(BY_SERVICE, compute)
 
 
 def _tolerated(snapshot: ClusterSnapshot, cell: CellView) -> set[str]:
@@ -186,7 +194,7 @@ def placement_domains(snapshot: ClusterSnapshot, cell: CellView) -> frozenset[st
         return frozenset(tolerated if selected is None else tolerated.intersection(selected))
 
     signature = _placement_signature(cell)
-    return snapshot.derived(f"eligibility.domains:{signature}", frozenset({NODES}), compute)
+    return snapshot.derived(DOMAINS.of(signature), compute)
 
 
 def placement_nodes(snapshot: ClusterSnapshot, cell: CellView) -> frozenset[str]:
@@ -197,7 +205,7 @@ def placement_nodes(snapshot: ClusterSnapshot, cell: CellView) -> frozenset[str]
         return placement_domains(snapshot, cell).intersection(_schedulable(snapshot))
 
     signature = _placement_signature(cell)
-    return snapshot.derived(f"eligibility.placement:{signature}", frozenset({NODES}), compute)
+    return snapshot.derived(PLACEMENT.of(signature), compute)
 
 
 def pool_owners(snapshot: ClusterSnapshot, service: str) -> dict[str, frozenset[str]]:
@@ -211,7 +219,7 @@ def pooled_nodes(snapshot: ClusterSnapshot, service: str) -> frozenset[str]:
     def compute() -> frozenset[str]:
         return frozenset().union(*pool_owners(snapshot, service).values())
 
-    return snapshot.derived(f"eligibility.pooled:{service}", frozenset({NODES}), compute)
+    return snapshot.derived(POOLED.of(service), compute)
 
 
 def own_pool(snapshot: ClusterSnapshot, cell: CellView) -> frozenset[str]:
@@ -233,8 +241,7 @@ def _claims(snapshot: ClusterSnapshot, service: str) -> dict[CellKey, frozenset[
                 claims[key] = claims.get(key, frozenset()) | reservation.claimed_nodes
         return claims
 
-    inputs = frozenset({RESERVATIONS, CELLS, NOW})
-    return snapshot.derived(f"eligibility.claims:{service}", inputs, compute)
+    return snapshot.derived(CLAIMS.of(service), compute)
 
 
 def claimed_by_others(snapshot: ClusterSnapshot, cell: CellView) -> frozenset[str]:

@@ -1,19 +1,20 @@
-"""The decision: may a cell go from N to M replicas without pushing a node past its limits?
+"""The plan: everything about one cell in one snapshot that decides whether a size fits.
 
-For a scale-up (DESIGN.md, "The decision"):
+For a scale-up to M replicas (docs/concepts.md explains the model):
 1. per pod: threads per pod at M ≤ the pod PID limit less the margin;
 2. per node: for every node that hosts or may receive the cell's pods,
    projected = max(observed, modelled) + other cells' reservations + Δ ≤ limit less margin,
    Δ = growth of the cell's pods already there + threads of the new pods it may receive
-   (worst case of the scheduler's water-filling, see `spread`);
-3. M ≤ the cell size cap.
+   (worst case of the scheduler's water-filling, see `spread`; `_added` writes it);
+3. M ≤ the cell size cap;
+4. the scheduler can place them: spread domains that cannot receive cap the water line.
 A node whose budget is unknown or stale refuses (unless the policy uses defaults).
-Scale-downs and no-ops are always allowed: refusing them could only make things worse.
 
 The projection only grows with M, so `max_safe_replicas` is a binary search. Everything
-that does not depend on M is prepared once per decision (`CellPlan`), and what does not
-depend on the cell once per snapshot (`usage`), so a decision costs O(E) set operations
-and O(P log cap) arithmetic for E eligible nodes and a cell of P pods.
+that does not depend on M is prepared once per plan (`CellPlan`), and what does not depend
+on the cell once per snapshot (`usage`), so a decision costs O(E) set operations and
+O(P log cap) arithmetic for E eligible nodes and a cell of P pods. The questions asked of a
+plan (decide, project ...) are in `decisions`; the sentences in `explain`.
 """
 
 from __future__ import annotations
@@ -22,25 +23,20 @@ from collections import Counter
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from datetime import datetime
-from enum import StrEnum
 from itertools import accumulate
-from types import MappingProxyType
 
 from cellguard.api.v1alpha1 import RefusalReason
-from cellguard.budget import messages
 from cellguard.budget.eligibility import (
-    claimed_by_others,
     excluded_by_isolation,
     free_nodes,
-    ineligibility,
     is_pooled,
     own_claims,
     receiving_nodes,
     spread_domains,
 )
-from cellguard.budget.limits import BudgetStatus, NodeLimits, allowed_threads, describe
-from cellguard.budget.snapshot import CellKey, CellView, ClusterSnapshot, Reservation
+from cellguard.budget.limits import BudgetStatus, NodeLimits, allowed_threads
+from cellguard.budget.results import NodeRow, Projection
+from cellguard.budget.snapshot import CellKey, CellView, ClusterSnapshot
 from cellguard.budget.spread import WaterFill
 from cellguard.budget.threads import threads_per_pod
 from cellguard.budget.usage import (
@@ -53,101 +49,10 @@ from cellguard.budget.usage import (
 )
 
 
-class AllowedReason(StrEnum):
-    """Reason codes of an allowed change."""
-
-    WITHIN_BUDGET = "WithinBudget"
-    SCALE_DOWN = "ScaleDown"
-    NO_CHANGE = "NoChange"
-
-
-DecisionReason = RefusalReason | AllowedReason
-
-_EMPTY: Mapping[str, int] = MappingProxyType({})
-
-
-@dataclass(frozen=True, slots=True)
-class NodeRow:
-    """One node as a decision projects it."""
-
-    node: str
-    pods: int  # the cell's pods on the node now
-    new_pods: int  # new pods of the cell it may receive (worst case)
-    now: int | None  # threads counted as in use: max(observed, modelled)
-    reserved: int  # threads other cells' admitted changes hold there
-    projected: int | None
-    limit: int | None
-    allowed: int | None  # limit less margin
-    headroom: float | None  # 1 - projected / limit
-    budget: BudgetStatus
-    from_defaults: bool
-
-    @property
-    def fits(self) -> bool:
-        return (
-            self.projected is not None
-            and self.allowed is not None
-            and (self.projected <= self.allowed)
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Projection:
-    """The cell at one size, as the decision projects it (whatever its current size)."""
-
-    cell: CellKey
-    replicas: int
-    threads_per_pod: int
-    fits: bool
-    reason: RefusalReason | None  # why it does not fit
-    refused_node: str | None  # the node the refusal names, if any
-    limiting: NodeRow | None  # the node with the least headroom
-    rows: tuple[NodeRow, ...]  # nodes hosting the cell + tightest receiving node per limit
-    receiving_nodes: int  # nodes that may receive new pods
-    headroom: float | None
-    claimed_nodes: frozenset[str] = frozenset()  # to label into the cell's pool first
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """The answer to 'may this cell go from N to M replicas?', with the figures behind it."""
-
-    allowed: bool
-    reason: DecisionReason
-    cell: CellKey
-    from_replicas: int
-    to_replicas: int
-    threads_per_pod: int  # at to_replicas
-    max_safe_replicas: int
-    cell_size_cap: int | None
-    margin: float | None
-    limiting_node: str | None  # least headroom among the nodes the cell uses at M
-    projected: int | None  # … its projected threads
-    limit: int | None  # … its limit
-    allowed_threads: int | None  # … its limit less margin
-    headroom: float | None  # … 1 - projected / limit
-    refused_node: str | None  # the node a refusal names (unknown budget, PID limit ...)
-    # Every node hosting the cell, and of the nodes that may receive its first pods the
-    # tightest one per distinct limit (they stand for the rest); tightest first.
-    nodes: tuple[NodeRow, ...]
-    receiving_nodes: int  # how many nodes may receive new pods
-    reservation: Mapping[str, int]  # threads per node to hold until the change is applied
-    message: str
-    # Nodes to label into the cell's pool before its pods can land (NodeExclusive cells).
-    claimed_nodes: frozenset[str] = frozenset()
-
-    def reservation_until(self, expires_at: datetime) -> Reservation:
-        """The reservation the operator holds for this (allowed) change."""
-        return Reservation(
-            cell=self.cell,
-            threads_by_node=self.reservation,
-            expires_at=expires_at,
-            target_replicas=self.to_replicas,
-            claimed_nodes=self.claimed_nodes,
-        )
-
-
-# --------------------------------------------------------------------------- the plan
+def _added(growth: int, pods: int, per_pod: int, received: int) -> int:
+    """Threads a node gains: each of the cell's pods there grows by `growth` (one more
+    peer each), and each new pod it receives brings `per_pod`."""
+    return growth * pods + per_pod * received
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,7 +323,7 @@ class CellPlan:
         growth = per_pod - self.threads_now
         for before, pods, live, eligible, allowed, name in self._host_checks:
             received = level - live if eligible and level > live else 0
-            if before + growth * pods + per_pod * received > allowed:
+            if before + _added(growth, pods, per_pod, received) > allowed:
                 return RefusalReason.NODE_THREAD_LIMIT, name
         if level:
             for tight in self.tightest:
@@ -466,7 +371,7 @@ class CellPlan:
         rows = []
         for host in self.hosts:
             received = WaterFill.received(level, host.live) if host.eligible else 0
-            add = growth * host.pods + per_pod * received
+            add = _added(growth, host.pods, per_pod, received)
             rows.append(
                 _row(host.name, host.figures, host.pods, received, host.used, host.reserved, add)
             )
@@ -485,7 +390,7 @@ class CellPlan:
                         level,
                         tight.used,
                         tight.reserved,
-                        per_pod * level,
+                        _added(growth, 0, per_pod, level),
                     )
                 )
         rows.sort(key=_tightest_first)
@@ -507,7 +412,7 @@ class CellPlan:
         held = dict.fromkeys(receiving, per_pod * level)
         for host in self.hosts:
             received = WaterFill.received(level, host.live) if host.eligible else 0
-            add = growth * host.pods + per_pod * received
+            add = _added(growth, host.pods, per_pod, received)
             if add > 0:
                 held[host.name] = add
         return held
@@ -531,7 +436,6 @@ class CellPlan:
             limiting=limiting,
             rows=rows,
             receiving_nodes=self.receiving(replicas),
-            headroom=limiting.headroom if limiting else None,
             claimed_nodes=self.claimed(replicas) if refusal is None else self.adopt,
         )
 
@@ -609,9 +513,6 @@ def _tightest_first(row: NodeRow) -> tuple[int, float, str]:
     return (0, -row.projected / row.limit, row.node)
 
 
-# --------------------------------------------------------------------------- public API
-
-
 def cell_of(snapshot: ClusterSnapshot, cell_key: tuple[str, str]) -> CellView:
     key = CellKey(*cell_key)
     try:
@@ -621,251 +522,7 @@ def cell_of(snapshot: ClusterSnapshot, cell_key: tuple[str, str]) -> CellView:
 
 
 def plan_for(snapshot: ClusterSnapshot, cell: CellView) -> CellPlan | None:
+    """The cell's plan under its policy (None when the policy does not exist)."""
     if cell.policy_name not in snapshot.policies:
         return None
     return CellPlan(snapshot, cell, policy_nodes(snapshot, cell.policy_name))
-
-
-def project(snapshot: ClusterSnapshot, cell_key: tuple[str, str], replicas: int) -> Projection:
-    """The cell at `replicas`, projected, regardless of its current size.
-
-    Raises KeyError when the cell or its policy is not in the snapshot.
-    """
-    cell = cell_of(snapshot, cell_key)
-    plan = plan_for(snapshot, cell)
-    if plan is None:
-        raise KeyError(f"ThreadBudgetPolicy {cell.policy_name} is not in the snapshot")
-    return plan.project(replicas)
-
-
-def max_safe_replicas(snapshot: ClusterSnapshot, cell_key: tuple[str, str]) -> int:
-    """The largest replica count the cell can have now without any check failing.
-
-    0 when even that does not fit (e.g. a node hosting the cell has an unknown budget)
-    or when the cell's policy does not exist.
-    """
-    cell = cell_of(snapshot, cell_key)
-    plan = plan_for(snapshot, cell)
-    return plan.max_safe_replicas() if plan is not None else 0
-
-
-def decide(snapshot: ClusterSnapshot, cell_key: tuple[str, str], target_replicas: int) -> Decision:
-    """May the cell go from its current replicas (in the snapshot) to `target_replicas`?"""
-    if target_replicas < 0:
-        raise ValueError(f"target replicas must be ≥ 0, not {target_replicas}")
-    cell = cell_of(snapshot, cell_key)
-    current = cell.replicas
-    plan = plan_for(snapshot, cell)
-    change = messages.change(str(cell.key), current, target_replicas)
-
-    if plan is None:
-        if target_replicas <= current:
-            return _unchecked(cell, target_replicas, change)
-        return _refused_without_plan(cell, target_replicas, change)
-
-    projection = plan.project(target_replicas)
-    max_safe = plan.max_safe_replicas()
-    if target_replicas <= current:
-        reason = AllowedReason.NO_CHANGE if target_replicas == current else AllowedReason.SCALE_DOWN
-        message = (
-            f"{cell.key} stays at {messages.figure(current)} replicas"
-            if reason is AllowedReason.NO_CHANGE
-            else f"{change}: scaling down is always allowed"
-        )
-        return _decision(plan, projection, max_safe, True, reason, message, _EMPTY)
-
-    if projection.fits:
-        return _decision(
-            plan,
-            projection,
-            max_safe,
-            True,
-            AllowedReason.WITHIN_BUDGET,
-            _allowed_message(change, plan, projection, max_safe),
-            MappingProxyType(plan.reservation(target_replicas)),
-        )
-    assert projection.reason is not None
-    message = _refusal_message(change, plan, projection, max_safe)
-    return _decision(plan, projection, max_safe, False, projection.reason, message, _EMPTY)
-
-
-def _decision(
-    plan: CellPlan,
-    projection: Projection,
-    max_safe: int,
-    allowed: bool,
-    reason: DecisionReason,
-    message: str,
-    reservation: Mapping[str, int],
-) -> Decision:
-    limiting = projection.limiting
-    return Decision(
-        allowed=allowed,
-        reason=reason,
-        cell=plan.cell.key,
-        from_replicas=plan.current,
-        to_replicas=projection.replicas,
-        threads_per_pod=projection.threads_per_pod,
-        max_safe_replicas=max_safe,
-        cell_size_cap=plan.cap,
-        margin=float(plan.margin),
-        limiting_node=limiting.node if limiting else None,
-        projected=limiting.projected if limiting else None,
-        limit=limiting.limit if limiting else None,
-        allowed_threads=limiting.allowed if limiting else None,
-        headroom=limiting.headroom if limiting else None,
-        refused_node=projection.refused_node,
-        nodes=projection.rows,
-        receiving_nodes=projection.receiving_nodes,
-        reservation=reservation,
-        message=message,
-        claimed_nodes=projection.claimed_nodes,
-    )
-
-
-def _unchecked(cell: CellView, target: int, change: str) -> Decision:
-    """A scale-down or no-op of a cell whose policy is missing: allowed, no figures."""
-    if target == cell.replicas:
-        message = f"{cell.key} stays at {messages.figure(target)} replicas"
-        return _bare(cell, target, True, AllowedReason.NO_CHANGE, message)
-    message = f"{change}: scaling down is always allowed"
-    return _bare(cell, target, True, AllowedReason.SCALE_DOWN, message)
-
-
-def _refused_without_plan(cell: CellView, target: int, change: str) -> Decision:
-    message = (
-        f"{change}: ThreadBudgetPolicy {cell.policy_name} does not exist; "
-        "create it or set spec.policyRef to an existing policy"
-    )
-    return _bare(cell, target, False, RefusalReason.POLICY_NOT_FOUND, message)
-
-
-def _bare(
-    cell: CellView, target: int, allowed: bool, reason: DecisionReason, message: str
-) -> Decision:
-    return Decision(
-        allowed=allowed,
-        reason=reason,
-        cell=cell.key,
-        from_replicas=cell.replicas,
-        to_replicas=target,
-        threads_per_pod=threads_per_pod(cell.base, cell.per_peer, target),
-        max_safe_replicas=0,
-        cell_size_cap=cell.max_replicas,
-        margin=None,
-        limiting_node=None,
-        projected=None,
-        limit=None,
-        allowed_threads=None,
-        headroom=None,
-        refused_node=None,
-        nodes=(),
-        receiving_nodes=0,
-        reservation=_EMPTY,
-        message=message,
-    )
-
-
-def _allowed_message(change: str, plan: CellPlan, projection: Projection, max_safe: int) -> str:
-    limiting = projection.limiting
-    fits = f"at most {messages.figure(max_safe)} replicas fit"
-    if limiting is None or limiting.projected is None:
-        return f"{change} fits; {fits}"
-    assert limiting.limit is not None and limiting.allowed is not None
-    return (
-        f"{change} fits: the tightest node, {limiting.node}, goes to "
-        f"{messages.figure(limiting.projected)} threads "
-        f"({messages.limit_clause(limiting.limit, plan.margin, limiting.allowed)}); {fits}"
-    )
-
-
-def _refusal_message(change: str, plan: CellPlan, projection: Projection, max_safe: int) -> str:
-    cell = plan.cell
-    reason = projection.reason
-    fits = messages.what_fits(max_safe, plan.current)
-    if reason is RefusalReason.CELL_SIZE_CAP:
-        source = (
-            "spec.maxReplicas"
-            if cell.max_replicas is not None
-            else f"defaultMaxReplicas of ThreadBudgetPolicy {cell.policy_name}"
-        )
-        return (
-            f"{change} exceeds its cell size cap of {messages.figure(plan.cap)} ({source}); "
-            "add a cell"
-        )
-    if reason is RefusalReason.NO_ELIGIBLE_NODES:
-        why = ineligibility(plan.snapshot, cell)
-        parts = [f"{count:,} {text}" for text, count in sorted(why.items(), key=lambda i: -i[1])]
-        detail = (
-            f"of {len(plan.snapshot.nodes):,} nodes: {', '.join(parts)}" if parts else "no nodes"
-        )
-        return f"{change}: no node can take its pods ({detail}); adjust spec.placement or add nodes"
-    if reason in (RefusalReason.BUDGET_UNKNOWN, RefusalReason.BUDGET_STALE):
-        node = projection.refused_node
-        figures = plan.nodes.of(plan.snapshot, node or "")
-        state = "stale" if reason is RefusalReason.BUDGET_STALE else "unknown"
-        return (
-            f"{change} needs node {node}, whose thread budget is {state} "
-            f"({describe(figures, plan.snapshot.now)}); "
-            f"cellguard refuses until the node agent reports it (or set unknownBudget: "
-            f"UseDefaults in ThreadBudgetPolicy {cell.policy_name})"
-        )
-    if reason is RefusalReason.POD_PID_LIMIT:
-        assert plan.pod_limit is not None
-        pod_limit, node = plan.pod_limit
-        allowed = allowed_threads(pod_limit, plan.margin)
-        fix = (
-            messages.remedy(cell.per_peer)
-            if cell.per_peer > 0
-            else "raise the kubelet's podPidsLimit or lower spec.threads.base"
-        )
-        return (
-            f"{change} would need {messages.figure(projection.threads_per_pod)} threads per pod "
-            f"(pod PID {messages.limit_clause(pod_limit, plan.margin, allowed)} on node {node}); "
-            f"{fits}; {fix}"
-        )
-    if reason is RefusalReason.UNSCHEDULABLE:
-        return (
-            f"{change} cannot be placed: {placement_clause(plan)}; {fits}; "
-            "add nodes matching its placement, or uncordon or free the blocked ones"
-        )
-    limiting = projection.limiting
-    assert limiting is not None and limiting.projected is not None
-    assert limiting.limit is not None and limiting.allowed is not None
-    return (
-        f"{change} would put node {limiting.node} at {messages.figure(limiting.projected)} "
-        f"threads ({messages.limit_clause(limiting.limit, plan.margin, limiting.allowed)})"
-        f"{pool_clause(plan)}; {fits}; {messages.remedy(cell.per_peer)}"
-    )
-
-
-def placement_clause(plan: CellPlan) -> str:
-    """Why the scheduler caps the cell's pods a node: spread domains that cannot receive."""
-    cell = plan.cell
-    claimed = claimed_by_others(plan.snapshot, cell)
-    why: Counter[str] = Counter()
-    for name in plan.blocked:
-        node = plan.snapshot.nodes[name]
-        if node.unschedulable:
-            why["cordoned"] += 1
-        elif name in plan.excluded:
-            why[f"hosting another cell of service {cell.service}"] += 1
-        elif name in claimed:
-            why["claimed by another cell's pending scale-up"] += 1
-        else:
-            why["unable to take its pods"] += 1
-    parts = ", ".join(f"{count:,} {text}" for text, count in sorted(why.items()))
-    cap = plan.level_cap or 0
-    return (
-        f"{len(plan.blocked):,} of the nodes its pods spread over cannot take them ({parts}), "
-        f"so the scheduler's even spread (maxSkew 1) allows at most {messages.figure(cap)} "
-        f"a node on the {messages.figure(plan.fill.node_count)} that can"
-    )
-
-
-def pool_clause(plan: CellPlan) -> str:
-    """For a NodeExclusive cell whose pool cannot grow: say so (another cell would need
-    free nodes too, so the remedy includes nodes)."""
-    if not plan.pooled or plan.claimable:
-        return ""
-    return f" and no free node is left to join its pool of {messages.figure(len(plan.receivers))}"

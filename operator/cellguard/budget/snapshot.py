@@ -3,17 +3,19 @@
 The operator builds a `ClusterSnapshot` from its caches (nodes, NodeBudgets, StreamCells,
 policies, pod counts, reservations) and asks the planner about it. Snapshots are
 immutable; what the planner derives from one (indexes by label, taint, policy ...) is
-computed once, on first use, and kept with it. `with_cell` / `with_reservation` make a
-new snapshot that keeps every derived index the change does not touch, so a burst of
-decisions does not rebuild the world each time.
+computed once, on first use, and kept with it under a typed `Index`. A snapshot that
+differs by one change (see `changes`) keeps every derived index the change does not touch,
+so a burst of decisions does not rebuild the world each time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, Protocol, TypeVar
+from enum import Enum
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from cellguard.api.v1alpha1 import (
     Isolation,
@@ -195,15 +197,31 @@ class PodPlacement:
 
 _T = TypeVar("_T")
 
-# What a derived index depends on; `with_*` keeps indexes whose inputs did not change.
-NODES, CELLS, PODS, POLICIES, RESERVATIONS, NOW = (
-    "nodes",
-    "cells",
-    "pods",
-    "policies",
-    "reservations",
-    "now",
-)
+
+class Input(Enum):
+    """A part of the snapshot a derived index is computed from."""
+
+    NODES = "nodes"
+    CELLS = "cells"
+    PODS = "pods"
+    POLICIES = "policies"
+    RESERVATIONS = "reservations"
+    NOW = "now"
+
+
+@dataclass(frozen=True, slots=True)
+class Index(Generic[_T]):
+    """The key of a derived index: what it is, what it is computed from, and (for a family
+    of indexes, one per policy or per service) which one. Typed: `derived` returns a `_T`.
+    """
+
+    name: str
+    inputs: frozenset[Input]
+    of_what: Hashable = ""
+
+    def of(self, what: Hashable) -> Index[_T]:
+        """The member of this family for `what` (a policy name, a service ...)."""
+        return Index(self.name, self.inputs, what)
 
 
 def _utc(moment: datetime) -> datetime:
@@ -212,7 +230,11 @@ def _utc(moment: datetime) -> datetime:
 
 @dataclass(frozen=True, eq=False)
 class ClusterSnapshot:
-    """Everything one decision looks at, at one moment."""
+    """Everything one decision looks at, at one moment.
+
+    A leaf: it knows nothing of what is derived from it. `changes` makes snapshots that
+    differ by one change and carries the usage figures over.
+    """
 
     nodes: Mapping[str, NodeView]
     cells: Mapping[CellKey, CellView]
@@ -220,10 +242,9 @@ class ClusterSnapshot:
     policies: Mapping[str, ThreadBudgetPolicySpec]
     now: datetime
     reservations: tuple[ReservationLike, ...] = ()
-    # Derived indexes: name -> (inputs it depends on, value). Filled lazily by `derived`.
-    _derived: dict[str, tuple[frozenset[str], Any]] = field(
-        default_factory=dict, repr=False, compare=False
-    )
+    # Derived indexes, filled lazily by `derived`; a derived snapshot keeps the ones whose
+    # inputs did not change.
+    _derived: dict[Index[Any], Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "now", _utc(self.now))
@@ -249,71 +270,27 @@ class ClusterSnapshot:
             reservations=tuple(reservations),
         )
 
-    def derived(self, name: str, depends_on: frozenset[str], compute: Callable[[], _T]) -> _T:
+    def derived(self, index: Index[_T], compute: Callable[[], _T]) -> _T:
         """A derived index, computed on first use and kept for the snapshot's lifetime."""
-        entry = self._derived.get(name)
-        if entry is None:
-            entry = (depends_on, compute())
-            self._derived[name] = entry
-        value: _T = entry[1]
+        try:
+            value: _T = self._derived[index]
+        except KeyError:
+            value = self._derived[index] = compute()
         return value
 
-    def peek(self, name: str) -> Any:
+    def peek(self, index: Index[_T]) -> _T | None:
         """A derived index if it was computed already, else None (never computes)."""
-        entry = self._derived.get(name)
-        return entry[1] if entry is not None else None
+        found: _T | None = self._derived.get(index)
+        return found
 
-    def seed(self, name: str, depends_on: frozenset[str], value: Any) -> None:
-        """Set a derived index (for `with_*`, which derive it from the parent's)."""
-        self._derived[name] = (depends_on, value)
+    def seed(self, index: Index[_T], value: _T) -> None:
+        """Set a derived index of a new snapshot from its parent's (see `changes`)."""
+        self._derived[index] = value
 
-    def _changed(self, changed: set[str], **fields: Any) -> ClusterSnapshot:
-        kept = {name: entry for name, entry in self._derived.items() if not entry[0] & changed}
+    def replaced(self, changed: AbstractSet[Input], **fields: Any) -> ClusterSnapshot:
+        """A new snapshot with `fields` replaced, keeping the derived indexes that depend on
+        none of the `changed` inputs."""
+        kept = {
+            index: value for index, value in self._derived.items() if not index.inputs & changed
+        }
         return replace(self, _derived=kept, **fields)
-
-    def with_cell(self, cell: CellView) -> ClusterSnapshot:
-        """This snapshot with one cell added or replaced (e.g. the cell being created)."""
-        from cellguard.budget.usage import carry_cell_change  # builds on this module
-
-        child = self._changed({CELLS}, cells={**self.cells, cell.key: cell})
-        carry_cell_change(self, child, cell.key)
-        return child
-
-    def with_pods(self, pods: PodPlacement) -> ClusterSnapshot:
-        """This snapshot with another placement of pods (nodes and cells unchanged)."""
-        return self._changed({PODS}, pods=pods)
-
-    def with_reservations(self, reservations: Iterable[ReservationLike]) -> ClusterSnapshot:
-        """This snapshot with exactly these reservations."""
-        return self._changed({RESERVATIONS}, reservations=tuple(reservations))
-
-    def with_reservation(self, reservation: ReservationLike) -> ClusterSnapshot:
-        """This snapshot with `reservation` replacing any other of the same cell."""
-        return self._replace_reservations(CellKey(*reservation.cell), (reservation,))
-
-    def without_reservation(self, cell: tuple[str, str]) -> ClusterSnapshot:
-        return self._replace_reservations(CellKey(*cell), ())
-
-    def _replace_reservations(
-        self, cell: CellKey, added: tuple[ReservationLike, ...]
-    ) -> ClusterSnapshot:
-        from cellguard.budget.usage import carry_reservation_change  # builds on this module
-
-        kept: list[ReservationLike] = []
-        removed: list[ReservationLike] = []
-        for reservation in self.reservations:
-            (removed if CellKey(*reservation.cell) == cell else kept).append(reservation)
-        child = self._changed({RESERVATIONS}, reservations=(*kept, *added))
-        carry_reservation_change(self, child, removed, added)
-        return child
-
-    def at(self, now: datetime) -> ClusterSnapshot:
-        """This snapshot seen at another moment (staleness and expiry move on).
-
-        Cheap when nothing turned stale or expired in between: the figures carry over.
-        """
-        from cellguard.budget.usage import carry_time_change  # builds on this module
-
-        child = self._changed({NOW}, now=now)
-        carry_time_change(self, child)
-        return child

@@ -6,24 +6,13 @@ a decision only looks up figures, whatever the size of the cluster.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from fractions import Fraction
 
 from cellguard.api.v1alpha1 import ThreadBudgetPolicySpec
 from cellguard.budget.limits import BudgetStatus, NodeLimits, margin_fraction, node_limits
-from cellguard.budget.snapshot import (
-    CELLS,
-    NODES,
-    NOW,
-    PODS,
-    POLICIES,
-    RESERVATIONS,
-    CellKey,
-    ClusterSnapshot,
-    ReservationLike,
-)
+from cellguard.budget.snapshot import CellKey, ClusterSnapshot, Index, Input
 from cellguard.budget.threads import threads_per_pod
 
 
@@ -46,11 +35,10 @@ def modelled_threads(snapshot: ClusterSnapshot) -> dict[str, int]:
                 modelled[node] = get(node, 0) + per_pod * pods
         return modelled
 
-    return snapshot.derived(_MODELLED, _MODELLED_INPUTS, compute)
+    return snapshot.derived(MODELLED, compute)
 
 
-_MODELLED = "usage.modelled"
-_MODELLED_INPUTS = frozenset({CELLS, PODS})
+MODELLED: Index[dict[str, int]] = Index("usage.modelled", frozenset({Input.CELLS, Input.PODS}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,11 +67,10 @@ def reserved_threads(snapshot: ClusterSnapshot) -> Reserved:
                 own[node] = own.get(node, 0) + threads
         return Reserved(total, by_cell)
 
-    return snapshot.derived(_RESERVED, _RESERVED_INPUTS, compute)
+    return snapshot.derived(RESERVED, compute)
 
 
-_RESERVED = "usage.reserved"
-_RESERVED_INPUTS = frozenset({RESERVATIONS, NOW})
+RESERVED: Index[Reserved] = Index("usage.reserved", frozenset({Input.RESERVATIONS, Input.NOW}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,14 +134,13 @@ def policy_nodes(snapshot: ClusterSnapshot, policy_name: str) -> PolicyNodes:
             stale_from=min(deadlines, default=None),
         )
 
-    return snapshot.derived(_policy_name(policy_name), _POLICY_INPUTS, compute)
+    return snapshot.derived(POLICY_NODES.of(policy_name), compute)
 
 
-_POLICY_INPUTS = frozenset({NODES, POLICIES, NOW})
-
-
-def _policy_name(policy_name: str) -> str:
-    return f"usage.policy:{policy_name}"
+# One per policy: `POLICY_NODES.of(policy_name)`.
+POLICY_NODES: Index[PolicyNodes] = Index(
+    "usage.policy", frozenset({Input.NODES, Input.POLICIES, Input.NOW})
+)
 
 
 def used_threads(figures: NodeLimits, modelled: int) -> int:
@@ -181,147 +167,38 @@ def slack(snapshot: ClusterSnapshot, policy_name: str) -> dict[str, int]:
             free[name] = figures.allowed - used - reserved.get(name, 0)
         return free
 
-    return snapshot.derived(_slack_name(policy_name), _SLACK_INPUTS, compute)
+    return snapshot.derived(SLACK.of(policy_name), compute)
 
 
-_SLACK_INPUTS = frozenset({NODES, CELLS, PODS, POLICIES, RESERVATIONS, NOW})
-_SLACK_PREFIX = "usage.slack:"
+# One per policy: `SLACK.of(policy_name)`.
+SLACK: Index[dict[str, int]] = Index("usage.slack", frozenset(Input))
 
 
-def _slack_name(policy_name: str) -> str:
-    return _SLACK_PREFIX + policy_name
+@dataclass(frozen=True, slots=True)
+class NodeUsage:
+    """One node's threads under a policy, as the fleet's gauges show them."""
+
+    node: str
+    limits: NodeLimits
+    projected: int | None  # max(observed, modelled) + reserved; None when the limit is not
+    headroom: float | None  # 1 - projected / limit
 
 
-# --------------------------------------------------------------------------- carrying over
-#
-# A burst of decisions changes one reservation or one cell at a time. Rebuilding the
-# per-node figures for thousands of nodes after each would cost more than the decisions,
-# so the derived snapshot gets them from its parent, adjusted on the nodes that changed.
-
-
-def carry_reservation_change(
-    parent: ClusterSnapshot,
-    child: ClusterSnapshot,
-    removed: Iterable[ReservationLike],
-    added: Iterable[ReservationLike],
-) -> None:
-    """Seed `child` (= parent with `removed` dropped and `added` held, all of one cell)
-    from `parent`. One pass over the nodes the reservations cover, no more."""
-    held: Reserved | None = parent.peek(_RESERVED)
-    if held is None:
-        return
-    live_removed = [r for r in removed if r.expires_at > parent.now]
-    live_added = [r for r in added if r.expires_at > parent.now]
-    delta: dict[str, int]  # node -> change of threads held
-    if not live_removed and len(live_added) == 1:
-        delta = dict(live_added[0].threads_by_node)  # the common case: a copy, in C
-    else:
-        delta = {}
-        for sign, reservations in ((-1, live_removed), (1, live_added)):
-            for reservation in reservations:
-                for node, threads in reservation.threads_by_node.items():
-                    delta[node] = delta.get(node, 0) + sign * threads
-    total = dict(held.total)
-    get = total.get
-    # Comprehensions rather than loops of statements: this runs over thousands of nodes.
-    total.update({node: get(node, 0) + change for node, change in delta.items()})
-    for node in [node for node in delta if not total[node]]:
-        del total[node]  # as a fresh count would have it
-    by_cell = dict(held.by_cell)
-    for cell in {CellKey(*r.cell) for r in (*live_removed, *live_added)}:
-        mine = [
-            r.threads_by_node
-            for r in child.reservations
-            if CellKey(*r.cell) == cell and r.expires_at > child.now
-        ]
-        own: dict[str, int] = dict(mine[0]) if len(mine) == 1 else {}
-        for threads_by_node in mine if len(mine) > 1 else ():
-            for node, threads in threads_by_node.items():
-                own[node] = own.get(node, 0) + threads
-        if own:
-            by_cell[cell] = own
-        else:
-            by_cell.pop(cell, None)
-    child.seed(_RESERVED, _RESERVED_INPUTS, Reserved(total, by_cell))
-    # More held on a node is less free there, under every policy alike.
-    _carry_slack(parent, child, dict.fromkeys(parent.policies, delta), sign=-1)
-
-
-def carry_cell_change(parent: ClusterSnapshot, child: ClusterSnapshot, key: CellKey) -> None:
-    """Seed `child` (= parent with the cell `key` added or replaced) from `parent`."""
-    modelled: dict[str, int] | None = parent.peek(_MODELLED)
-    if modelled is None:
-        return
-    before, after = parent.cells.get(key), child.cells.get(key)
-    per_pod_before = threads_per_pod(before.base, before.per_peer, before.replicas) if before else 0
-    per_pod_after = threads_per_pod(after.base, after.per_peer, after.replicas) if after else 0
-    pods = child.pods.of_cell(key)
-    if per_pod_after == per_pod_before or not pods:
-        child.seed(_MODELLED, _MODELLED_INPUTS, modelled)  # derived values are never mutated
-        _carry_slack(parent, child, {})
-        return
-    updated = dict(modelled)
-    for node, count in pods.items():
-        updated[node] = updated.get(node, 0) + (per_pod_after - per_pod_before) * count
-    child.seed(_MODELLED, _MODELLED_INPUTS, updated)
-    changes: dict[str, dict[str, int]] = {}
-    for policy_name in parent.policies:
-        nodes: PolicyNodes | None = parent.peek(_policy_name(policy_name))
-        if nodes is None:
-            continue
-        changes[policy_name] = {
-            node: used_threads(nodes.limits[node], modelled.get(node, 0))
-            - used_threads(nodes.limits[node], updated[node])
-            for node in pods
-            if node in nodes.limits
-        }
-    _carry_slack(parent, child, changes)
-
-
-def carry_time_change(parent: ClusterSnapshot, child: ClusterSnapshot) -> None:
-    """Seed `child` (= parent at a later moment) with what the passing time left alone.
-
-    Time matters in two places only: budgets turn stale, reservations expire. When neither
-    happened between the two moments, every figure stands (the operator asks for the same
-    snapshot "now" before each decision, and must not pay a rebuild for it).
-    """
-    if child.now < parent.now:
-        return  # time went back: rebuild everything on use
-    held: Reserved | None = parent.peek(_RESERVED)
-    reservations_stand = held is not None and not any(
-        parent.now < r.expires_at <= child.now for r in parent.reservations
-    )
-    if reservations_stand:
-        child.seed(_RESERVED, _RESERVED_INPUTS, held)
-    for policy_name in parent.policies:
-        nodes: PolicyNodes | None = parent.peek(_policy_name(policy_name))
-        if nodes is None or (nodes.stale_from is not None and child.now > nodes.stale_from):
-            continue
-        child.seed(_policy_name(policy_name), _POLICY_INPUTS, nodes)
-        free: dict[str, int] | None = parent.peek(_slack_name(policy_name))
-        if free is not None and reservations_stand:
-            child.seed(_slack_name(policy_name), _SLACK_INPUTS, free)
-
-
-def _carry_slack(
-    parent: ClusterSnapshot,
-    child: ClusterSnapshot,
-    changes: Mapping[str, Mapping[str, int]],
-    *,
-    sign: int = 1,
-) -> None:
-    """Give the child each policy's free threads, plus `sign` * `changes` (policy -> node
-    -> threads). A policy missing from non-empty `changes` is left to be rebuilt."""
-    for policy_name in parent.policies:
-        free: dict[str, int] | None = parent.peek(_slack_name(policy_name))
-        if free is None or (changes and policy_name not in changes):
-            continue
-        change = changes.get(policy_name, {})
-        if not change:
-            child.seed(_slack_name(policy_name), _SLACK_INPUTS, free)  # never mutated
-            continue
-        updated = dict(free)
-        updated.update(
-            {node: free[node] + sign * threads for node, threads in change.items() if node in free}
+def node_usage(snapshot: ClusterSnapshot, policy_name: str) -> list[NodeUsage]:
+    """Every node of the snapshot, by name (KeyError when there is no such policy)."""
+    nodes = policy_nodes(snapshot, policy_name)
+    modelled = modelled_threads(snapshot)
+    reserved = reserved_threads(snapshot).total
+    rows = []
+    for name in sorted(snapshot.nodes):
+        figures = nodes.limits[name]
+        projected = (
+            used_threads(figures, modelled.get(name, 0)) + reserved.get(name, 0)
+            if figures.limit is not None
+            else None
         )
-        child.seed(_slack_name(policy_name), _SLACK_INPUTS, updated)
+        headroom = (
+            1 - projected / figures.limit if projected is not None and figures.limit else None
+        )
+        rows.append(NodeUsage(name, figures, projected, headroom))
+    return rows

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from cellguard.api.v1alpha1 import StreamCell
-from cellguard.budget import CellKey, CellView, Decision, decide
+from cellguard.budget import CellKey, CellView, Decision, decide, with_cell
 from cellguard.commands.common import (
     add_cluster_arguments,
     emit,
@@ -83,7 +83,7 @@ def plan(
     live = state.cells.get(key)
     current = live.spec.replicas if live is not None else 0
     view = CellView.from_streamcell(cell, replicas=current)
-    snapshot = planner_snapshot(state, now).with_cell(replace(view, replicas=current))
+    snapshot = with_cell(planner_snapshot(state, now), replace(view, replicas=current))
     return decide(snapshot, key, cell.spec.replicas if target is None else target)
 
 

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from cellguard.budget.pools import pool_label_key
+from cellguard.budget import pool_label_key
 from cellguard.demo.stack import (
     NAMESPACE,
     SimulatedAgents,

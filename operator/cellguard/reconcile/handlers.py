@@ -15,7 +15,7 @@ from typing import Any
 
 import kopf
 
-from cellguard.budget.snapshot import CellKey
+from cellguard.budget import CellKey
 from cellguard.constants import (
     CONDITION_SCALE_REFUSED,
     CONDITION_WITHIN_BUDGET,
@@ -187,7 +187,7 @@ def _post_events(
     figures: CellFigures,
     logger: kopf.Logger,
 ) -> None:
-    """Kubernetes Events for what an SRE wants in `kubectl describe sc`: refusals and
+    """Kubernetes Events for what an SRE wants in `kubectl describe scell`: refusals and
     budget changes (not for every status refresh)."""
     old_refusal = previous.get("lastRefusal") or {}
     new_refusal = new.get("lastRefusal") or {}

@@ -1,7 +1,7 @@
 """Pure construction of a StreamCell's status and its conditions.
 
 Conditions follow metav1.Condition: lastTransitionTime moves only when status flips, so
-`kubectl get sc -w` and alerting on transitions stay meaningful.
+`kubectl get scell -w` and alerting on transitions stay meaningful.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import datetime
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-from cellguard.budget.messages import headroom_text
+from cellguard.budget import headroom_text
 from cellguard.constants import CONDITION_READY, CONDITION_SCALE_REFUSED, CONDITION_WITHIN_BUDGET
 from cellguard.resources.builders import selector_string
 from cellguard.state.gate import BackstopAnswer, CellFigures, Refusal

@@ -14,7 +14,7 @@ import copy
 from typing import Any
 
 from cellguard.api.v1alpha1 import Isolation, StreamCellSpec
-from cellguard.budget.pools import pool_label_key, pool_label_value
+from cellguard.budget import pool_label_key, pool_label_value
 from cellguard.constants import (
     ANNOTATION_THREADS_PER_POD,
     API_VERSION,

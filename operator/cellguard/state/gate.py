@@ -22,16 +22,21 @@ from cellguard.api.v1alpha1 import (
 )
 from cellguard.budget import (
     BudgetStatus,
+    CellKey,
     CellView,
     ClusterSnapshot,
     Decision,
     PodPlacement,
     cell_status,
     decide,
+    node_usage,
+    seen_at,
     threads_per_pod,
+    with_cell,
+    with_pods,
+    with_policies,
+    with_reservations,
 )
-from cellguard.budget.snapshot import CellKey
-from cellguard.budget.usage import modelled_threads, policy_nodes, reserved_threads, used_threads
 from cellguard.constants import DEFAULT_POLICY_NAME
 from cellguard.metrics import NodeFigures
 from cellguard.state.reservations import ReservationLedger
@@ -179,13 +184,13 @@ class ScaleGate:
             return snapshot
         snapshot = cached.snapshot
         if cached.pod_version != state.pod_version:
-            snapshot = snapshot.with_pods(self._placement())
+            snapshot = with_pods(snapshot, self._placement())
             cached.pod_version = state.pod_version
         if cached.ledger_version != self.ledger.version:
-            snapshot = snapshot.with_reservations(self.ledger.live(now))
+            snapshot = with_reservations(snapshot, self.ledger.live(now))
             cached.ledger_version = self.ledger.version
         cached.snapshot = snapshot
-        return snapshot.at(now)
+        return seen_at(snapshot, now)
 
     def _placement(self) -> PodPlacement:
         return PodPlacement(
@@ -230,7 +235,7 @@ class ScaleGate:
                     return GateAnswer(True, "NoChange", "no change that needs a budget check")
             if not self.state.synced:
                 return self._settle(cell, target, self._not_synced(), dry_run)
-            snapshot = self.snapshot().with_cell(_view(cell.namespace, cell.name, new, current))
+            snapshot = with_cell(self.snapshot(), _view(cell.namespace, cell.name, new, current))
             if grows:
                 decision = decide(snapshot, cell, target)
                 answer = self._answer(decision)
@@ -240,7 +245,7 @@ class ScaleGate:
             # Same or fewer replicas, but each pod costs more or may land elsewhere: the
             # cell at its new shape must fit as a whole.
             status = cell_status(
-                snapshot.with_cell(_view(cell.namespace, cell.name, new, target)), cell
+                with_cell(snapshot, _view(cell.namespace, cell.name, new, target)), cell
             )
             answer = GateAnswer(
                 allowed=status.within_budget,
@@ -344,7 +349,7 @@ class ScaleGate:
                     running,
                     threads_per_pod(base, per_peer, running),
                 )
-            snapshot = self.snapshot().with_cell(replace(record.view, replicas=running))
+            snapshot = with_cell(self.snapshot(), replace(record.view, replicas=running))
             decision = decide(snapshot, record.key, desired)
             if desired <= running:
                 return BackstopAnswer(
@@ -385,7 +390,7 @@ class ScaleGate:
         async with self._lock:
             snapshot = self.snapshot()
             if applied != record.view.replicas:
-                snapshot = snapshot.with_cell(replace(record.view, replicas=applied))
+                snapshot = with_cell(snapshot, replace(record.view, replicas=applied))
             status = cell_status(snapshot, record.key)
         return CellFigures(
             threads_per_pod=status.threads_per_pod,
@@ -403,35 +408,21 @@ class ScaleGate:
         """Per-node figures under the default policy (for the Prometheus gauges)."""
         snapshot = self.snapshot()
         if DEFAULT_POLICY_NAME not in snapshot.policies:
-            snapshot = replace(
-                snapshot,
-                policies={**snapshot.policies, DEFAULT_POLICY_NAME: ThreadBudgetPolicySpec()},
-                _derived={},
+            snapshot = with_policies(
+                snapshot, {**snapshot.policies, DEFAULT_POLICY_NAME: ThreadBudgetPolicySpec()}
             )
-        nodes = policy_nodes(snapshot, DEFAULT_POLICY_NAME)
-        modelled = modelled_threads(snapshot)
-        reserved = reserved_threads(snapshot)
         rows = []
-        for name in sorted(snapshot.nodes):
-            figures = nodes.limits[name]
-            budget = snapshot.nodes[name].budget
-            projected = (
-                used_threads(figures, modelled.get(name, 0)) + reserved.total.get(name, 0)
-                if figures.limit is not None
-                else None
-            )
+        for usage in node_usage(snapshot, DEFAULT_POLICY_NAME):
+            figures = usage.limits
+            budget = snapshot.nodes[usage.node].budget
             rows.append(
                 NodeFigures(
-                    node=name,
+                    node=usage.node,
                     thread_limit=figures.limit,
                     threads_allowed=figures.allowed,
                     threads_observed=budget.threads_in_use if budget else None,
-                    threads_projected=projected,
-                    thread_headroom_ratio=(
-                        1 - projected / figures.limit
-                        if projected is not None and figures.limit
-                        else None
-                    ),
+                    threads_projected=usage.projected,
+                    thread_headroom_ratio=usage.headroom,
                     pid_limit=budget.pid_max if budget else None,
                     pid_headroom_ratio=_pid_headroom(budget),
                     budget_age_seconds=(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from cellguard.budget.snapshot import CellKey, Reservation
+from cellguard.budget import CellKey, Reservation
 
 
 class ReservationLedger:

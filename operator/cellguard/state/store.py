@@ -20,7 +20,7 @@ from cellguard.api.v1alpha1 import (
     StreamCellSpec,
     ThreadBudgetPolicySpec,
 )
-from cellguard.budget.snapshot import CellKey, CellView, NodeView
+from cellguard.budget import CellKey, CellView, NodeView
 from cellguard.constants import LABEL_CELL
 
 PodKey = tuple[str, str]

@@ -29,6 +29,9 @@ from cellguard.budget import (
     cell_status,
     decide,
     max_safe_replicas,
+    with_cell,
+    with_pods,
+    with_reservation,
 )
 from cellguard.budget.pools import pool_label_key, pool_label_value
 
@@ -316,8 +319,8 @@ def test_admitted_change_carries_the_reservation_it_needs() -> None:
         base=26_214 - 1_000 - 499,
         isolation=Isolation.SHARED,
     )
-    crowded = snap.with_cell(other).with_reservation(held)
-    assert decide(snap.with_cell(other), other.key, 1).allowed
+    crowded = with_reservation(with_cell(snap, other), held)
+    assert decide(with_cell(snap, other), other.key, 1).allowed
     refused = decide(crowded, other.key, 1)
     assert refused.reason is RefusalReason.NODE_THREAD_LIMIT
     assert refused.refused_node == "n5"
@@ -373,7 +376,7 @@ def test_a_sibling_claim_keeps_other_cells_off_the_claimed_nodes() -> None:
     snap = snapshot([node(name) for name in NAMES], [a, b], {})
     first = decide(snap, a.key, 2)
     assert first.allowed and first.claimed_nodes == {"n1", "n2"}
-    held = snap.with_reservation(first.reservation_until(NOW + timedelta(minutes=2)))
+    held = with_reservation(snap, first.reservation_until(NOW + timedelta(minutes=2)))
     assert decide(held, b.key, 2).claimed_nodes == {"n3", "n4"}
     assert decide(snap, b.key, 2).claimed_nodes == {"n1", "n2"}  # without the claim
 
@@ -405,7 +408,7 @@ def test_a_blocked_spread_domain_caps_the_cell_and_is_refused_as_unschedulable()
 def test_terminating_pods_hold_threads_but_do_not_count_in_the_spread() -> None:
     shared = cell("web", replicas=2, base=100, isolation=Isolation.SHARED)
     snap = snapshot([node("n1"), node("n2")], [shared], {})
-    placed = snap.with_pods(PodPlacement({shared.key: {"n1": 2}}, {shared.key: {"n1": 1}}))
+    placed = with_pods(snap, PodPlacement({shared.key: {"n1": 2}}, {shared.key: {"n1": 1}}))
     # One pod is leaving n1: its replacement is a new pod, and the spread sees n1 at 1.
     decision = decide(placed, shared.key, 2)
     rows = {row.node: row for row in decision.nodes}

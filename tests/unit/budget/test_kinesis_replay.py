@@ -10,7 +10,13 @@ per peer. Hosts hold 1,000 threads besides (fe-5 a little more: 1,200).
 from __future__ import annotations
 
 from cellguard.api.v1alpha1 import RefusalReason
-from cellguard.budget import AllowedReason, ClusterSnapshot, decide, max_safe_replicas
+from cellguard.budget import (
+    AllowedReason,
+    ClusterSnapshot,
+    decide,
+    max_safe_replicas,
+    with_reservation,
+)
 from cellguard.budget.threads import threads_per_pod
 
 from .helpers import ALLOWED_AT_20, NOW, cell, node, policy, snapshot
@@ -83,7 +89,7 @@ def test_the_same_capacity_as_two_isolated_cells_is_admitted() -> None:
 
     # With a's admitted change held as a reservation, b's is still admitted: the
     # reservation lies on a's hosts, which b can never use.
-    held = snap.with_reservation(grow_a.reservation_until(NOW.replace(hour=13)))
+    held = with_reservation(snap, grow_a.reservation_until(NOW.replace(hour=13)))
     grow_b = decide(held, b.key, 220)
     assert grow_b.allowed
     assert (grow_b.limiting_node, grow_b.projected) == ("fe-5", 15_995)

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from fractions import Fraction
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -62,8 +63,14 @@ from cellguard.budget import (
     max_safe_replicas,
     plan_for,
     project,
+    seen_at,
+    with_cell,
+    with_reservation,
+    without_reservation,
 )
 from cellguard.budget.pools import pool_label_key, pool_label_value
+from cellguard.budget.snapshot import Index
+from cellguard.budget.usage import MODELLED, POLICY_NODES, RESERVED, SLACK
 
 from . import helpers
 from .helpers import NOW
@@ -785,16 +792,17 @@ def test_derived_snapshots_carry_the_figures_a_fresh_snapshot_computes(
                 for n in data.draw(st.sets(st.sampled_from(names), min_size=1))
             }
             claims = frozenset(data.draw(st.sets(st.sampled_from(names), max_size=2)))
-            current = current.with_reservation(
-                Reservation(cell.key, threads, NOW + timedelta(seconds=60), claimed_nodes=claims)
+            current = with_reservation(
+                current,
+                Reservation(cell.key, threads, NOW + timedelta(seconds=60), claimed_nodes=claims),
             )
         elif change == "release":
-            current = current.without_reservation(cell.key)
+            current = without_reservation(current, cell.key)
         elif change == "wait":  # crossing, or not, the 60 s expiry and 300 s staleness
             seconds = data.draw(st.sampled_from([1, 59, 60, 61, 280, 291, 400]))
-            current = current.at(current.now + timedelta(seconds=seconds))
+            current = seen_at(current, current.now + timedelta(seconds=seconds))
         else:
-            current = current.with_cell(replace(cell, replicas=data.draw(st.integers(0, 9))))
+            current = with_cell(current, replace(cell, replicas=data.draw(st.integers(0, 9))))
     fresh = ClusterSnapshot.build(
         nodes=current.nodes.values(),
         cells=current.cells.values(),
@@ -807,7 +815,13 @@ def test_derived_snapshots_carry_the_figures_a_fresh_snapshot_computes(
         assert project(current, world.cell.key, replicas) == project(
             fresh, world.cell.key, replicas
         )
-    for name in ("usage.modelled", "usage.reserved", "usage.slack:default", "usage.policy:default"):
-        carried = current.peek(name)
+    indexes: list[Index[Any]] = [
+        MODELLED,
+        RESERVED,
+        SLACK.of("default"),
+        POLICY_NODES.of("default"),
+    ]
+    for index in indexes:
+        carried = current.peek(index)
         if carried is not None:
-            assert carried == fresh.peek(name), name
+            assert carried == fresh.peek(index), index

@@ -6,7 +6,18 @@ from dataclasses import replace
 from datetime import timedelta
 
 from cellguard.api.v1alpha1 import RefusalReason
-from cellguard.budget import CellKey, ClusterSnapshot, PodPlacement, decide
+from cellguard.budget import (
+    CellKey,
+    ClusterSnapshot,
+    PodPlacement,
+    decide,
+    seen_at,
+    with_cell,
+    with_reservation,
+    without_reservation,
+)
+from cellguard.budget.eligibility import BY_SERVICE, SCHEDULABLE, TAINT_GROUPS
+from cellguard.budget.usage import MODELLED, POLICY_NODES, RESERVED, SLACK
 
 from .helpers import NOW, cell, node, reservation, snapshot
 
@@ -43,45 +54,45 @@ def test_with_reservation_keeps_node_indexes_and_answers_like_a_fresh_snapshot()
     world = _world()
     decide(world, A.key, 6)  # fills the derived indexes
     held = reservation(B, {"n0": 22_000, "n1": 22_000})
-    derived = world.with_reservation(held)
-    assert derived.peek("usage.modelled") is world.peek("usage.modelled")  # unchanged
+    derived = with_reservation(world, held)
+    assert derived.peek(MODELLED) is world.peek(MODELLED)  # unchanged
     # Reservations changed: their totals and the free threads are carried over, adjusted.
-    assert derived.peek("usage.reserved") is not None
+    assert derived.peek(RESERVED) is not None
     fresh = snapshot(list(world.nodes.values()), [A, B], world.pods.by_cell, reservations=[held])
     _same_answers(derived, fresh)
-    assert derived.peek("usage.slack:default") == fresh.peek("usage.slack:default")
-    assert derived.peek("usage.reserved") == fresh.peek("usage.reserved")
+    assert derived.peek(SLACK.of("default")) == fresh.peek(SLACK.of("default"))
+    assert derived.peek(RESERVED) == fresh.peek(RESERVED)
     assert decide(world, A.key, 6).allowed and not decide(derived, A.key, 6).allowed
     # A newer reservation of the same cell replaces the older one.
-    assert derived.with_reservation(reservation(B, {"n0": 1})).reservations == (
+    assert with_reservation(derived, reservation(B, {"n0": 1})).reservations == (
         reservation(B, {"n0": 1}),
     )
-    assert derived.without_reservation(B.key).reservations == ()
+    assert without_reservation(derived, B.key).reservations == ()
 
 
 def test_with_cell_recomputes_what_depends_on_cells() -> None:
     world = _world()
     decide(world, A.key, 6)
     bigger = replace(A, replicas=6)
-    derived = world.with_cell(bigger)
-    assert derived.peek("eligibility.taint-groups") is world.peek("eligibility.taint-groups")
-    assert derived.peek("eligibility.by-service") is None  # cells changed: rebuilt on use
+    derived = with_cell(world, bigger)
+    assert derived.peek(TAINT_GROUPS) is world.peek(TAINT_GROUPS)
+    assert derived.peek(BY_SERVICE) is None  # cells changed: rebuilt on use
     fresh = snapshot(list(world.nodes.values()), [bigger, B], world.pods.by_cell)
     _same_answers(derived, fresh)
-    assert derived.peek("usage.modelled") == fresh.peek("usage.modelled")
-    assert derived.peek("usage.slack:default") == fresh.peek("usage.slack:default")
+    assert derived.peek(MODELLED) == fresh.peek(MODELLED)
+    assert derived.peek(SLACK.of("default")) == fresh.peek(SLACK.of("default"))
 
 
 def test_at_moves_staleness_on() -> None:
     world = _world()  # budgets observed 200 s ago; stale after 300 s
     assert decide(world, A.key, 5).allowed
     # 100 s on, nothing turned stale: every figure carries over as it is.
-    soon = world.at(NOW + timedelta(seconds=100))
-    for name in ("eligibility.schedulable", "usage.policy:default", "usage.slack:default"):
-        assert soon.peek(name) is world.peek(name), name
+    soon = seen_at(world, NOW + timedelta(seconds=100))
+    for index in (SCHEDULABLE, POLICY_NODES.of("default"), SLACK.of("default")):
+        assert soon.peek(index) is world.peek(index), index
     assert decide(soon, A.key, 5).allowed
     # A second later every budget is stale: the node figures are derived anew.
-    later = world.at(NOW + timedelta(seconds=101))
-    assert later.peek("eligibility.schedulable") is world.peek("eligibility.schedulable")
-    assert later.peek("usage.policy:default") is None
+    later = seen_at(world, NOW + timedelta(seconds=101))
+    assert later.peek(SCHEDULABLE) is world.peek(SCHEDULABLE)
+    assert later.peek(POLICY_NODES.of("default")) is None
     assert decide(later, A.key, 5).reason is RefusalReason.BUDGET_STALE

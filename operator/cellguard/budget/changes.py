@@ -1,0 +1,220 @@
+"""A snapshot with one change applied, its figures carried over from the parent.
+
+A burst of decisions changes one reservation or one cell at a time. Rebuilding the
+per-node figures (see `usage`) for thousands of nodes after each would cost more than the
+decisions, so the new snapshot gets them from its parent, adjusted on the nodes that
+changed. Indexes that depend on nothing the change touches are kept as they are
+(`ClusterSnapshot.replaced`); the ones below are carried by hand or rebuilt on use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+
+from cellguard.api.v1alpha1 import ThreadBudgetPolicySpec
+from cellguard.budget.snapshot import (
+    CellKey,
+    CellView,
+    ClusterSnapshot,
+    Input,
+    PodPlacement,
+    ReservationLike,
+)
+from cellguard.budget.threads import threads_per_pod
+from cellguard.budget.usage import (
+    MODELLED,
+    POLICY_NODES,
+    RESERVED,
+    SLACK,
+    Reserved,
+    used_threads,
+)
+
+
+def with_cell(snapshot: ClusterSnapshot, cell: CellView) -> ClusterSnapshot:
+    """The snapshot with one cell added or replaced (e.g. the cell being created)."""
+    child = snapshot.replaced({Input.CELLS}, cells={**snapshot.cells, cell.key: cell})
+    _carry_cell_change(snapshot, child, cell.key)
+    return child
+
+
+def with_pods(snapshot: ClusterSnapshot, pods: PodPlacement) -> ClusterSnapshot:
+    """The snapshot with another placement of pods (nodes and cells unchanged)."""
+    return snapshot.replaced({Input.PODS}, pods=pods)
+
+
+def with_policies(
+    snapshot: ClusterSnapshot, policies: Mapping[str, ThreadBudgetPolicySpec]
+) -> ClusterSnapshot:
+    """The snapshot under exactly these ThreadBudgetPolicies."""
+    return snapshot.replaced({Input.POLICIES}, policies=dict(policies))
+
+
+def with_reservations(
+    snapshot: ClusterSnapshot, reservations: Iterable[ReservationLike]
+) -> ClusterSnapshot:
+    """The snapshot with exactly these reservations."""
+    return snapshot.replaced({Input.RESERVATIONS}, reservations=tuple(reservations))
+
+
+def with_reservation(snapshot: ClusterSnapshot, reservation: ReservationLike) -> ClusterSnapshot:
+    """The snapshot with `reservation` replacing any other of the same cell."""
+    return _replace_reservations(snapshot, CellKey(*reservation.cell), (reservation,))
+
+
+def without_reservation(snapshot: ClusterSnapshot, cell: tuple[str, str]) -> ClusterSnapshot:
+    return _replace_reservations(snapshot, CellKey(*cell), ())
+
+
+def seen_at(snapshot: ClusterSnapshot, now: datetime) -> ClusterSnapshot:
+    """The snapshot seen at another moment (staleness and expiry move on).
+
+    Cheap when nothing turned stale or expired in between: the figures carry over.
+    """
+    child = snapshot.replaced({Input.NOW}, now=now)
+    _carry_time_change(snapshot, child)
+    return child
+
+
+def _replace_reservations(
+    snapshot: ClusterSnapshot, cell: CellKey, added: tuple[ReservationLike, ...]
+) -> ClusterSnapshot:
+    kept: list[ReservationLike] = []
+    removed: list[ReservationLike] = []
+    for reservation in snapshot.reservations:
+        (removed if CellKey(*reservation.cell) == cell else kept).append(reservation)
+    child = snapshot.replaced({Input.RESERVATIONS}, reservations=(*kept, *added))
+    _carry_reservation_change(snapshot, child, removed, added)
+    return child
+
+
+# --------------------------------------------------------------------------- carrying over
+
+
+def _carry_reservation_change(
+    parent: ClusterSnapshot,
+    child: ClusterSnapshot,
+    removed: Iterable[ReservationLike],
+    added: Iterable[ReservationLike],
+) -> None:
+    """Seed `child` (= parent with `removed` dropped and `added` held, all of one cell)
+    from `parent`. One pass over the nodes the reservations cover, no more."""
+    held = parent.peek(RESERVED)
+    if held is None:
+        return
+    live_removed = [r for r in removed if r.expires_at > parent.now]
+    live_added = [r for r in added if r.expires_at > parent.now]
+    delta: dict[str, int]  # node -> change of threads held
+    if not live_removed and len(live_added) == 1:
+        delta = dict(live_added[0].threads_by_node)  # the common case: a copy, in C
+    else:
+        delta = {}
+        for sign, reservations in ((-1, live_removed), (1, live_added)):
+            for reservation in reservations:
+                for node, threads in reservation.threads_by_node.items():
+                    delta[node] = delta.get(node, 0) + sign * threads
+    total = dict(held.total)
+    get = total.get
+    # Comprehensions rather than loops of statements: this runs over thousands of nodes.
+    total.update({node: get(node, 0) + change for node, change in delta.items()})
+    for node in [node for node in delta if not total[node]]:
+        del total[node]  # as a fresh count would have it
+    by_cell = dict(held.by_cell)
+    for cell in {CellKey(*r.cell) for r in (*live_removed, *live_added)}:
+        mine = [
+            r.threads_by_node
+            for r in child.reservations
+            if CellKey(*r.cell) == cell and r.expires_at > child.now
+        ]
+        own: dict[str, int] = dict(mine[0]) if len(mine) == 1 else {}
+        for threads_by_node in mine if len(mine) > 1 else ():
+            for node, threads in threads_by_node.items():
+                own[node] = own.get(node, 0) + threads
+        if own:
+            by_cell[cell] = own
+        else:
+            by_cell.pop(cell, None)
+    child.seed(RESERVED, Reserved(total, by_cell))
+    # More held on a node is less free there, under every policy alike.
+    _carry_slack(parent, child, dict.fromkeys(parent.policies, delta), sign=-1)
+
+
+def _carry_cell_change(parent: ClusterSnapshot, child: ClusterSnapshot, key: CellKey) -> None:
+    """Seed `child` (= parent with the cell `key` added or replaced) from `parent`."""
+    modelled = parent.peek(MODELLED)
+    if modelled is None:
+        return
+    before, after = parent.cells.get(key), child.cells.get(key)
+    per_pod_before = threads_per_pod(before.base, before.per_peer, before.replicas) if before else 0
+    per_pod_after = threads_per_pod(after.base, after.per_peer, after.replicas) if after else 0
+    pods = child.pods.of_cell(key)
+    if per_pod_after == per_pod_before or not pods:
+        child.seed(MODELLED, modelled)  # derived values are never mutated
+        _carry_slack(parent, child, {})
+        return
+    updated = dict(modelled)
+    for node, count in pods.items():
+        updated[node] = updated.get(node, 0) + (per_pod_after - per_pod_before) * count
+    child.seed(MODELLED, updated)
+    changes: dict[str, dict[str, int]] = {}
+    for policy_name in parent.policies:
+        nodes = parent.peek(POLICY_NODES.of(policy_name))
+        if nodes is None:
+            continue
+        changes[policy_name] = {
+            node: used_threads(nodes.limits[node], modelled.get(node, 0))
+            - used_threads(nodes.limits[node], updated[node])
+            for node in pods
+            if node in nodes.limits
+        }
+    _carry_slack(parent, child, changes)
+
+
+def _carry_time_change(parent: ClusterSnapshot, child: ClusterSnapshot) -> None:
+    """Seed `child` (= parent at a later moment) with what the passing time left alone.
+
+    Time matters in two places only: budgets turn stale, reservations expire. When neither
+    happened between the two moments, every figure stands (the operator asks for the same
+    snapshot "now" before each decision, and must not pay a rebuild for it).
+    """
+    if child.now < parent.now:
+        return  # time went back: rebuild everything on use
+    held = parent.peek(RESERVED)
+    reservations_stand = held is not None and not any(
+        parent.now < r.expires_at <= child.now for r in parent.reservations
+    )
+    if held is not None and reservations_stand:
+        child.seed(RESERVED, held)
+    for policy_name in parent.policies:
+        nodes = parent.peek(POLICY_NODES.of(policy_name))
+        if nodes is None or (nodes.stale_from is not None and child.now > nodes.stale_from):
+            continue
+        child.seed(POLICY_NODES.of(policy_name), nodes)
+        free = parent.peek(SLACK.of(policy_name))
+        if free is not None and reservations_stand:
+            child.seed(SLACK.of(policy_name), free)
+
+
+def _carry_slack(
+    parent: ClusterSnapshot,
+    child: ClusterSnapshot,
+    changes: Mapping[str, Mapping[str, int]],
+    *,
+    sign: int = 1,
+) -> None:
+    """Give the child each policy's free threads, plus `sign` * `changes` (policy -> node
+    -> threads). A policy missing from non-empty `changes` is left to be rebuilt."""
+    for policy_name in parent.policies:
+        free = parent.peek(SLACK.of(policy_name))
+        if free is None or (changes and policy_name not in changes):
+            continue
+        change = changes.get(policy_name, {})
+        if not change:
+            child.seed(SLACK.of(policy_name), free)  # never mutated
+            continue
+        updated = dict(free)
+        updated.update(
+            {node: free[node] + sign * threads for node, threads in change.items() if node in free}
+        )
+        child.seed(SLACK.of(policy_name), updated)
