@@ -10,13 +10,17 @@ Naming: `cellguard_` prefix, base units, `_ratio` for fractions, `_total` for co
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from cellguard.api.v1alpha1 import AllowedReason, NodeBudgetSpec, ThreadBudgetPolicySpec
+from cellguard.budget import BudgetStatus, ClusterSnapshot, node_usage, with_policies
+from cellguard.constants import DEFAULT_POLICY_NAME
 
 # Every metric name the operator exports; alert rules and the dashboard may use only these
 # (a test checks it).
@@ -101,6 +105,68 @@ class FleetReport:
 
 class FleetSource(Protocol):
     def fleet_report(self) -> FleetReport: ...
+
+
+def node_figures(snapshot: ClusterSnapshot) -> list[NodeFigures]:
+    """Per-node figures under the default policy (a stand-in default when none exists)."""
+    if DEFAULT_POLICY_NAME not in snapshot.policies:
+        snapshot = with_policies(
+            snapshot, {**snapshot.policies, DEFAULT_POLICY_NAME: ThreadBudgetPolicySpec()}
+        )
+    rows = []
+    for usage in node_usage(snapshot, DEFAULT_POLICY_NAME):
+        figures = usage.limits
+        budget = snapshot.nodes[usage.node].budget
+        rows.append(
+            NodeFigures(
+                node=usage.node,
+                thread_limit=figures.limit,
+                threads_allowed=figures.allowed,
+                threads_observed=budget.threads_in_use if budget else None,
+                threads_projected=usage.projected,
+                thread_headroom_ratio=usage.headroom,
+                pid_limit=budget.pid_max if budget else None,
+                pid_headroom_ratio=_pid_headroom(budget),
+                budget_age_seconds=(
+                    (snapshot.now - budget.observed_at).total_seconds() if budget else None
+                ),
+                budget_known=figures.status is BudgetStatus.KNOWN,
+            )
+        )
+    return rows
+
+
+def _pid_headroom(budget: NodeBudgetSpec | None) -> float | None:
+    if budget is None:
+        return None
+    pods = budget.kubepods
+    if pods.max is not None and pods.current is not None:
+        return 1 - pods.current / pods.max
+    if budget.pid_max and budget.threads_in_use is not None:
+        return 1 - budget.threads_in_use / budget.pid_max
+    return None
+
+
+class Fleet:
+    """The fleet as the gauges show it: nodes from the latest snapshot, cells as the
+    reconciler last figured them. `snapshot` returns None while the operator knows nothing
+    (a follower, or a leader still listing): then there are no series rather than zeros
+    that would read as "every budget unknown"."""
+
+    def __init__(self, snapshot: Callable[[], ClusterSnapshot | None]) -> None:
+        self._snapshot = snapshot
+        self.cell_rows: dict[tuple[str, str], CellFiguresRow] = {}
+
+    def note_cell(self, row: CellFiguresRow) -> None:
+        self.cell_rows[(row.namespace, row.cell)] = row
+
+    def fleet_report(self) -> FleetReport:
+        snapshot = self._snapshot()
+        if snapshot is None:
+            return FleetReport()
+        # Rows of deleted cells go with them.
+        self.cell_rows = {key: row for key, row in self.cell_rows.items() if key in snapshot.cells}
+        return FleetReport(nodes=node_figures(snapshot), cells=dict(self.cell_rows))
 
 
 class FleetCollector(Collector):
@@ -227,7 +293,7 @@ class OperatorMetrics:
         """Start every decision series at 0, so `increase()` sees the first refusal."""
         for reason in reasons:
             self.decisions.labels("refused", reason)
-        self.decisions.labels("allowed", "WithinBudget")
+        self.decisions.labels("allowed", AllowedReason.WITHIN_BUDGET)
 
     def attach_fleet(self, source: FleetSource) -> FleetCollector:
         collector = FleetCollector(source)

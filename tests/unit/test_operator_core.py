@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -13,14 +14,15 @@ from cellguard.admission.handlers import replicaset_cell
 from cellguard.api.v1alpha1 import StreamCellSpec
 from cellguard.budget.pools import pool_label_key
 from cellguard.budget.snapshot import CellKey, Reservation
-from cellguard.context import OperatorContext
-from cellguard.metrics import OperatorMetrics
+from cellguard.metrics import CellFiguresRow, Fleet, FleetReport, OperatorMetrics, node_figures
 from cellguard.reconcile import status as status_model
 from cellguard.resources import webhook
 from cellguard.settings import Settings
 from cellguard.state.gate import BackstopAnswer, CellFigures, Refusal, ScaleGate
 from cellguard.state.reservations import ReservationLedger
+from cellguard.state.settling import releasable_pool_labels, release_if_placed
 from cellguard.state.store import ClusterState
+from cellguard.wiring import Operator
 
 NOW = datetime.datetime(2026, 11, 25, 12, 0, tzinfo=datetime.UTC)
 
@@ -243,7 +245,7 @@ def test_node_figures_report_projection_and_unknown_budgets() -> None:
     state.upsert_pod(pod("ns", "a-1", "a", "n1"))
     state.delete_budget("n2")
     gate, _ = make_gate(state)
-    rows = {row.node: row for row in gate.node_figures()}
+    rows = {row.node: row for row in node_figures(gate.snapshot())}
     assert rows["n1"].thread_limit == 32_768
     assert rows["n1"].threads_allowed == 26_214
     assert rows["n1"].threads_projected == 3_100  # max(1,000 observed, 3,100 modelled)
@@ -251,6 +253,21 @@ def test_node_figures_report_projection_and_unknown_budgets() -> None:
     assert rows["n1"].budget_known is True
     assert rows["n2"].budget_known is False
     assert rows["n2"].thread_limit is None
+
+
+def test_the_fleet_reports_nothing_until_synced_and_forgets_deleted_cells() -> None:
+    state = two_node_state(a={"replicas": 2})
+    gate, _ = make_gate(state)
+    synced = {"now": False}
+    fleet = Fleet(lambda: gate.snapshot() if synced["now"] else None)
+    row = CellFiguresRow("ns", "a", "feed", 2, 10, 3_100, 0.5, scale_refused=False)
+    fleet.note_cell(row)
+    fleet.note_cell(replace(row, cell="gone"))
+    assert fleet.fleet_report() == FleetReport()  # no series rather than zeros
+    synced["now"] = True
+    report = fleet.fleet_report()
+    assert [r.node for r in report.nodes] == ["n1", "n2"]
+    assert list(report.cells) == [("ns", "a")]  # the row of a cell not in the cache is gone
 
 
 # ---------------------------------------------------------------------- status
@@ -268,11 +285,16 @@ def _figures(within: bool = True) -> CellFigures:
     )
 
 
+def _status(**inputs: Any) -> dict[str, Any]:
+    """The status as the reconciler writes it: built as StreamCellStatus, dumped."""
+    return status_model.as_patch(status_model.cell_status(**inputs))
+
+
 def test_conditions_keep_their_transition_time_until_they_flip() -> None:
     state = two_node_state(a={"replicas": 2})
     record = state.cells[CellKey("ns", "a")]
     allowed = BackstopAnswer(True, "WithinBudget", "", 2, 3_100)
-    first = status_model.cell_status(
+    first = _status(
         record=record,
         figures=_figures(),
         backstop=allowed,
@@ -285,7 +307,7 @@ def test_conditions_keep_their_transition_time_until_they_flip() -> None:
         now=NOW,
     )
     later = NOW + datetime.timedelta(minutes=5)
-    second = status_model.cell_status(
+    second = _status(
         record=record,
         figures=_figures(),
         backstop=allowed,
@@ -298,7 +320,7 @@ def test_conditions_keep_their_transition_time_until_they_flip() -> None:
         now=later,
     )
     assert second["conditions"] == first["conditions"]
-    flipped = status_model.cell_status(
+    flipped = _status(
         record=record,
         figures=_figures(within=False),
         backstop=allowed,
@@ -322,7 +344,7 @@ def test_a_current_webhook_refusal_sets_scale_refused() -> None:
     state = two_node_state(a={"replicas": 2})
     record = state.cells[CellKey("ns", "a")]
     refusal = Refusal(NOW, 40, "NodeThreadLimit", "scaling ... would put node n1 at ...")
-    status = status_model.cell_status(
+    status = _status(
         record=record,
         figures=_figures(),
         backstop=BackstopAnswer(True, "WithinBudget", "", 2, 3_100),
@@ -404,7 +426,7 @@ def test_snapshot_rebuilds_for_structure_at_once_and_for_budgets_at_most_every_s
     # Pods are swapped in without a rebuild, and counted.
     state.upsert_pod(pod("ns", "a-1", "a", "n3"))
     assert gate.snapshot().pods.of_cell(("ns", "a")) == {"n3": 1}
-    gate.budget_refresh_seconds = 0.0
+    gate.snapshots.budget_refresh_seconds = 0.0
     state.upsert_budget(budget("n2", in_use=5_000))
     assert gate.snapshot().nodes["n2"].budget.threads_in_use == 5_000  # type: ignore[union-attr]
 
@@ -431,7 +453,8 @@ def test_status_only_cell_events_leave_the_snapshot_alone() -> None:
     same["status"] = {"replicas": 2}  # the operator's own status write comes back as an event
     state.upsert_cell(same)
     assert (state.version, state.cell_version) == versions
-    assert gate._cached is not None and gate._cached.snapshot.cells is first.cells
+    built = gate.snapshots.last_built
+    assert built is not None and built.cells is first.cells
     state.upsert_cell(cell("ns", "a", replicas=3))  # a real spec change does move them
     assert state.cell_version == versions[1] + 1
     assert gate.snapshot().cells[CellKey("ns", "a")].replicas == 3
@@ -440,10 +463,10 @@ def test_status_only_cell_events_leave_the_snapshot_alone() -> None:
 # ---------------------------------------------------------------------- node pools
 
 
-def _pool_context(
+def _pool_operator(
     labelled: list[tuple[str, dict[str, str | None]]],
-) -> OperatorContext:
-    """An operator context over four nodes whose node labelling is recorded, not sent."""
+) -> Operator:
+    """An operator over four nodes whose node labelling is recorded, not sent."""
     key = pool_label_key("feed")
     nodes = [
         node("n1", **{key: "ns.a"}),
@@ -464,32 +487,32 @@ def _pool_context(
         stored[name] = {**stored[name], "metadata": {"name": name, "labels": current}}
         return stored[name]
 
-    ctx = OperatorContext(
+    op = Operator.create(
         Settings(),
         OperatorMetrics(CollectorRegistry()),
         lambda manifest: manifest,
         now=lambda: NOW,
         label_node=label_node,
     )
-    ctx.state.replace_all(
+    op.state.replace_all(
         nodes=nodes,
         budgets=[budget(n["metadata"]["name"]) for n in nodes],
         cells=[cell("ns", "a", replicas=1, service="feed", isolation="NodeExclusive")],
         policies=[{"metadata": {"name": "default"}, "spec": {"safetyMargin": 0.2}}],
         pods=[pod("ns", "a-1", "a", "n1")],
     )
-    ctx.deployment_replicas[CellKey("ns", "a")] = 1
-    return ctx
+    op.state.note_applied(CellKey("ns", "a"), 1)
+    return op
 
 
 def test_pools_release_nodes_of_gone_cells_and_empty_nodes_of_settled_ones() -> None:
     labelled: list[tuple[str, dict[str, str | None]]] = []
-    ctx = _pool_context(labelled)
+    op = _pool_operator(labelled)
     key = pool_label_key("feed")
     # n1 hosts a's pod: kept. n2 is an empty node of a settled cell; n3 names no cell.
-    assert ctx.releasable_pool_labels() == [("n2", key), ("n3", key)]
+    assert releasable_pool_labels(op.state, op.ledger, NOW) == [("n2", key), ("n3", key)]
     # While a holds a reservation (a change not yet placed) its nodes stay.
-    ctx.ledger.hold(
+    op.ledger.hold(
         Reservation(
             cell=CellKey("ns", "a"),
             threads_by_node={"n2": 100},
@@ -497,52 +520,52 @@ def test_pools_release_nodes_of_gone_cells_and_empty_nodes_of_settled_ones() -> 
             target_replicas=2,
         )
     )
-    assert ctx.releasable_pool_labels() == [("n3", key)]
-    ctx.ledger.release(("ns", "a"))
+    assert releasable_pool_labels(op.state, op.ledger, NOW) == [("n3", key)]
+    op.ledger.release(("ns", "a"))
     # A cell whose Deployment is not at its size yet is not settled either.
-    ctx.deployment_replicas[CellKey("ns", "a")] = 0
-    assert ctx.releasable_pool_labels() == [("n3", key)]
-    ctx.deployment_replicas[CellKey("ns", "a")] = 1
-    released = asyncio.run(ctx.tend_pools())
+    op.state.note_applied(CellKey("ns", "a"), 0)
+    assert releasable_pool_labels(op.state, op.ledger, NOW) == [("n3", key)]
+    op.state.note_applied(CellKey("ns", "a"), 1)
+    released = asyncio.run(op.pools.tend())
     assert released == [("n2", key), ("n3", key)]
     assert labelled == [("n2", {key: None}), ("n3", {key: None})]
     # The cache took the stored nodes: the next decision sees them free.
-    assert key not in ctx.state.nodes["n2"].labels
+    assert key not in op.state.nodes["n2"].labels
 
 
 def test_backstop_claims_free_nodes_and_the_reconciler_labels_them_first() -> None:
     labelled: list[tuple[str, dict[str, str | None]]] = []
-    ctx = _pool_context(labelled)
-    ctx.state.upsert_cell(cell("ns", "a", replicas=5, service="feed", isolation="NodeExclusive"))
-    record = ctx.state.cells[CellKey("ns", "a")]
-    answer = asyncio.run(ctx.gate.backstop(record, 1))
+    op = _pool_operator(labelled)
+    op.state.upsert_cell(cell("ns", "a", replicas=5, service="feed", isolation="NodeExclusive"))
+    record = op.state.cells[CellKey("ns", "a")]
+    answer = asyncio.run(op.gate.backstop(record, 1))
     # 4 new pods: over the pool (n1 with 1 pod, n2 empty) and the one free node (n3 is in a
     # gone cell's pool until released) the water line is 2; the pool holds 3 of them at 2,
     # so n4 must join.
     assert answer.allowed and answer.replicas_to_apply == 5
     assert answer.claimed_nodes == {"n4"}
-    held = ctx.ledger.get(("ns", "a"))
+    held = op.ledger.get(("ns", "a"))
     assert held is not None and held.claimed_nodes == {"n4"}
-    joined = asyncio.run(ctx.join_pool(record, answer.claimed_nodes))
+    joined = asyncio.run(op.pools.join(record, answer.claimed_nodes))
     assert joined == ["n4"] and labelled == [("n4", {pool_label_key("feed"): "ns.a"})]
-    assert asyncio.run(ctx.join_pool(record, answer.claimed_nodes)) == []  # already in
+    assert asyncio.run(op.pools.join(record, answer.claimed_nodes)) == []  # already in
 
 
 def test_a_cells_replicasets_are_recognised_by_name_even_from_a_scale() -> None:
-    ctx = _pool_context([])
-    assert replicaset_cell(ctx, "ns", "a-5d8f6b7c9") == "a"
-    assert replicaset_cell(ctx, "ns", "a-x1") is None  # not a pod-template-hash
-    assert replicaset_cell(ctx, "other", "a-5d8f6b7c9") is None  # no such cell there
-    assert replicaset_cell(ctx, "ns", "b-5d8f6b7c9") is None
-    assert replicaset_cell(ctx, "ns", "a") is None
+    op = _pool_operator([])
+    assert replicaset_cell(op, "ns", "a-5d8f6b7c9") == "a"
+    assert replicaset_cell(op, "ns", "a-x1") is None  # not a pod-template-hash
+    assert replicaset_cell(op, "other", "a-5d8f6b7c9") is None  # no such cell there
+    assert replicaset_cell(op, "ns", "b-5d8f6b7c9") is None
+    assert replicaset_cell(op, "ns", "a") is None
 
 
 def test_a_reservation_is_released_only_when_nothing_it_holds_for_is_still_to_come() -> None:
-    ctx = _pool_context([])
+    op = _pool_operator([])
     key = CellKey("ns", "a")
-    state = ctx.state
+    state = op.state
     state.upsert_cell(cell("ns", "a", replicas=5, service="feed", isolation="NodeExclusive"))
-    ctx.ledger.hold(Reservation(key, {"n1": 100}, NOW + datetime.timedelta(minutes=1), 5))
+    op.ledger.hold(Reservation(key, {"n1": 100}, NOW + datetime.timedelta(minutes=1), 5))
     # 8 -> 2 -> 5: eight pods bound, six of them terminating; three new ones are to come.
     for i in range(8):
         state.upsert_pod(pod("ns", f"a-{i}", "a", "n1"))
@@ -550,17 +573,17 @@ def test_a_reservation_is_released_only_when_nothing_it_holds_for_is_still_to_co
         leaving = pod("ns", f"a-{i}", "a", "n1")
         leaving["metadata"]["deletionTimestamp"] = "2026-11-25T12:00:00Z"
         state.upsert_pod(leaving)
-    ctx.deployment_replicas[key] = 5
-    assert not ctx.release_if_placed(key)  # 8 bound >= 5, but six are leaving
+    op.state.note_applied(key, 5)
+    assert not release_if_placed(op.state, op.ledger, key)  # 8 bound >= 5, but six are leaving
     for i in range(2, 8):
         state.delete_pod(("ns", f"a-{i}"))
     for i in range(8, 11):
         state.upsert_pod(pod("ns", f"a-{i}", "a", None))  # created, not bound yet
-    assert not ctx.release_if_placed(key)
+    assert not release_if_placed(op.state, op.ledger, key)
     for i in range(8, 11):
         state.upsert_pod(pod("ns", f"a-{i}", "a", "n2"))
-    assert ctx.release_if_placed(key)
-    assert ctx.ledger.get(key) is None
+    assert release_if_placed(op.state, op.ledger, key)
+    assert op.ledger.get(key) is None
     # A reservation for more than the cell now asks for goes once the smaller size settles.
-    ctx.ledger.hold(Reservation(key, {"n1": 100}, NOW + datetime.timedelta(minutes=1), 9))
-    assert ctx.release_if_placed(key)
+    op.ledger.hold(Reservation(key, {"n1": 100}, NOW + datetime.timedelta(minutes=1), 9))
+    assert release_if_placed(op.state, op.ledger, key)

@@ -31,8 +31,8 @@ from cellguard.constants import (
     WEBHOOK_STREAMCELL,
     WEBHOOK_STREAMCELL_SCALE,
 )
-from cellguard.context import OperatorContext
 from cellguard.state.gate import GateAnswer
+from cellguard.wiring import Operator
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +93,13 @@ async def _checked(answer: Awaitable[GateAnswer]) -> GateAnswer:
 _POD_TEMPLATE_HASH = re.compile(r"^[bcdfghjklmnpqrstvwxz2456789]{1,10}$")
 
 
-def replicaset_cell(ctx: OperatorContext, namespace: str, name: str) -> str | None:
+def replicaset_cell(op: Operator, namespace: str, name: str) -> str | None:
     """The cell whose Deployment owns the ReplicaSet `name`, judged by its name (a Scale
     carries neither labels nor owners); None for any other ReplicaSet."""
     deployment, _, suffix = name.rpartition("-")
     if not deployment or not _POD_TEMPLATE_HASH.match(suffix):
         return None
-    return ctx.cell_of_deployment(namespace, deployment)
+    return op.state.cell_of_deployment(namespace, deployment)
 
 
 def _side_door(kind: str, cell: str, replicas: Any) -> kopf.AdmissionError:
@@ -112,11 +112,11 @@ def _side_door(kind: str, cell: str, replicas: Any) -> kopf.AdmissionError:
     )
 
 
-def _controller_or_operator(ctx: OperatorContext, userinfo: kopf.UserInfo) -> bool:
-    return ctx.is_own_request(userinfo) or userinfo.get("username") in DEPLOYMENT_CONTROLLER_USERS
+def _controller_or_operator(op: Operator, userinfo: kopf.UserInfo) -> bool:
+    return op.is_own_request(userinfo) or userinfo.get("username") in DEPLOYMENT_CONTROLLER_USERS
 
 
-def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
+def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
     """Attach the admission handlers to `registry`."""
 
     @kopf.on.validate(
@@ -138,12 +138,12 @@ def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
             namespace = body.metadata.get("namespace") or ""
             name = body.metadata.get("name") or ""
             answer = await _checked(
-                ctx.gate.admit_cell_change((namespace, name), old_spec, new_spec, dry_run=dryrun)
+                op.gate.admit_cell_change((namespace, name), old_spec, new_spec, dry_run=dryrun)
             )
             warnings.extend(answer.warnings)
             _refuse(answer)
         finally:
-            ctx.metrics.observe_admission(WEBHOOK_STREAMCELL, time.perf_counter() - started)
+            op.metrics.observe_admission(WEBHOOK_STREAMCELL, time.perf_counter() - started)
 
     @kopf.on.validate(
         GROUP,
@@ -163,11 +163,11 @@ def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
             namespace = body.metadata.get("namespace") or ""
             name = body.metadata.get("name") or ""
             target = int(_replicas(kwargs.get("new")) or 0)
-            answer = await _checked(ctx.gate.admit_scale((namespace, name), target, dry_run=dryrun))
+            answer = await _checked(op.gate.admit_scale((namespace, name), target, dry_run=dryrun))
             warnings.extend(answer.warnings)
             _refuse(answer)
         finally:
-            ctx.metrics.observe_admission(WEBHOOK_STREAMCELL_SCALE, time.perf_counter() - started)
+            op.metrics.observe_admission(WEBHOOK_STREAMCELL_SCALE, time.perf_counter() - started)
 
     @kopf.on.validate(
         "apps",
@@ -181,7 +181,7 @@ def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
     async def validate_cell_deployment(userinfo: kopf.UserInfo, **kwargs: Any) -> None:
         started = time.perf_counter()
         try:
-            if ctx.is_own_request(userinfo):
+            if op.is_own_request(userinfo):
                 return
             old, new = kwargs.get("old"), kwargs.get("new")
             old_spec = _spec_of(old)
@@ -199,18 +199,23 @@ def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
                 code=_REFUSED,
             )
         finally:
-            ctx.metrics.observe_admission(WEBHOOK_DEPLOYMENT, time.perf_counter() - started)
+            op.metrics.observe_admission(WEBHOOK_DEPLOYMENT, time.perf_counter() - started)
 
     _scale_side_door(
-        registry, ctx, "deployments", WEBHOOK_DEPLOYMENT_SCALE, "Deployment", ctx.cell_of_deployment
+        registry,
+        op,
+        "deployments",
+        WEBHOOK_DEPLOYMENT_SCALE,
+        "Deployment",
+        op.state.cell_of_deployment,
     )
     _scale_side_door(
         registry,
-        ctx,
+        op,
         "replicasets",
         WEBHOOK_REPLICASET_SCALE,
         "ReplicaSet",
-        lambda namespace, name: replicaset_cell(ctx, namespace, name),
+        lambda namespace, name: replicaset_cell(op, namespace, name),
     )
 
     @kopf.on.validate(
@@ -225,7 +230,7 @@ def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
     async def validate_cell_replicaset(userinfo: kopf.UserInfo, **kwargs: Any) -> None:
         started = time.perf_counter()
         try:
-            if _controller_or_operator(ctx, userinfo):
+            if _controller_or_operator(op, userinfo):
                 return
             old, new = kwargs.get("old"), kwargs.get("new")
             new_replicas = _replicas(new)
@@ -234,12 +239,12 @@ def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
             cell = (new.metadata.labels if new is not None else {}).get(LABEL_CELL, "")
             raise _side_door("ReplicaSet", cell, new_replicas)
         finally:
-            ctx.metrics.observe_admission(WEBHOOK_REPLICASET, time.perf_counter() - started)
+            op.metrics.observe_admission(WEBHOOK_REPLICASET, time.perf_counter() - started)
 
 
 def _scale_side_door(
     registry: kopf.OperatorRegistry,
-    ctx: OperatorContext,
+    op: Operator,
     plural: str,
     handler_id: str,
     kind: str,
@@ -260,7 +265,7 @@ def _scale_side_door(
     async def validate_cell_scale(body: kopf.Body, userinfo: kopf.UserInfo, **kwargs: Any) -> None:
         started = time.perf_counter()
         try:
-            if _controller_or_operator(ctx, userinfo):
+            if _controller_or_operator(op, userinfo):
                 return
             new_replicas = _replicas(kwargs.get("new"))
             if _replicas(kwargs.get("old")) == new_replicas:
@@ -270,4 +275,4 @@ def _scale_side_door(
             if cell is not None:
                 raise _side_door(kind, cell, new_replicas)
         finally:
-            ctx.metrics.observe_admission(handler_id, time.perf_counter() - started)
+            op.metrics.observe_admission(handler_id, time.perf_counter() - started)

@@ -301,6 +301,34 @@ class RefusalReason(StrEnum):
     POLICY_NOT_FOUND = "PolicyNotFound"
 
 
+class AllowedReason(StrEnum):
+    """Reason codes of an allowed scale change (and of WithinBudget=True)."""
+
+    WITHIN_BUDGET = "WithinBudget"
+    SCALE_DOWN = "ScaleDown"
+    NO_CHANGE = "NoChange"
+
+
+class GateReason(StrEnum):
+    """Reason codes of a change refused before any budget was looked at."""
+
+    NOT_SYNCED = "NotSynced"  # the operator's cache is still loading
+    UNKNOWN_CELL = "UnknownCell"  # a scale of a cell the operator does not know (yet)
+
+
+class ReadyReason(StrEnum):
+    """Reasons of the Ready condition."""
+
+    ALL_REPLICAS_READY = "AllReplicasReady"
+    REPLICAS_NOT_READY = "ReplicasNotReady"
+
+
+class ScaleRefusedReason(StrEnum):
+    """Reason of ScaleRefused=False (when True, the reason is the refusal's code)."""
+
+    SCALE_ADMITTED = "ScaleAdmitted"
+
+
 class LastRefusal(_Model):
     """The most recent scale change cellguard refused for this cell."""
 

@@ -6,20 +6,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 
-from cellguard.api.v1alpha1 import RefusalReason
+from cellguard.api.v1alpha1 import AllowedReason, RefusalReason
 from cellguard.budget.limits import BudgetStatus
 from cellguard.budget.snapshot import CellKey, Reservation
 
-
-class AllowedReason(StrEnum):
-    """Reason codes of an allowed change."""
-
-    WITHIN_BUDGET = "WithinBudget"
-    SCALE_DOWN = "ScaleDown"
-    NO_CHANGE = "NoChange"
-
+__all__ = ["AllowedReason", "Decision", "DecisionReason", "NodeRow", "Projection"]
 
 DecisionReason = RefusalReason | AllowedReason
 

@@ -22,17 +22,13 @@ from rich.table import Table
 
 from cellguard.api.v1alpha1 import StreamCell
 from cellguard.budget import CellKey, CellView, Decision, decide, with_cell
-from cellguard.commands.common import (
+from cellguard.commands.output import console as make_console
+from cellguard.commands.output import emit, figure, ratio
+from cellguard.commands.source import (
     add_cluster_arguments,
-    emit,
-    figure,
     load_state,
     planner_snapshot,
-    ratio,
     read_listing,
-)
-from cellguard.commands.common import (
-    console as make_console,
 )
 
 FITS, REFUSED, ERROR = 0, 1, 2

@@ -16,20 +16,16 @@ from typing import Any
 from rich.table import Table
 
 from cellguard.budget import cell_status
-from cellguard.commands.common import (
+from cellguard.commands.output import console as make_console
+from cellguard.commands.output import emit, figure, ratio
+from cellguard.commands.source import (
     add_cluster_arguments,
-    emit,
-    figure,
-    gate_for,
     load_state,
     planner_snapshot,
-    ratio,
     read_listing,
 )
-from cellguard.commands.common import (
-    console as make_console,
-)
 from cellguard.listing import Listing, write_snapshot
+from cellguard.metrics import node_figures
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,7 +74,7 @@ def report(
             "budgetKnown": row.budget_known,
             "budgetAgeSeconds": row.budget_age_seconds,
         }
-        for row in gate_for(state, now).node_figures()
+        for row in node_figures(snapshot)
     ]
     return {"cells": cells, "nodes": nodes}
 

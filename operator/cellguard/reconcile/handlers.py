@@ -26,15 +26,18 @@ from cellguard.constants import (
     STREAMCELL_PLURAL,
     VERSION,
 )
-from cellguard.context import OperatorContext
 from cellguard.metrics import CellFiguresRow
 from cellguard.reconcile import status as status_model
+from cellguard.resources import builders
 from cellguard.state.gate import CellFigures
+from cellguard.state.settling import release_if_placed
+from cellguard.state.store import CellRecord
+from cellguard.wiring import Operator
 
 log = logging.getLogger(__name__)
 
 
-def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
+def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
     """Attach the cache feeders and the StreamCell reconciler to `registry`."""
 
     # ------------------------------------------------------------------ cache feeders
@@ -57,30 +60,30 @@ def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
                 delete(body.metadata.name or "")
             else:
                 upsert(dict(body))
-            ctx.budget_changed()
 
-    feed("", "v1", "nodes", ctx.state.upsert_node, ctx.state.delete_node)
-    feed(GROUP, VERSION, NODEBUDGET_PLURAL, ctx.state.upsert_budget, ctx.state.delete_budget)
-    feed(GROUP, VERSION, POLICY_PLURAL, ctx.state.upsert_policy, ctx.state.delete_policy)
+    feed("", "v1", "nodes", op.state.upsert_node, op.state.delete_node)
+    feed(GROUP, VERSION, NODEBUDGET_PLURAL, op.state.upsert_budget, op.state.delete_budget)
+    feed(GROUP, VERSION, POLICY_PLURAL, op.state.upsert_policy, op.state.delete_policy)
 
     @kopf.on.event(GROUP, VERSION, STREAMCELL_PLURAL, registry=registry)
     async def cell_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         key = (body.metadata.namespace or "", body.metadata.name or "")
         if event.get("type") == "DELETED":
-            ctx.state.delete_cell(CellKey(*key))
-            ctx.ledger.release(key)
-            ctx.gate.forget(key)
+            op.state.delete_cell(CellKey(*key))
+            op.ledger.release(key)
+            op.gate.forget(key)
         else:
-            ctx.state.upsert_cell(dict(body))
+            op.state.upsert_cell(dict(body))
 
     @kopf.on.event("", "v1", "pods", labels={LABEL_CELL: kopf.PRESENT}, registry=registry)
     async def pod_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         key = (body.metadata.namespace or "", body.metadata.name or "")
         if event.get("type") == "DELETED":
-            ctx.state.delete_pod(key)
+            op.state.delete_pod(key)
         else:
-            ctx.state.upsert_pod(dict(body))
-        ctx.release_if_placed(CellKey(key[0], body.metadata.labels.get(LABEL_CELL, "")))
+            op.state.upsert_pod(dict(body))
+        cell = CellKey(key[0], body.metadata.labels.get(LABEL_CELL, ""))
+        release_if_placed(op.state, op.ledger, cell)
 
     @kopf.on.event(
         "apps", "v1", "deployments", labels={LABEL_CELL: kopf.PRESENT}, registry=registry
@@ -88,9 +91,9 @@ def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
     async def deployment_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         if event.get("type") == "DELETED":
             key = CellKey(body.metadata.namespace or "", body.metadata.labels.get(LABEL_CELL, ""))
-            ctx.forget_deployment(key)
+            op.state.forget_deployment(key)
         else:
-            ctx.note_deployment(dict(body))
+            op.state.note_deployment(dict(body))
 
     # ------------------------------------------------------------------ the cell
 
@@ -100,19 +103,19 @@ def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
     async def reconcile_cell(
         body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any
     ) -> None:
-        record = ctx.state.upsert_cell(dict(body))
+        record = op.state.upsert_cell(dict(body))
         if record is None:
             key = CellKey(body.metadata.namespace or "", body.metadata.name or "")
-            raise kopf.PermanentError(f"invalid spec: {ctx.state.cell_errors.get(key)}")
+            raise kopf.PermanentError(f"invalid spec: {op.state.cell_errors.get(key)}")
         # The spec changed (or the operator restarted): apply the children whatever the
         # replicas, so template, placement and isolation changes reach the Deployment.
-        await _converge(ctx, record.key, body, patch, logger, spec_changed=True)
+        await _converge(op, record.key, body, patch, logger, spec_changed=True)
 
     @kopf.timer(
         GROUP,
         VERSION,
         STREAMCELL_PLURAL,
-        interval=ctx.settings.status_interval_seconds,
+        interval=op.settings.status_interval_seconds,
         initial_delay=1.0,
         idle=0,
         registry=registry,
@@ -123,12 +126,12 @@ def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
         # Nodes, budgets and other cells move the figures: keep status fresh, and carry out a
         # scale the backstop held back once it fits.
         key = CellKey(body.metadata.namespace or "", body.metadata.name or "")
-        if key in ctx.state.cells:
-            await _converge(ctx, key, body, patch, logger)
+        if key in op.state.cells:
+            await _converge(op, key, body, patch, logger)
 
 
 async def _converge(
-    ctx: OperatorContext,
+    op: Operator,
     key: tuple[str, str],
     body: kopf.Body,
     patch: kopf.Patch,
@@ -136,31 +139,34 @@ async def _converge(
     *,
     spec_changed: bool = False,
 ) -> None:
-    record = ctx.state.cells[CellKey(*key)]
+    record = op.state.cells[CellKey(*key)]
     desired = record.spec.replicas
-    applied = ctx.deployment_replicas.get(record.key)
-    answer = await ctx.gate.backstop(record, applied)
+    applied = op.state.deployment_replicas(record.key)
+    answer = await op.gate.backstop(record, applied)
     target = answer.replicas_to_apply
     if answer.claimed_nodes:
         # The pods select their pool's label: the nodes join before the pods exist.
-        await ctx.join_pool(record, answer.claimed_nodes)
-    if spec_changed or target != applied or not ctx.has_children(record.key):
-        await asyncio.to_thread(ctx.apply_children, record, target, answer.threads_per_pod)
-        ctx.deployment_replicas[record.key] = target
+        await op.pools.join(record, answer.claimed_nodes)
+    if spec_changed or target != applied:
+        await asyncio.to_thread(_apply_children, op, record, target, answer.threads_per_pod)
+        op.state.note_applied(record.key, target)
+    seen = op.state.deployments.get(record.key)
     previous = dict(body.get("status", {}))
-    refusal, refusal_current = ctx.gate.refusal_of(record.key)
-    figures = await ctx.gate.cell_figures(record, target)
-    new_status = status_model.cell_status(
-        record=record,
-        figures=figures,
-        backstop=answer,
-        refusal=refusal,
-        refusal_current=refusal_current,
-        applied_replicas=target,
-        existing_pods=ctx.deployment_existing.get(record.key, 0),
-        ready_pods=ctx.deployment_ready.get(record.key, 0),
-        previous=previous,
-        now=ctx.now(),
+    refusal, refusal_current = op.gate.refusal_of(record.key)
+    figures = await op.gate.cell_figures(record, target)
+    new_status = status_model.as_patch(
+        status_model.cell_status(
+            record=record,
+            figures=figures,
+            backstop=answer,
+            refusal=refusal,
+            refusal_current=refusal_current,
+            applied_replicas=target,
+            existing_pods=seen.existing if seen else 0,
+            ready_pods=seen.ready if seen else 0,
+            previous=previous,
+            now=op.now(),
+        )
     )
     _post_events(body, previous, new_status, figures, logger)
     status_model.write_changed(patch.status, previous, new_status)
@@ -168,16 +174,26 @@ async def _converge(
         c["type"] == CONDITION_SCALE_REFUSED and c["status"] == "True"
         for c in new_status["conditions"]
     )
-    ctx.cell_rows[record.key] = CellFiguresRow(
-        namespace=record.namespace,
-        cell=record.name,
-        service=record.spec.service,
-        replicas=desired,
-        max_safe_replicas=figures.max_safe_replicas,
-        threads_per_pod=figures.threads_per_pod,
-        headroom_ratio=figures.headroom,
-        scale_refused=refused,
+    op.fleet.note_cell(
+        CellFiguresRow(
+            namespace=record.namespace,
+            cell=record.name,
+            service=record.spec.service,
+            replicas=desired,
+            max_safe_replicas=figures.max_safe_replicas,
+            threads_per_pod=figures.threads_per_pod,
+            headroom_ratio=figures.headroom,
+            scale_refused=refused,
+        )
     )
+
+
+def _apply_children(op: Operator, record: CellRecord, replicas: int, threads_per_pod: int) -> None:
+    """Server-side apply the cell's Deployment, Service and PDB (blocking)."""
+    args = (record.namespace, record.name, record.uid, record.spec)
+    op.apply(builders.deployment(*args, replicas=replicas, threads_per_pod=threads_per_pod))
+    op.apply(builders.headless_service(*args))
+    op.apply(builders.disruption_budget(*args))
 
 
 def _post_events(

@@ -1,4 +1,5 @@
-"""Pure construction of a StreamCell's status and its conditions.
+"""Pure construction of a StreamCell's status and its conditions, through the API models
+(`StreamCellStatus`, `Condition`, `LastRefusal`): what is written is what the CRD declares.
 
 Conditions follow metav1.Condition: lastTransitionTime moves only when status flips, so
 `kubectl get scell -w` and alerting on transitions stay meaningful.
@@ -8,8 +9,15 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Mapping, MutableMapping
-from typing import Any
+from typing import Any, Literal
 
+from cellguard.api.v1alpha1 import (
+    Condition,
+    LastRefusal,
+    ReadyReason,
+    ScaleRefusedReason,
+    StreamCellStatus,
+)
 from cellguard.budget import headroom_text
 from cellguard.constants import CONDITION_READY, CONDITION_SCALE_REFUSED, CONDITION_WITHIN_BUDGET
 from cellguard.resources.builders import selector_string
@@ -17,8 +25,9 @@ from cellguard.state.gate import BackstopAnswer, CellFigures, Refusal
 from cellguard.state.store import CellRecord
 
 
-def _timestamp(moment: datetime.datetime) -> str:
-    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _second(moment: datetime.datetime) -> datetime.datetime:
+    """metav1.Time has seconds: what the API would store."""
+    return moment.astimezone(datetime.UTC).replace(microsecond=0)
 
 
 def condition(
@@ -29,31 +38,31 @@ def condition(
     message: str,
     generation: int,
     now: datetime.datetime,
-) -> dict[str, Any]:
-    value = "True" if status else "False"
+) -> Condition:
+    value: Literal["True", "False"] = "True" if status else "False"
     before = next((c for c in previous if c.get("type") == type_), None)
     transition = (
-        before["lastTransitionTime"]
+        Condition.model_validate(before).last_transition_time
         if before is not None and before.get("status") == value and before.get("lastTransitionTime")
-        else _timestamp(now)
+        else _second(now)
     )
-    return {
-        "type": type_,
-        "status": value,
-        "observedGeneration": generation,
-        "lastTransitionTime": transition,
-        "reason": reason,
-        "message": message,
-    }
+    return Condition(
+        type=type_,
+        status=value,
+        observed_generation=generation,
+        last_transition_time=transition,
+        reason=reason,
+        message=message,
+    )
 
 
-def refusal_status(refusal: Refusal) -> dict[str, Any]:
-    return {
-        "time": _timestamp(refusal.time),
-        "requestedReplicas": refusal.requested_replicas,
-        "reason": refusal.reason,
-        "message": refusal.message,
-    }
+def last_refusal(refusal: Refusal) -> LastRefusal:
+    return LastRefusal(
+        time=_second(refusal.time),
+        requested_replicas=refusal.requested_replicas,
+        reason=refusal.reason,
+        message=refusal.message,
+    )
 
 
 def cell_status(
@@ -68,97 +77,72 @@ def cell_status(
     ready_pods: int,
     previous: Mapping[str, Any],
     now: datetime.datetime,
-) -> dict[str, Any]:
+) -> StreamCellStatus:
     conditions_before = list(previous.get("conditions") or [])
     generation = record.generation
     desired = record.spec.replicas
     ready = ready_pods >= applied_replicas and existing_pods == applied_replicas
+
+    def set_condition(type_: str, status: bool, reason: str, message: str) -> Condition:
+        return condition(conditions_before, type_, status, reason, message, generation, now)
+
+    held_back = not backstop.allowed and applied_replicas < desired
+    if held_back:
+        refused = set_condition(CONDITION_SCALE_REFUSED, True, backstop.reason, backstop.message)
+    elif refusal is not None and refusal_current:
+        refused = set_condition(CONDITION_SCALE_REFUSED, True, refusal.reason, refusal.message)
+    else:
+        refused = set_condition(
+            CONDITION_SCALE_REFUSED,
+            False,
+            ScaleRefusedReason.SCALE_ADMITTED,
+            "the current size was admitted",
+        )
     conditions = [
-        condition(
-            conditions_before,
+        set_condition(
             CONDITION_READY,
             ready,
-            "AllReplicasReady" if ready else "ReplicasNotReady",
+            ReadyReason.ALL_REPLICAS_READY if ready else ReadyReason.REPLICAS_NOT_READY,
             f"{ready_pods}/{applied_replicas} replicas ready",
-            generation,
-            now,
         ),
-        condition(
-            conditions_before,
+        set_condition(
             CONDITION_WITHIN_BUDGET,
             figures.within_budget,
             figures.budget_reason,
             figures.budget_message,
-            generation,
-            now,
         ),
+        refused,
     ]
-    held_back = not backstop.allowed and applied_replicas < desired
+
+    latest: LastRefusal | None = None
+    previous_refusal = previous.get("lastRefusal") or None
     if held_back:
-        conditions.append(
-            condition(
-                conditions_before,
-                CONDITION_SCALE_REFUSED,
-                True,
-                backstop.reason,
-                backstop.message,
-                generation,
-                now,
-            )
-        )
-    elif refusal is not None and refusal_current:
-        conditions.append(
-            condition(
-                conditions_before,
-                CONDITION_SCALE_REFUSED,
-                True,
-                refusal.reason,
-                refusal.message,
-                generation,
-                now,
-            )
-        )
-    else:
-        conditions.append(
-            condition(
-                conditions_before,
-                CONDITION_SCALE_REFUSED,
-                False,
-                "ScaleAdmitted",
-                "the current size was admitted",
-                generation,
-                now,
-            )
-        )
-    status: dict[str, Any] = {
-        "replicas": existing_pods,
-        "readyReplicas": ready_pods,
-        "selector": selector_string(record.name),
-        "threadsPerPod": figures.threads_per_pod,
-        "maxSafeReplicas": figures.max_safe_replicas,
-        # Rounded down: status never shows a node roomier than it is.
-        "headroom": headroom_text(figures.headroom),
-        "limitingNode": figures.limiting_node,
-        "observedGeneration": generation,
-        "conditions": conditions,
-    }
-    if held_back:
-        status["lastRefusal"] = refusal_status(
-            Refusal(
-                time=now,
-                requested_replicas=desired,
-                reason=backstop.reason,
-                message=backstop.message,
-            )
-        )
-        previous_refusal = previous.get("lastRefusal") or {}
-        if previous_refusal.get("requestedReplicas") == desired:
-            status["lastRefusal"]["time"] = previous_refusal.get("time")
+        latest = last_refusal(Refusal(now, desired, backstop.reason, backstop.message))
+        if previous_refusal and previous_refusal.get("requestedReplicas") == desired:
+            # The same refusal, still standing: keep when it was first made.
+            latest.time = LastRefusal.model_validate(previous_refusal).time
     elif refusal is not None:
-        status["lastRefusal"] = refusal_status(refusal)
-    elif previous.get("lastRefusal"):
-        status["lastRefusal"] = previous["lastRefusal"]
-    return status
+        latest = last_refusal(refusal)
+    elif previous_refusal:
+        latest = LastRefusal.model_validate(previous_refusal)
+    return StreamCellStatus(
+        replicas=existing_pods,
+        ready_replicas=ready_pods,
+        selector=selector_string(record.name),
+        threads_per_pod=figures.threads_per_pod,
+        max_safe_replicas=figures.max_safe_replicas,
+        # Rounded down: status never shows a node roomier than it is.
+        headroom=headroom_text(figures.headroom),
+        limiting_node=figures.limiting_node,
+        last_refusal=latest,
+        observed_generation=generation,
+        conditions=conditions,
+    )
+
+
+def as_patch(status: StreamCellStatus) -> dict[str, Any]:
+    """The status as the API stores it (camelCase; a null clears a field in the patch)."""
+    return status.model_dump(by_alias=True, mode="json")
 
 
 def write_changed(

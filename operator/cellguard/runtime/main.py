@@ -29,7 +29,6 @@ from cellguard.constants import (
     FIELD_MANAGER_OPERATOR,
     KOPF_PREFIX,
 )
-from cellguard.context import OperatorContext
 from cellguard.listing import list_cluster, node_names
 from cellguard.metrics import OperatorMetrics
 from cellguard.reconcile import handlers as reconcile_handlers
@@ -37,6 +36,7 @@ from cellguard.resources import webhook as webhook_config
 from cellguard.runtime.leader import LeaderElector, LeaseConfig
 from cellguard.runtime.probes import ProbeServer
 from cellguard.settings import Settings, WebhookMode
+from cellguard.wiring import Operator
 
 log = logging.getLogger("cellguard")
 
@@ -61,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- listing
 
 
-def load_listing(ctx: OperatorContext, listing: dict[str, list[Any]]) -> None:
-    ctx.state.replace_all(
+def load_listing(op: Operator, listing: dict[str, list[Any]]) -> None:
+    op.state.replace_all(
         nodes=listing["nodes"],
         budgets=listing["budgets"],
         cells=listing["cells"],
@@ -70,7 +70,7 @@ def load_listing(ctx: OperatorContext, listing: dict[str, list[Any]]) -> None:
         pods=listing["pods"],
     )
     for deployment in listing["deployments"]:
-        ctx.note_deployment(deployment)
+        op.state.note_deployment(deployment)
 
 
 def own_username(api: client.ApiClient) -> str:
@@ -166,15 +166,15 @@ def connection_info(api: client.ApiClient) -> kopf.ConnectionInfo:
     )
 
 
-def build_registry(ctx: OperatorContext, api: client.ApiClient) -> kopf.OperatorRegistry:
+def build_registry(op: Operator, api: client.ApiClient) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
         return connection_info(api)
 
-    admission_handlers.register(registry, ctx)
-    reconcile_handlers.register(registry, ctx)
+    admission_handlers.register(registry, op)
+    reconcile_handlers.register(registry, op)
     return registry
 
 
@@ -192,8 +192,8 @@ async def run_operator(settings: Settings) -> int:
     def label_node(name: str, labels: dict[str, str | None]) -> dict[str, Any]:
         return kubeclient.label_node(api, name, labels)
 
-    ctx = OperatorContext(settings, metrics, apply, label_node=label_node)
-    metrics.attach_fleet(ctx)
+    op = Operator.create(settings, metrics, apply, label_node=label_node)
+    metrics.attach_fleet(op.fleet)
     stop = asyncio.Event()
     kopf_ready = asyncio.Event()
     kopf_stop = asyncio.Event()
@@ -209,7 +209,7 @@ async def run_operator(settings: Settings) -> int:
     def readiness() -> tuple[bool, str]:
         if not elector.is_leader:
             return False, "not the leader"
-        if not ctx.state.synced:
+        if not op.state.synced:
             return False, "caches filling"
         if not kopf_ready.is_set():
             return False, "handlers starting"
@@ -240,20 +240,20 @@ async def run_operator(settings: Settings) -> int:
         if not await elector.acquire(stop):
             return 0
         hold = asyncio.create_task(elector.hold(stop), name="lease")
-        ctx.own_username = await asyncio.to_thread(own_username, api)
-        log.info("acting as %s", ctx.own_username)
-        load_listing(ctx, await asyncio.to_thread(list_cluster, api, settings.namespaces))
+        op.own_username = await asyncio.to_thread(own_username, api)
+        log.info("acting as %s", op.own_username)
+        load_listing(op, await asyncio.to_thread(list_cluster, api, settings.namespaces))
         log.info(
             "cache synced: %d nodes, %d budgets, %d cells, %d cell pods",
-            len(ctx.state.nodes),
-            len(ctx.state.budgets),
-            len(ctx.state.cells),
-            len(ctx.state.pods),
+            len(op.state.nodes),
+            len(op.state.budgets),
+            len(op.state.cells),
+            len(op.state.pods),
         )
         server, ca_bundle = webhook_server(settings, workdir)
         if settings.webhook_mode is WebhookMode.URL:
             await asyncio.to_thread(register_url_webhook, api, settings, ca_bundle)
-        registry = build_registry(ctx, api)
+        registry = build_registry(op, api)
         operator_task = asyncio.create_task(
             kopf.operator(
                 registry=registry,
@@ -265,10 +265,10 @@ async def run_operator(settings: Settings) -> int:
             ),
             name="kopf",
         )
-        housekeeping = asyncio.create_task(_housekeeping(ctx, stop, readiness_gauge))
-        resync = asyncio.create_task(_resync(api, ctx, stop))
-        node_check = asyncio.create_task(_forget_deleted_nodes(api, ctx, stop))
-        pools = asyncio.create_task(_tend_pools(ctx, stop))
+        housekeeping = asyncio.create_task(_housekeeping(op, stop, readiness_gauge))
+        resync = asyncio.create_task(_resync(api, op, stop))
+        node_check = asyncio.create_task(_forget_deleted_nodes(api, op, stop))
+        pools = asyncio.create_task(_tend_pools(op, stop))
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait(
             {hold, operator_task, stopper}, return_when=asyncio.FIRST_COMPLETED
@@ -304,68 +304,65 @@ async def run_operator(settings: Settings) -> int:
 POOL_TENDING_SECONDS = 5.0
 
 
-async def _housekeeping(ctx: OperatorContext, stop: asyncio.Event, readiness_gauge: Any) -> None:
+async def _housekeeping(op: Operator, stop: asyncio.Event, readiness_gauge: Any) -> None:
     """Expire reservations and keep the gauges that are not per node/cell current."""
     while not stop.is_set():
-        for expired in ctx.ledger.expire(ctx.now()):
+        for expired in op.ledger.expire(op.now()):
             log.info("reservation of %s/%s expired", *expired.cell)
-        ctx.metrics.reservations.set(len(ctx.ledger))
+        op.metrics.reservations.set(len(op.ledger))
         readiness_gauge()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=1.0)
 
 
-async def _tend_pools(ctx: OperatorContext, stop: asyncio.Event) -> None:
+async def _tend_pools(op: Operator, stop: asyncio.Event) -> None:
     """Every few seconds, take nodes out of pools their cells no longer need."""
     while not stop.is_set():
         try:
-            await ctx.tend_pools()
+            await op.pools.tend()
         except Exception as exc:  # a failed patch is retried on the next round
             log.warning("tending node pools failed: %s", exc)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=POOL_TENDING_SECONDS)
 
 
-async def _resync(api: client.ApiClient, ctx: OperatorContext, stop: asyncio.Event) -> None:
+async def _resync(api: client.ApiClient, op: Operator, stop: asyncio.Event) -> None:
     """Relist everything now and then: a missed watch event cannot linger for long.
 
     A listing taken while events changed the cache would be older than the cache, so it is
     only loaded when no event arrived while it was being taken.
     """
-    interval = ctx.settings.resync_seconds
+    interval = op.settings.resync_seconds
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval)
         if stop.is_set():
             return
-        version = ctx.state.version
+        version = op.state.version
         try:
-            listing = await asyncio.to_thread(list_cluster, api, ctx.settings.namespaces)
+            listing = await asyncio.to_thread(list_cluster, api, op.settings.namespaces)
         except Exception as exc:  # the API server may be away: the next round retries
             log.warning("resync listing failed: %s", exc)
             continue
-        if ctx.state.version == version:
-            load_listing(ctx, listing)
+        if op.state.version == version:
+            load_listing(op, listing)
         else:
             log.debug("resync skipped: the cache changed while listing")
 
 
-async def _forget_deleted_nodes(
-    api: client.ApiClient, ctx: OperatorContext, stop: asyncio.Event
-) -> None:
+async def _forget_deleted_nodes(api: client.ApiClient, op: Operator, stop: asyncio.Event) -> None:
     """Every few seconds, drop nodes deleted while a watch was down (see
     ClusterState.forget_absent_nodes): a ghost node would be budgeted as free room."""
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=ctx.settings.node_check_seconds)
+            await asyncio.wait_for(stop.wait(), timeout=op.settings.node_check_seconds)
         if stop.is_set():
             return
-        events = ctx.state.node_events
+        events = op.state.node_events
         try:
             names = await asyncio.to_thread(node_names, api)
         except Exception as exc:  # the API server may be away: the next round retries
             log.debug("node name listing failed: %s", exc)
             continue
-        for name in ctx.state.forget_absent_nodes(names, events):
+        for name in op.state.forget_absent_nodes(names, events):
             log.warning("node %s was deleted while a watch was down: forgotten", name)
-            ctx.budget_changed()

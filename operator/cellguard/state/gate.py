@@ -9,41 +9,30 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
 from cellguard.api.v1alpha1 import (
-    NodeBudgetSpec,
+    AllowedReason,
+    GateReason,
     StreamCell,
     StreamCellSpec,
     ThreadBudgetPolicySpec,
 )
 from cellguard.budget import (
-    BudgetStatus,
     CellKey,
     CellView,
     ClusterSnapshot,
     Decision,
-    PodPlacement,
     cell_status,
     decide,
-    node_usage,
-    seen_at,
     threads_per_pod,
     with_cell,
-    with_pods,
-    with_policies,
-    with_reservations,
 )
-from cellguard.constants import DEFAULT_POLICY_NAME
-from cellguard.metrics import NodeFigures
 from cellguard.state.reservations import ReservationLedger
+from cellguard.state.snapshots import SnapshotCache
 from cellguard.state.store import CellRecord, ClusterState
-
-NOT_SYNCED = "NotSynced"
-UNKNOWN_CELL = "UnknownCell"
 
 
 class DecisionCounter(Protocol):
@@ -91,16 +80,6 @@ class CellFigures:
     budget_message: str
 
 
-@dataclass
-class _Cached:
-    snapshot: ClusterSnapshot
-    structure: tuple[int, int]  # (node_version, cell_version) it was built at
-    budget_version: int
-    pod_version: int
-    ledger_version: int
-    built_at: float
-
-
 def _view(namespace: str, name: str, spec: StreamCellSpec, replicas: int) -> CellView:
     cell = StreamCell(metadata={"namespace": namespace, "name": name}, spec=spec)
     return CellView.from_streamcell(cell, replicas=replicas)
@@ -133,8 +112,7 @@ class ScaleGate:
         self.metrics = metrics
         self.now = now
         self._lock = asyncio.Lock()
-        self._cached: _Cached | None = None
-        self.budget_refresh_seconds = 1.0
+        self.snapshots = SnapshotCache(state, ledger, now=now)
         self.refusals: dict[CellKey, Refusal] = {}
         self.admitted_at: dict[CellKey, datetime.datetime] = {}
 
@@ -142,61 +120,9 @@ class ScaleGate:
         """The lock every decision holds: hold it to change what decisions look at."""
         return self._lock
 
-    # ------------------------------------------------------------------ snapshot
-
     def snapshot(self) -> ClusterSnapshot:
-        """The cache as a planner snapshot, rebuilt no more than needed.
-
-        A full build costs tens of milliseconds at thousands of nodes, so: nodes, cells and
-        policies changing rebuild it (the set of nodes a pod may land on must be exact);
-        budget reports - thousands a minute in a big fleet - rebuild it at most once a
-        second (a figure one second older is still an observation); pods and reservations
-        are swapped into the existing snapshot.
-        """
-        now = self.now()
-        state = self.state
-        cached = self._cached
-        wall = time.monotonic()
-        if (
-            cached is None
-            or cached.structure != (state.node_version, state.cell_version)
-            or (
-                cached.budget_version != state.budget_version
-                and wall - cached.built_at >= self.budget_refresh_seconds
-            )
-        ):
-            snapshot = ClusterSnapshot.build(
-                nodes=self.state.nodes.values(),
-                cells=[c.view for c in self.state.cells.values()],
-                pods=self._placement(),
-                policies=self.state.policies,
-                now=now,
-                reservations=self.ledger.live(now),
-            )
-            self._cached = _Cached(
-                snapshot=snapshot,
-                structure=(state.node_version, state.cell_version),
-                budget_version=state.budget_version,
-                pod_version=state.pod_version,
-                ledger_version=self.ledger.version,
-                built_at=wall,
-            )
-            return snapshot
-        snapshot = cached.snapshot
-        if cached.pod_version != state.pod_version:
-            snapshot = with_pods(snapshot, self._placement())
-            cached.pod_version = state.pod_version
-        if cached.ledger_version != self.ledger.version:
-            snapshot = with_reservations(snapshot, self.ledger.live(now))
-            cached.ledger_version = self.ledger.version
-        cached.snapshot = snapshot
-        return seen_at(snapshot, now)
-
-    def _placement(self) -> PodPlacement:
-        return PodPlacement(
-            {k: dict(v) for k, v in self.state.placement.items()},
-            {k: dict(v) for k, v in self.state.terminating.items()},
-        )
+        """The cache as a planner snapshot, now (see `SnapshotCache`)."""
+        return self.snapshots.snapshot()
 
     def _ttl(self, policy_name: str) -> datetime.timedelta:
         policy = self.state.policies.get(policy_name) or ThreadBudgetPolicySpec()
@@ -205,7 +131,7 @@ class ScaleGate:
     def _not_synced(self) -> GateAnswer:
         return GateAnswer(
             allowed=False,
-            reason=NOT_SYNCED,
+            reason=GateReason.NOT_SYNCED,
             message=(
                 "cellguard is starting and its view of the cluster is not complete yet, so it "
                 "cannot check this scale-up; retry in a few seconds"
@@ -249,7 +175,7 @@ class ScaleGate:
             )
             answer = GateAnswer(
                 allowed=status.within_budget,
-                reason=str(status.reason or "WithinBudget"),
+                reason=str(status.reason or AllowedReason.WITHIN_BUDGET),
                 message=(
                     f"this change to {cell.namespace}/{cell.name} does not fit: {status.message}"
                     if not status.within_budget
@@ -267,7 +193,7 @@ class ScaleGate:
             if record is None:
                 answer = GateAnswer(
                     allowed=False,
-                    reason=UNKNOWN_CELL,
+                    reason=GateReason.UNKNOWN_CELL,
                     message=(
                         f"StreamCell {cell.namespace}/{cell.name} is not known to cellguard yet "
                         "(just created, or its spec is invalid); retry in a few seconds"
@@ -398,48 +324,6 @@ class ScaleGate:
             headroom=status.headroom,
             limiting_node=status.limiting_node,
             within_budget=status.within_budget,
-            budget_reason=str(status.reason) if status.reason else "WithinBudget",
+            budget_reason=str(status.reason or AllowedReason.WITHIN_BUDGET),
             budget_message=status.message,
         )
-
-    # ------------------------------------------------------------------ metrics
-
-    def node_figures(self) -> list[NodeFigures]:
-        """Per-node figures under the default policy (for the Prometheus gauges)."""
-        snapshot = self.snapshot()
-        if DEFAULT_POLICY_NAME not in snapshot.policies:
-            snapshot = with_policies(
-                snapshot, {**snapshot.policies, DEFAULT_POLICY_NAME: ThreadBudgetPolicySpec()}
-            )
-        rows = []
-        for usage in node_usage(snapshot, DEFAULT_POLICY_NAME):
-            figures = usage.limits
-            budget = snapshot.nodes[usage.node].budget
-            rows.append(
-                NodeFigures(
-                    node=usage.node,
-                    thread_limit=figures.limit,
-                    threads_allowed=figures.allowed,
-                    threads_observed=budget.threads_in_use if budget else None,
-                    threads_projected=usage.projected,
-                    thread_headroom_ratio=usage.headroom,
-                    pid_limit=budget.pid_max if budget else None,
-                    pid_headroom_ratio=_pid_headroom(budget),
-                    budget_age_seconds=(
-                        (snapshot.now - budget.observed_at).total_seconds() if budget else None
-                    ),
-                    budget_known=figures.status is BudgetStatus.KNOWN,
-                )
-            )
-        return rows
-
-
-def _pid_headroom(budget: NodeBudgetSpec | None) -> float | None:
-    if budget is None:
-        return None
-    pods = budget.kubepods
-    if pods.max is not None and pods.current is not None:
-        return 1 - pods.current / pods.max
-    if budget.pid_max and budget.threads_in_use is not None:
-        return 1 - budget.threads_in_use / budget.pid_max
-    return None

@@ -1,4 +1,5 @@
-"""What the operator knows of the cluster: nodes, budgets, cells, policies, cell pods.
+"""What the operator knows of the cluster: nodes, budgets, cells, policies, cell pods and
+the cells' Deployments.
 
 Fed with raw Kubernetes objects (dicts) from the initial listing and then from watch
 events; answers with parsed, typed records. Pure: no client, no kopf. Pod counts per
@@ -38,6 +39,15 @@ class CellRecord:
     @property
     def key(self) -> CellKey:
         return CellKey(self.namespace, self.name)
+
+
+@dataclass(frozen=True)
+class DeploymentSeen:
+    """What a cell's Deployment asks for and has, as last seen (listing, event, or apply)."""
+
+    replicas: int  # spec.replicas
+    existing: int = 0  # status.replicas
+    ready: int = 0  # status.readyReplicas
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,8 @@ class ClusterState:
         self.terminating: dict[CellKey, dict[str, int]] = defaultdict(dict)
         # cell -> pods of the cell, bound or not.
         self.pods_by_cell: dict[CellKey, int] = defaultdict(int)
+        # cell -> its Deployment as last seen.
+        self.deployments: dict[CellKey, DeploymentSeen] = {}
         self.synced = False
         self.version = 0  # bumped on every change that can move a decision
         # What changed, by kind, so the gate rebuilds only what it must.
@@ -254,6 +266,46 @@ class ClusterState:
         _add(self.placement, record.cell, record.node, delta)
         if record.terminating:
             _add(self.terminating, record.cell, record.node, delta)
+
+    # ------------------------------------------------------------------ deployments
+
+    def note_deployment(self, raw: Mapping[str, Any]) -> None:
+        """Remember what a cell's Deployment asks for and has (from a listing or an event)."""
+        metadata = raw.get("metadata", {})
+        key = CellKey(metadata.get("namespace", ""), metadata.get("labels", {}).get(LABEL_CELL, ""))
+        status = raw.get("status", {}) or {}
+        self.deployments[key] = DeploymentSeen(
+            replicas=int((raw.get("spec", {}) or {}).get("replicas", 0) or 0),
+            existing=int(status.get("replicas", 0) or 0),
+            ready=int(status.get("readyReplicas", 0) or 0),
+        )
+
+    def note_applied(self, key: CellKey, replicas: int) -> None:
+        """The operator applied the cell's Deployment at `replicas` (before the watch says)."""
+        seen = self.deployments.get(key)
+        self.deployments[key] = (
+            replace(seen, replicas=replicas) if seen else DeploymentSeen(replicas=replicas)
+        )
+
+    def forget_deployment(self, key: CellKey) -> None:
+        self.deployments.pop(key, None)
+
+    def deployment_replicas(self, key: CellKey) -> int | None:
+        """spec.replicas of the cell's Deployment (None: it has none yet)."""
+        seen = self.deployments.get(key)
+        return seen.replicas if seen else None
+
+    def cell_of_deployment(self, namespace: str, name: str) -> str | None:
+        """The cell a Deployment belongs to: a cell's Deployment is named after the cell."""
+        return name if CellKey(namespace, name) in self.cells else None
+
+    def pods_in_place(self, cell: CellKey) -> int | None:
+        """How many pods of the cell run, when every one is bound and none is terminating
+        (None while any is pending or leaving)."""
+        if self.terminating.get(cell):
+            return None
+        bound = sum(self.placement.get(cell, {}).values())
+        return bound if self.pods_by_cell.get(cell, 0) == bound else None
 
     # ------------------------------------------------------------------ bulk
 

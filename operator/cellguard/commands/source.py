@@ -1,30 +1,19 @@
-"""What `cellguard plan` and `cellguard status` share: reading the cluster (live or from a
-snapshot file) into the operator's own cache and planner snapshot, and printing."""
+"""Where `cellguard plan` and `cellguard status` read the cluster from (the live API or a
+snapshot file) and how they turn it into the operator's own cache and planner snapshot,
+so that the CLI answers exactly as the operator would."""
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import sys
 from pathlib import Path
-from typing import Any
-
-import yaml
-from rich.console import Console
 
 from cellguard.budget import ClusterSnapshot
+from cellguard.commands.output import OUTPUTS
 from cellguard.listing import Listing, list_cluster, read_snapshot
-from cellguard.state.gate import ScaleGate
 from cellguard.state.reservations import ReservationLedger
+from cellguard.state.snapshots import build_snapshot
 from cellguard.state.store import ClusterState
-
-OUTPUTS = ("table", "json", "yaml")
-
-
-class _NoCounting:
-    def count_decision(self, allowed: bool, reason: str) -> None:
-        """A what-if is not a decision: nothing is counted."""
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,32 +54,5 @@ def load_state(listing: Listing) -> ClusterState:
 
 
 def planner_snapshot(state: ClusterState, now: datetime.datetime | None = None) -> ClusterSnapshot:
-    moment = now or datetime.datetime.now(datetime.UTC)
-    gate = ScaleGate(state, ReservationLedger(), _NoCounting(), now=lambda: moment)
-    return gate.snapshot()
-
-
-def gate_for(state: ClusterState, now: datetime.datetime | None = None) -> ScaleGate:
-    moment = now or datetime.datetime.now(datetime.UTC)
-    return ScaleGate(state, ReservationLedger(), _NoCounting(), now=lambda: moment)
-
-
-def console() -> Console:
-    """The terminal's width on a terminal; wide enough for every column when piped."""
-    return Console() if sys.stdout.isatty() else Console(width=200)
-
-
-def figure(value: int | None) -> str:
-    return "-" if value is None else f"{value:,}"
-
-
-def ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0%}"
-
-
-def emit(data: Any, output: str) -> None:
-    if output == "json":
-        json.dump(data, sys.stdout, indent=2, default=str)
-        sys.stdout.write("\n")
-    else:
-        yaml.safe_dump(data, sys.stdout, sort_keys=False, default_flow_style=False)
+    """The state as the operator's planner sees it, without reservations (a CLI holds none)."""
+    return build_snapshot(state, ReservationLedger(), now or datetime.datetime.now(datetime.UTC))

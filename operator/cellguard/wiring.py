@@ -1,0 +1,72 @@
+"""The parts one operator process wires together, handed to its kopf handlers.
+
+No behaviour of its own: the cache and what the operator last saw (`state.store`), the
+decisions (`state.gate`), reservations (`state.reservations`, `state.settling`), node
+pools (`state.pools`), the gauges (`metrics`). The only I/O is injected: `apply` (server-
+side apply of a manifest) and the node labeller, so the rest can be driven from tests.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cellguard.metrics import Fleet, OperatorMetrics
+from cellguard.settings import Settings
+from cellguard.state.gate import ScaleGate
+from cellguard.state.pools import NodeLabeler, NodePools
+from cellguard.state.reservations import ReservationLedger
+from cellguard.state.store import ClusterState
+
+# A manifest -> the object as stored (server-side apply).
+Applier = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+@dataclass(eq=False)
+class Operator:
+    settings: Settings
+    metrics: OperatorMetrics
+    apply: Applier
+    state: ClusterState
+    ledger: ReservationLedger
+    gate: ScaleGate
+    pools: NodePools
+    fleet: Fleet
+    now: Callable[[], datetime.datetime] = utc_now
+    # Who the operator is to the API server (its own writes pass its webhooks).
+    own_username: str | None = field(default=None)
+
+    @classmethod
+    def create(
+        cls,
+        settings: Settings,
+        metrics: OperatorMetrics,
+        apply: Applier,
+        *,
+        now: Callable[[], datetime.datetime] = utc_now,
+        label_node: NodeLabeler | None = None,
+    ) -> Operator:
+        state = ClusterState()
+        ledger = ReservationLedger()
+        gate = ScaleGate(state, ledger, metrics, now=now)
+        return cls(
+            settings=settings,
+            metrics=metrics,
+            apply=apply,
+            state=state,
+            ledger=ledger,
+            gate=gate,
+            pools=NodePools(state, ledger, gate, label_node, now=now),
+            fleet=Fleet(lambda: gate.snapshot() if state.synced else None),
+            now=now,
+        )
+
+    def is_own_request(self, userinfo: Mapping[str, Any]) -> bool:
+        """True for the operator's own writes (it alone may change a cell's Deployment)."""
+        return self.own_username is not None and userinfo.get("username") == self.own_username
