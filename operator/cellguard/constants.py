@@ -34,6 +34,7 @@ ANNOTATION_APPROVED_REPLICAS: Final = f"{GROUP}/approved-replicas"
 CONDITION_READY: Final = "Ready"
 CONDITION_WITHIN_BUDGET: Final = "WithinBudget"
 CONDITION_SCALE_REFUSED: Final = "ScaleRefused"
+CONDITION_THREAD_MODEL_ACCURATE: Final = "ThreadModelAccurate"
 
 # Field managers (server-side apply) and kopf storage prefixes.
 FIELD_MANAGER_OPERATOR: Final = "cellguard-operator"

@@ -779,6 +779,7 @@ def test_default_policy_is_applied_by_a_hook_job(default_render: list[Manifest])
         "unknownBudget": "Refuse",
         "staleAfterSeconds": 300,
         "reservationTtlSeconds": 120,
+        "threadModelTolerance": 0.1,
         "alerts": {"warningHeadroom": 0.3, "criticalHeadroom": 0.15, "nearMaxSafeRatio": 0.9},
     }
     # The hook's service account may write that one policy (and wait for its CRD), no more.

@@ -115,7 +115,9 @@ class Toleration(_Model):
 class Condition(_Model):
     """A metav1.Condition."""
 
-    type: str = Field(description="Condition type: Ready, WithinBudget or ScaleRefused.")
+    type: str = Field(
+        description="Condition type: Ready, WithinBudget, ScaleRefused or ThreadModelAccurate."
+    )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     observed_generation: int | None = Field(
         default=None, ge=0, description="The .metadata.generation this condition was set from."
@@ -323,6 +325,14 @@ class ReadyReason(StrEnum):
     REPLICAS_NOT_READY = "ReplicasNotReady"
 
 
+class ThreadModelReason(StrEnum):
+    """Reasons of the ThreadModelAccurate condition."""
+
+    WITHIN_MODEL = "ObservedWithinModel"
+    EXCEEDS_MODEL = "ObservedExceedsModel"
+    NOT_OBSERVED = "NotObserved"  # no node agent has reported the cell's pods yet
+
+
 class ScaleRefusedReason(StrEnum):
     """Reason of ScaleRefused=False (when True, the reason is the refusal's code)."""
 
@@ -336,6 +346,22 @@ class LastRefusal(_Model):
     requested_replicas: int = Field(ge=0, description="Replicas the refused change asked for.")
     reason: str = Field(description="Machine reason code, e.g. NodeThreadLimit.")
     message: str = Field(description="The refusal as shown to the requester.")
+
+
+class ThreadSample(_Model):
+    """Threads per pod the cell's pods were observed to hold at one size."""
+
+    replicas: int = Field(ge=1, description="The cell's size (running pods) when observed.")
+    threads_per_pod: int = Field(ge=0, description="Observed threads per pod (p95 over its pods).")
+
+
+class ThreadModelFit(_Model):
+    """The thread model fitted to the observed samples (least squares over sizes)."""
+
+    base: float = Field(description="Fitted spec.threads.base.")
+    per_peer: float = Field(description="Fitted spec.threads.perPeer.")
+    residual: float = Field(ge=0, description="Root mean square error of the fit, in threads.")
+    sizes: int = Field(ge=2, description="Distinct sizes the fit saw.")
 
 
 class StreamCellStatus(_Model):
@@ -365,12 +391,29 @@ class StreamCellStatus(_Model):
     last_refusal: LastRefusal | None = Field(
         default=None, description="The most recent refused scale change."
     )
+    threads_observed_per_pod: int | None = Field(
+        default=None,
+        ge=0,
+        description="Most threads any pod of the cell holds, as the node agents observed.",
+    )
+    threads_observed_p95: int | None = Field(
+        default=None, ge=0, description="95th percentile of the threads its pods hold."
+    )
+    thread_samples: list[ThreadSample] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Observed threads per pod at the sizes the cell has run at (latest 16).",
+    )
+    thread_model_fit: ThreadModelFit | None = Field(
+        default=None,
+        description="base and perPeer fitted to threadSamples, once there are 2 sizes.",
+    )
     observed_generation: int | None = Field(
         default=None, ge=0, description="The .metadata.generation last acted upon."
     )
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="Ready, WithinBudget and ScaleRefused.",
+        description="Ready, WithinBudget, ScaleRefused and ThreadModelAccurate.",
         # metav1.Condition lists are maps keyed by type (server-side apply merges by type).
         json_schema_extra={
             "x-kubernetes-list-type": "map",
@@ -517,6 +560,15 @@ class ThreadBudgetPolicySpec(_Model):
             "see it applied."
         ),
     )
+    thread_model_tolerance: float = Field(
+        default=0.1,
+        ge=0,
+        le=10,
+        description=(
+            "How far the threads a cell's pods hold may exceed its declared thread model "
+            "before the cell reports ThreadModelAccurate=False (0.1: 10%)."
+        ),
+    )
     alerts: AlertThresholds = Field(
         default_factory=AlertThresholds,
         description="Alerting and condition thresholds.",
@@ -590,6 +642,16 @@ class KubepodsPids(_Model):
         return self
 
 
+class PodThreads(_Model):
+    """Threads one pod holds, from the pids controller of its cgroup."""
+
+    uid: str = Field(min_length=1, max_length=64, description="The pod's metadata.uid.")
+    threads: int = Field(ge=0, description="pids.current: tasks (threads) in the pod now.")
+    peak: int | None = Field(
+        default=None, ge=0, description="pids.peak, where the kernel has it: the most it held."
+    )
+
+
 class NodeBudgetSpec(_Model):
     """A node's thread and PID limits and usage, as the node agent observed them on the host.
 
@@ -609,6 +671,12 @@ class NodeBudgetSpec(_Model):
         default=None,
         ge=1,
         description="The kubelet's podPidsLimit (per-pod PID cap); empty when none or unknown.",
+    )
+    pods: list[PodThreads] = Field(
+        default_factory=list,
+        max_length=1024,
+        description="Threads each pod on the node holds, by pod UID (from kubepods).",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["uid"]},
     )
     observed_at: datetime = Field(description="When the figures were read (RFC 3339).")
     agent_version: str | None = Field(default=None, description="Version of the agent.")
