@@ -40,12 +40,16 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "what-if: would this cell's scale fit every node? (exit 0 fits, 1 refused, 2 error)",
     ),
     "status": ("cellguard.commands.status", "cells with their headroom, and every node's budget"),
+    "fit": (
+        "cellguard.commands.fit",
+        "fit a cell's thread model to its observed threads; print the spec.threads to apply",
+    ),
     "agent": ("cellguard.agent.cli", "node agent: report this node's thread and PID budget"),
 }
 
 
 # Commands that only print: they may die quietly on a closed pipe.
-PIPE_FILTERS = frozenset({"plan", "status"})
+PIPE_FILTERS = frozenset({"plan", "status", "fit"})
 
 
 def _load(module_name: str) -> _Subcommand:

@@ -38,6 +38,9 @@ CELL_MAX_SAFE = "cellguard_cell_max_safe_replicas"
 CELL_THREADS_PER_POD = "cellguard_cell_threads_per_pod"
 CELL_HEADROOM = "cellguard_cell_headroom_ratio"
 CELL_SCALE_REFUSED = "cellguard_cell_scale_refused"
+CELL_THREADS_OBSERVED = "cellguard_cell_threads_observed_per_pod"
+CELL_THREADS_MODELLED = "cellguard_cell_threads_modelled_per_pod"
+CELL_THREAD_MODEL_ACCURATE = "cellguard_cell_thread_model_accurate"
 DECISIONS = "cellguard_decisions"  # exported as cellguard_decisions_total
 ADMISSION_DURATION = "cellguard_admission_duration_seconds"
 RESERVATIONS = "cellguard_reservations_active"
@@ -59,6 +62,9 @@ EXPORTED_NAMES = frozenset(
         CELL_THREADS_PER_POD,
         CELL_HEADROOM,
         CELL_SCALE_REFUSED,
+        CELL_THREADS_OBSERVED,
+        CELL_THREADS_MODELLED,
+        CELL_THREAD_MODEL_ACCURATE,
         f"{DECISIONS}_total",
         f"{ADMISSION_DURATION}_bucket",
         f"{ADMISSION_DURATION}_count",
@@ -95,6 +101,9 @@ class CellFiguresRow:
     threads_per_pod: int
     headroom_ratio: float | None
     scale_refused: bool
+    threads_observed_per_pod: int | None = None  # most any pod holds, as observed
+    threads_modelled_per_pod: int | None = None  # the model, at the size observed at
+    thread_model_accurate: bool | None = None  # None: not observed yet
 
 
 @dataclass
@@ -235,8 +244,17 @@ class FleetCollector(Collector):
                 "max_safe_replicas",
             ),
             CELL_THREADS_PER_POD: (
-                "Modelled threads per pod at the current size.",
+                "Threads budgeted per pod at the current size: the model, or the observed "
+                "threads where the pods hold more.",
                 "threads_per_pod",
+            ),
+            CELL_THREADS_OBSERVED: (
+                "Most threads any pod of the cell holds, as the node agents observed.",
+                "threads_observed_per_pod",
+            ),
+            CELL_THREADS_MODELLED: (
+                "Threads per pod the cell's spec.threads model says, at the observed size.",
+                "threads_modelled_per_pod",
             ),
             CELL_HEADROOM: (
                 "Smallest thread headroom ratio over the cell's nodes.",
@@ -260,6 +278,19 @@ class FleetCollector(Collector):
                 [row.namespace, row.cell, row.service], 1.0 if row.scale_refused else 0.0
             )
         yield refused
+        accurate = GaugeMetricFamily(
+            CELL_THREAD_MODEL_ACCURATE,
+            "1 while the pods hold no more threads than the model says, within the policy's "
+            "threadModelTolerance (ThreadModelAccurate=True); 0 when they hold more.",
+            labels=labels,
+        )
+        for row in report.cells.values():
+            if row.thread_model_accurate is not None:
+                accurate.add_metric(
+                    [row.namespace, row.cell, row.service],
+                    1.0 if row.thread_model_accurate else 0.0,
+                )
+        yield accurate
 
 
 class OperatorMetrics:

@@ -29,12 +29,14 @@ from cellguard import __version__
 from cellguard.agent.cli import main
 from cellguard.agent.kube import NodeBudgetPublisher
 from cellguard.agent.loop import PublishError, Reporter, run_reports
-from cellguard.api.v1alpha1 import KubepodsPids, NodeBudget, NodeBudgetSpec
+from cellguard.api.v1alpha1 import KubepodsPids, NodeBudget, NodeBudgetSpec, PodThreads
 
 NODE = "node-a"
 NODE_PATH = f"/api/v1/nodes/{NODE}"
 BUDGET_PATH = f"/apis/cellguard.io/v1alpha1/nodebudgets/{NODE}"
 NODE_UID = "6d3c8f2e-0000-4000-8000-000000000001"
+POD_UID = "0b6c5bd8-2f4e-4c8a-9d1e-5a7f3c2b1a00"
+OTHER_POD_UID = "3f2a9e4d-7b1c-4e5f-8a6d-1c9b8e7f6d11"
 REPO_OPERATOR_DIR = Path(__file__).resolve().parents[2] / "operator"
 
 
@@ -151,6 +153,10 @@ def a_spec(**changes: Any) -> NodeBudgetSpec:
         threads_in_use=1234,
         kubepods=KubepodsPids(cgroup_version="v2", path="/sys/fs/cgroup/kubepods.slice", max=8192),
         pod_pids_limit=None,
+        pods=[
+            PodThreads(uid=POD_UID, threads=212, peak=230),
+            PodThreads(uid=OTHER_POD_UID, threads=31),
+        ],
         observed_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
         agent_version=__version__,
         errors=["/sys/fs/cgroup/kubepods.slice/pids.current: Permission denied"],
@@ -199,6 +205,11 @@ def test_the_budget_is_server_side_applied_as_the_agent_and_owned_by_the_node(
                 "max": 8192,
                 "unlimited": False,
             },
+            # A pod's unknown peak (a kernel without pids.peak) is left out likewise.
+            "pods": [
+                {"uid": POD_UID, "threads": 212, "peak": 230},
+                {"uid": OTHER_POD_UID, "threads": 31},
+            ],
             "observedAt": "2026-01-02T03:04:05Z",
             "agentVersion": __version__,
             "errors": ["/sys/fs/cgroup/kubepods.slice/pids.current: Permission denied"],
@@ -304,6 +315,7 @@ def test_a_failed_report_is_retried_next_interval_without_crashing(
     assert any("HTTP 500" in w and "etcd down" in w for w in warnings)
     debug = [r.message for r in caplog.records if r.levelno == logging.DEBUG]
     assert any(m.startswith("reported node=node-a threads=1234") for m in debug)
+    assert any(" pods=2 " in m for m in debug)
 
 
 # --------------------------------------------------------------------------- the reporter
@@ -408,7 +420,22 @@ def write_fixture_host(root: Path) -> tuple[Path, Path]:
     (sys / "fs/cgroup/cgroup.controllers").write_text("pids\n")
     (kubepods / "pids.max").write_text("max\n")
     (kubepods / "pids.current").write_text("77\n")
+    # A Guaranteed pod on a kernel with pids.peak, a Burstable one without.
+    guaranteed = kubepods / f"kubepods-pod{POD_UID.replace('-', '_')}.slice"
+    guaranteed.mkdir()
+    (guaranteed / "pids.current").write_text("40\n")
+    (guaranteed / "pids.peak").write_text("52\n")
+    burstable = kubepods / "kubepods-burstable.slice"
+    burstable = burstable / f"kubepods-burstable-pod{OTHER_POD_UID.replace('-', '_')}.slice"
+    burstable.mkdir(parents=True)
+    (burstable / "pids.current").write_text("37\n")
     return proc, sys
+
+
+FIXTURE_PODS = [
+    PodThreads(uid=POD_UID, threads=40, peak=52),
+    PodThreads(uid=OTHER_POD_UID, threads=37, peak=None),
+]
 
 
 def write_kubeconfig(path: Path, server_url: str) -> Path:
@@ -449,6 +476,7 @@ def test_once_print_prints_the_budget_without_any_api(
     assert budget.metadata == {"name": NODE}
     assert (budget.spec.threads_in_use, budget.spec.pod_pids_limit) == (1234, 4096)
     assert (budget.spec.kubepods.unlimited, budget.spec.kubepods.current) == (True, 77)
+    assert budget.spec.pods == FIXTURE_PODS
     assert budget.spec.errors == []
 
 
@@ -467,7 +495,13 @@ def test_once_writes_through_the_kubeconfig_and_reports_the_outcome(
         "Bearer t"
     ] * len(api_server.requests)
     assert ("GET", NODE_PATH) in api_server.paths()
-    assert json.loads(patches(api_server)[-1].body)["spec"]["threadsInUse"] == 1234
+    written = json.loads(patches(api_server)[-1].body)
+    assert written["spec"]["threadsInUse"] == 1234
+    assert written["spec"]["pods"] == [
+        {"uid": POD_UID, "threads": 40, "peak": 52},
+        {"uid": OTHER_POD_UID, "threads": 37},
+    ]
+    assert NodeBudget.model_validate(written).spec.pods == FIXTURE_PODS
 
 
 def test_without_a_node_name_the_agent_refuses_to_start(

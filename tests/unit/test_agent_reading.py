@@ -4,7 +4,9 @@ be bad, and the real /proc of this machine against independent readings."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -12,15 +14,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from cellguard import __version__
 from cellguard.agent.reading import (
+    MAX_PODS,
     HostPaths,
     read_node_budget,
+    read_pods,
     threads_from_loadavg,
     threads_from_status_files,
 )
-from cellguard.api.v1alpha1 import CgroupVersion, KubepodsPids
+from cellguard.api.v1alpha1 import CgroupVersion, KubepodsPids, NodeBudgetSpec, PodThreads
 
 OBSERVED_AT = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -292,6 +297,311 @@ def test_garbage_pids_files(tmp_path: Path) -> None:
     ]
 
 
+# --------------------------------------------------------------------------- pods in kubepods
+
+UID_A = "0b6c5bd8-2f4e-4c8a-9d1e-5a7f3c2b1a00"
+UID_B = "3f2a9e4d-7b1c-4e5f-8a6d-1c9b8e7f6d11"
+UID_C = "8e1d7c6b-5a4f-4e3d-9c2b-0a1f2e3d4c22"
+STATIC_UID = "6f1e9a2b3c4d5e6f7a8b9c0d1e2f3a4b"  # a static pod: the kubelet's hash, no dashes
+
+
+def pod_cgroup(layout: str, qos: str, uid: str) -> str:
+    """Where a kubelet puts a pod's cgroup, relative to kubepods, spelled out per driver."""
+    if layout.endswith("cgroupfs"):
+        return {
+            "guaranteed": f"pod{uid}",
+            "burstable": f"burstable/pod{uid}",
+            "besteffort": f"besteffort/pod{uid}",
+        }[qos]
+    escaped = uid.replace("-", "_")
+    return {
+        "guaranteed": f"kubepods-pod{escaped}.slice",
+        "burstable": f"kubepods-burstable.slice/kubepods-burstable-pod{escaped}.slice",
+        "besteffort": f"kubepods-besteffort.slice/kubepods-besteffort-pod{escaped}.slice",
+    }[qos]
+
+
+def make_pod(
+    kubepods: Path, layout: str, qos: str, uid: str, *, current: str, peak: str | None = None
+) -> Path:
+    directory = kubepods / pod_cgroup(layout, qos, uid)
+    write(directory, "pids.current", current)
+    if peak is not None:
+        write(directory, "pids.peak", peak)
+    return directory
+
+
+def node_with_pods(tmp_path: Path, layout: str = "v2-systemd") -> tuple[HostPaths, Path]:
+    kubepods = make_cgroup(tmp_path / "sys", layout, pids_max="max\n", pids_current="500\n")
+    paths = HostPaths(proc_root=make_proc(tmp_path / "proc"), sys_root=tmp_path / "sys")
+    return paths, kubepods
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_every_pod_of_every_qos_class_is_reported_by_uid(tmp_path: Path, layout: str) -> None:
+    paths, kubepods = node_with_pods(tmp_path, layout)
+    make_pod(kubepods, layout, "burstable", UID_C, current="31\n", peak="40\n")
+    make_pod(kubepods, layout, "guaranteed", UID_A, current="212\n", peak="230\n")
+    make_pod(kubepods, layout, "besteffort", UID_B, current="0\n", peak="3\n")
+    make_pod(kubepods, layout, "guaranteed", STATIC_UID, current="9\n", peak="9\n")
+
+    spec = read_node_budget("n", paths)
+
+    assert spec.pods == [
+        PodThreads(uid=UID_A, threads=212, peak=230),
+        PodThreads(uid=UID_B, threads=0, peak=3),
+        PodThreads(uid=STATIC_UID, threads=9, peak=9),
+        PodThreads(uid=UID_C, threads=31, peak=40),
+    ]
+    assert spec.errors == []
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_only_the_pod_level_file_is_read_and_other_entries_are_ignored(
+    tmp_path: Path, layout: str
+) -> None:
+    paths, kubepods = node_with_pods(tmp_path, layout)
+    pod = make_pod(kubepods, layout, "burstable", UID_A, current="57\n")
+    # Container cgroups inside the pod: already counted by the pod's own pids.current.
+    for container in ("cri-containerd-1f2e.scope", "4d5c6b7a8f9e", "pod" + UID_B):
+        write(pod, f"{container}/pids.current", "50\n")
+    # Not pods: the kubepods files, other directories, names that only look like a pod.
+    write(kubepods, "cgroup.procs", "")
+    for stray in (
+        "system.slice",
+        "pod",  # no uid
+        f"pod{UID_B}.scope",
+        f"pod{'a' * 65}",  # longer than any uid
+        "kubepods-guaranteed.slice",
+        "kubepods-podbad-uid.slice",  # a '-' cannot be part of a systemd slice's uid
+        f"kubepods-besteffort-pod{UID_B.replace('-', '_')}.slice",  # in the wrong parent
+        f"burstable-pod{UID_B}",
+    ):
+        write(kubepods, f"{stray}/pids.current", "1000\n")
+    write(kubepods, f"pod{UID_C}", "a file, not a cgroup")
+
+    spec = read_node_budget("n", paths)
+
+    assert spec.pods == [PodThreads(uid=UID_A, threads=57, peak=None)]
+    assert spec.errors == []
+
+
+def test_systemd_slice_names_give_back_the_uid_with_dashes(tmp_path: Path) -> None:
+    paths, kubepods = node_with_pods(tmp_path, "v1-systemd")
+    write(
+        kubepods,
+        "kubepods-besteffort.slice/"
+        "kubepods-besteffort-pod0b6c5bd8_2f4e_4c8a_9d1e_5a7f3c2b1a00.slice/pids.current",
+        "4\n",
+    )
+
+    (pod,) = read_node_budget("n", paths).pods
+
+    assert pod.uid == "0b6c5bd8-2f4e-4c8a-9d1e-5a7f3c2b1a00"
+
+
+def test_peak_is_reported_where_the_kernel_has_it(tmp_path: Path) -> None:
+    # Before Linux 6.1 a pod's cgroup has no pids.peak: no figure, and no error either.
+    paths, kubepods = node_with_pods(tmp_path)
+    make_pod(kubepods, "v2-systemd", "guaranteed", UID_A, current="12\n", peak="80\n")
+    make_pod(kubepods, "v2-systemd", "guaranteed", UID_B, current="12\n")
+
+    spec = read_node_budget("n", paths)
+
+    assert [(pod.uid, pod.peak) for pod in spec.pods] == [(UID_A, 80), (UID_B, None)]
+    assert spec.errors == []
+
+
+def test_pods_that_come_and_go_between_two_reports(tmp_path: Path) -> None:
+    paths, kubepods = node_with_pods(tmp_path, "v2-cgroupfs")
+    leaving = make_pod(kubepods, "v2-cgroupfs", "burstable", UID_A, current="10\n")
+    make_pod(kubepods, "v2-cgroupfs", "besteffort", UID_B, current="20\n")
+    first = read_node_budget("n", paths)
+
+    shutil.rmtree(leaving)
+    make_pod(kubepods, "v2-cgroupfs", "guaranteed", UID_C, current="30\n")
+    (kubepods / pod_cgroup("v2-cgroupfs", "besteffort", UID_B) / "pids.current").write_text("21")
+    second = read_node_budget("n", paths)
+
+    assert [(pod.uid, pod.threads) for pod in first.pods] == [(UID_A, 10), (UID_B, 20)]
+    assert [(pod.uid, pod.threads) for pod in second.pods] == [(UID_B, 21), (UID_C, 30)]
+    assert first.errors == second.errors == []
+
+
+def remove_on_open(
+    monkeypatch: pytest.MonkeyPatch, opened: Path, removed: Path, *, error: OSError | None = None
+) -> None:
+    """The cgroup `removed` goes away the moment `opened` is opened, as when a pod ends
+    between the listing and the read; with `error`, the open fails with that instead."""
+    real_open = Path.open
+
+    def open_racing(self: Path, *args: object, **kwargs: object) -> object:
+        if self == opened:
+            shutil.rmtree(removed)
+            if error is not None:
+                raise error
+        return real_open(self, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(Path, "open", open_racing)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [None, OSError(errno.ENODEV, "No such device")],  # ENODEV: the cgroup died under the read
+)
+def test_a_pod_that_ends_between_listing_and_reading_is_left_out_silently(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: OSError | None
+) -> None:
+    paths, kubepods = node_with_pods(tmp_path)
+    ending = make_pod(kubepods, "v2-systemd", "burstable", UID_A, current="10\n", peak="11\n")
+    make_pod(kubepods, "v2-systemd", "burstable", UID_B, current="20\n", peak="21\n")
+    remove_on_open(monkeypatch, ending / "pids.current", ending, error=error)
+
+    spec = read_node_budget("n", paths)
+
+    assert spec.pods == [PodThreads(uid=UID_B, threads=20, peak=21)]
+    assert spec.errors == []
+
+
+def test_a_pod_that_ends_between_its_two_files_keeps_its_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths, kubepods = node_with_pods(tmp_path)
+    ending = make_pod(kubepods, "v2-systemd", "guaranteed", UID_A, current="10\n", peak="11\n")
+    remove_on_open(monkeypatch, ending / "pids.peak", ending)
+
+    spec = read_node_budget("n", paths)
+
+    assert spec.pods == [PodThreads(uid=UID_A, threads=10, peak=None)]
+    assert spec.errors == []
+
+
+def test_a_whole_qos_class_that_goes_away_is_no_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths, kubepods = node_with_pods(tmp_path, "v1-cgroupfs")
+    besteffort = make_pod(kubepods, "v1-cgroupfs", "besteffort", UID_A, current="1\n").parent
+    make_pod(kubepods, "v1-cgroupfs", "burstable", UID_B, current="2\n")
+    real_scandir = os.scandir
+
+    def scandir_racing(path: Path | int) -> object:
+        if not isinstance(path, int) and Path(path) == besteffort:  # rmtree passes fds
+            shutil.rmtree(besteffort)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir_racing)
+
+    spec = read_node_budget("n", paths)
+
+    assert [pod.uid for pod in spec.pods] == [UID_B]
+    assert spec.errors == []
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        ("garbage", "not an integer: 'lots'"),
+        ("negative", "out of range: -3 (expected at least 0)"),
+        ("directory", "Is a directory"),
+        ("missing", "No such file or directory"),  # the pids controller is off for the pod
+    ],
+)
+def test_a_pod_whose_threads_cannot_be_read_is_left_out_and_said_why(
+    tmp_path: Path, bad: str, reason: str
+) -> None:
+    paths, kubepods = node_with_pods(tmp_path)
+    make_pod(kubepods, "v2-systemd", "burstable", UID_A, current="10\n")
+    broken = make_pod(kubepods, "v2-systemd", "burstable", UID_B, current="20\n") / "pids.current"
+    make_pod(kubepods, "v2-systemd", "besteffort", UID_C, current="30\n")
+    broken.unlink()
+    if bad == "garbage":
+        broken.write_text("lots\n")
+    elif bad == "negative":
+        broken.write_text("-3\n")
+    elif bad == "directory":
+        broken.mkdir()
+
+    spec = read_node_budget("n", paths)
+
+    assert [pod.uid for pod in spec.pods] == [UID_A, UID_C]
+    assert spec.errors == [f"{broken}: {reason}"]
+    assert (spec.kubepods.current, spec.kubepods.unlimited) == (500, True)
+
+
+def test_an_unreadable_peak_is_an_error_but_the_threads_stay(tmp_path: Path) -> None:
+    paths, kubepods = node_with_pods(tmp_path)
+    pod = make_pod(kubepods, "v2-systemd", "guaranteed", UID_A, current="10\n", peak="many\n")
+
+    spec = read_node_budget("n", paths)
+
+    assert spec.pods == [PodThreads(uid=UID_A, threads=10, peak=None)]
+    assert spec.errors == [f"{pod}/pids.peak: not an integer: 'many'"]
+
+
+def test_a_qos_class_that_cannot_be_listed_is_an_error_the_others_still_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths, kubepods = node_with_pods(tmp_path)
+    make_pod(kubepods, "v2-systemd", "guaranteed", UID_A, current="1\n")
+    burstable = make_pod(kubepods, "v2-systemd", "burstable", UID_B, current="2\n").parent
+    make_pod(kubepods, "v2-systemd", "besteffort", UID_C, current="3\n")
+    real_scandir = os.scandir
+
+    def scandir_refusing(path: Path | int) -> object:
+        if not isinstance(path, int) and Path(path) == burstable:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir_refusing)
+
+    spec = read_node_budget("n", paths)
+
+    assert [pod.uid for pod in spec.pods] == [UID_A, UID_C]
+    assert spec.errors == [f"{burstable}: Permission denied"]
+
+
+def test_one_uid_in_two_cgroups_is_not_guessed_at(tmp_path: Path) -> None:
+    paths, kubepods = node_with_pods(tmp_path, "v1-cgroupfs")
+    make_pod(kubepods, "v1-cgroupfs", "guaranteed", UID_A, current="5\n")
+    burstable = make_pod(kubepods, "v1-cgroupfs", "burstable", UID_B, current="6\n")
+    besteffort = make_pod(kubepods, "v1-cgroupfs", "besteffort", UID_B, current="7\n")
+
+    spec = read_node_budget("n", paths)
+
+    assert [pod.uid for pod in spec.pods] == [UID_A]
+    assert spec.errors == [f"{besteffort}: pod {UID_B} has another cgroup: {burstable}"]
+
+
+def test_no_kubepods_cgroup_means_no_pods_and_no_second_error(tmp_path: Path) -> None:
+    write(tmp_path, "fs/cgroup/cgroup.controllers", "pids\n")
+
+    spec = read_node_budget("n", HostPaths(sys_root=tmp_path))
+
+    assert spec.pods == []
+    assert sum("kubepods" in error for error in spec.errors) == 1
+
+
+def test_more_pods_than_a_budget_holds_keeps_the_first_by_uid_and_says_so(
+    tmp_path: Path,
+) -> None:
+    kubepods = tmp_path / "kubepods"
+    uids = [f"00000000-0000-4000-8000-{index:012d}" for index in range(MAX_PODS + 2)]
+    for uid in reversed(uids):
+        write(kubepods, f"pod{uid}/pids.current", "1\n")
+
+    pods, errors = read_pods(kubepods)
+
+    assert [pod.uid for pod in pods] == uids[:MAX_PODS]
+    assert errors == [
+        f"{kubepods}: {MAX_PODS + 2} pods, more than the {MAX_PODS} a NodeBudget holds: "
+        "the last 2 by uid left out"
+    ]
+    # The bound is the API's own.
+    spec = NodeBudgetSpec(node_name="n", observed_at=OBSERVED_AT, pods=pods)
+    with pytest.raises(ValidationError, match="at most 1024 items"):
+        spec.pods = [*pods, PodThreads(uid="one-more", threads=1)]
+
+
 # --------------------------------------------------------------------------- threads in use
 
 
@@ -533,5 +843,6 @@ def test_real_cgroup_version_matches_the_mount_table() -> None:
     # Not a node: no kubepods here, and the reader says so rather than inventing one.
     if spec.kubepods.path is None:
         assert any("no kubepods cgroup" in error for error in spec.errors)
+        assert spec.pods == []
     else:
         assert spec.kubepods.current is not None

@@ -154,6 +154,7 @@ def test_every_expected_alert_is_defined() -> None:
         "CellguardCellScaleRefused",
         "CellguardCellNearMaxSafeSize",
         "CellguardCellNoSafeCapacity",
+        "CellguardThreadModelWrong",
         "CellguardOperatorDown",
         "CellguardOperatorNotReady",
         "CellguardWebhookFailing",
@@ -374,6 +375,9 @@ class _Fleet:
             threads_per_pod=157,
             headroom_ratio=0.2676,
             scale_refused=False,
+            threads_observed_per_pod=157,
+            threads_modelled_per_pod=150,
+            thread_model_accurate=True,
         )
         return metrics.FleetReport(nodes=[node], cells={("streams", "ingest-a"): cell})
 

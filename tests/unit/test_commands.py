@@ -1,4 +1,4 @@
-"""`cellguard plan` and `cellguard status` against a snapshot file (no server needed)."""
+"""`cellguard plan`, `status` and `fit` against a snapshot file (no server needed)."""
 
 from __future__ import annotations
 
@@ -223,6 +223,113 @@ def test_a_saved_snapshot_is_judged_as_of_when_it_was_taken(
     assert "FITS" in capsys.readouterr().out
 
 
+def _with_samples(snapshot: Path, samples: list[tuple[int, int]]) -> Path:
+    """The snapshot with ingest-a's status.threadSamples set to (replicas, threads) pairs."""
+    document = yaml.safe_load(snapshot.read_text())
+    (cell,) = document["cells"]
+    cell["status"] = {
+        "replicas": 3,
+        "threadSamples": [{"replicas": n, "threadsPerPod": t} for n, t in samples],
+    }
+    path = snapshot.with_name("sampled.yaml")
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+# ingest-a declares base 200, perPeer 500; its pods were seen to follow 250 + 502 * (N - 1).
+FOLLOWED = [(3, 1_254), (5, 2_258), (3, 1_254), (8, 3_764)]
+FIT_ARGS = ["fit", "streamcell/ingest-a", "-n", "prod", "--snapshot"]
+
+
+def test_fit_prints_the_fitted_model_and_the_patch_to_apply(
+    snapshot: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sampled = str(_with_samples(snapshot, FOLLOWED))
+    assert cli.main([*FIT_ARGS, sampled, "-o", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["cell"] == "prod/ingest-a"
+    assert data["fit"] == {
+        "base": 250.0,
+        "perPeer": 502.0,
+        "residual": 0.0,
+        "sizes": 3,
+        "samples": 4,
+    }
+    assert data["declared"] == {"base": 200, "perPeer": 500}
+    assert data["suggested"] == {"base": 250, "perPeer": 502}
+    assert data["matchesDeclared"] is False
+    assert data["patch"] == {"spec": {"threads": {"base": 250, "perPeer": 502}}}
+    command = (
+        "kubectl patch streamcell ingest-a -n prod --type merge "
+        """-p '{"spec":{"threads":{"base":250,"perPeer":502}}}'"""
+    )
+    assert data["command"] == command
+    assert cli.main([*FIT_ARGS, sampled, "-o", "yaml"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == data
+    assert cli.main([*FIT_ARGS, sampled]) == 0
+    table = capsys.readouterr().out
+    assert "prod/ingest-a: thread model from 4 samples at 3 sizes" in table
+    assert "declared (spec.threads)" in table and "suggested (rounded up)" in table
+    assert command in table  # on one line, ready to paste
+
+
+def test_fit_rounds_a_noisy_fit_up(snapshot: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Means 1,200.5 at 3 replicas and 3,198.5 at 7: perPeer 1,998 / 4 = 499.5, base
+    # 1,200.5 - 2 * 499.5 = 201.5, every sample 0.5 off the line.
+    noisy = [(3, 1_200), (3, 1_201), (7, 3_198), (7, 3_199)]
+    assert cli.main([*FIT_ARGS, str(_with_samples(snapshot, noisy)), "-o", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["fit"] == {
+        "base": 201.5,
+        "perPeer": 499.5,
+        "residual": 0.5,
+        "sizes": 2,
+        "samples": 4,
+    }
+    assert data["suggested"] == {"base": 202, "perPeer": 500}
+
+
+def test_fit_of_a_cell_that_already_matches(
+    snapshot: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    declared = [(n, 200 + 500 * (n - 1)) for n in (2, 3, 4)]
+    assert cli.main([*FIT_ARGS, str(_with_samples(snapshot, declared))]) == 0
+    assert "already matches the fit" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("samples", "said"),
+    [
+        ([], "no thread samples yet (0 sizes)"),
+        ([(3, 1_200), (3, 1_230)], "thread samples at 1 size only (3 replicas)"),
+    ],
+)
+def test_fit_needs_two_sizes(
+    snapshot: Path,
+    capsys: pytest.CaptureFixture[str],
+    samples: list[tuple[int, int]],
+    said: str,
+) -> None:
+    for output in ("table", "json"):
+        assert cli.main([*FIT_ARGS, str(_with_samples(snapshot, samples)), "-o", output]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert said in captured.err
+        assert "must run at another size first" in captured.err
+    # A cell without a status at all is a cell without samples.
+    if not samples:
+        assert cli.main([*FIT_ARGS, str(snapshot)]) == 2
+        assert said in capsys.readouterr().err
+
+
+def test_fit_of_an_unknown_cell_exits_2(snapshot: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["fit", "streamcell/missing", "-n", "prod", "--snapshot", str(snapshot)]) == 2
+    assert "StreamCell prod/missing not found" in capsys.readouterr().err
+    # Namespace defaults to `default`, as for plan: ingest-a lives in prod.
+    assert cli.main(["fit", "ingest-a", "--snapshot", str(snapshot)]) == 2
+    assert "StreamCell default/ingest-a not found" in capsys.readouterr().err
+
+
 def test_only_printing_commands_die_quietly_on_a_closed_pipe(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -247,7 +354,7 @@ def test_only_printing_commands_die_quietly_on_a_closed_pipe(
         for command in ("run", "agent", "demo"):
             assert cli.main([command]) == 0
             assert seen[command] == signal.SIG_IGN, command
-        for command in ("status", "plan"):
+        for command in ("status", "plan", "fit"):
             assert cli.main([command]) == 0
             assert seen[command] == signal.SIG_DFL, command
             signal.signal(signal.SIGPIPE, signal.SIG_IGN)

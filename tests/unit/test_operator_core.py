@@ -85,6 +85,7 @@ def pod(
             "namespace": namespace,
             "name": name,
             "labels": {"cellguard.io/cell": cell_name},
+            "uid": f"uid-{namespace}-{name}",
         },
         "spec": {"nodeName": node_name} if node_name else {},
         "status": {"phase": phase},
@@ -587,3 +588,126 @@ def test_a_reservation_is_released_only_when_nothing_it_holds_for_is_still_to_co
     # A reservation for more than the cell now asks for goes once the smaller size settles.
     op.ledger.hold(Reservation(key, {"n1": 100}, NOW + datetime.timedelta(minutes=1), 9))
     assert release_if_placed(op.state, op.ledger, key)
+
+
+# ---------------------------------------------------------------------- thread-model truth
+
+
+def _read(raw_budget: dict[str, Any], threads: dict[str, int]) -> dict[str, Any]:
+    """The budget with per-pod readings, as the agent reports them (pod name -> threads)."""
+    raw_budget["spec"]["pods"] = [
+        {"uid": f"uid-ns-{name}", "threads": count} for name, count in threads.items()
+    ]
+    return raw_budget
+
+
+def _observed_state(threads_each: int) -> ClusterState:
+    """Cell a at 2 replicas, one pod a node (model: 3,000 + 100 a peer = 3,100)."""
+    state = two_node_state(a={"replicas": 2})
+    state.upsert_pod(pod("ns", "a-1", "a", "n1"))
+    state.upsert_pod(pod("ns", "a-2", "a", "n2"))
+    state.upsert_budget(_read(budget("n1"), {"a-1": threads_each, "other": 50}))
+    state.upsert_budget(_read(budget("n2"), {"a-2": threads_each - 100}))
+    return state
+
+
+def test_the_store_maps_agent_readings_to_the_cells_running_pods() -> None:
+    state = _observed_state(4_650)
+    key = CellKey("ns", "a")
+    assert sorted(state.observed_threads(key)) == [4_550, 4_650]  # not the unmapped "other"
+    seen = state.observation(key)
+    assert seen is not None and (seen.per_pod, seen.replicas) == (4_650, 2)
+    # A terminating pod's threads are not the cell's at its size any more.
+    leaving = pod("ns", "a-1", "a", "n1")
+    leaving["metadata"]["deletionTimestamp"] = "2026-11-25T12:00:00Z"
+    state.upsert_pod(leaving)
+    assert state.observed_threads(key) == [4_550]
+    state.delete_budget("n2")
+    assert state.observation(key) is None
+
+
+def test_a_scale_up_the_model_admits_is_refused_on_what_the_pods_hold() -> None:
+    # pid_max 32,768 less 20% = 26,214 a node. Model at 10 replicas: 5 pods a node of 3,900
+    # = 19,500 fits. The pods hold 1.5 times the model: 5 of 5,850 = 29,250 do not.
+    accurate, _ = make_gate(_observed_state(3_100))
+    assert asyncio.run(accurate.admit_scale(("ns", "a"), 10, dry_run=True)).allowed
+    wrong, _ = make_gate(_observed_state(4_650))
+    answer = asyncio.run(wrong.admit_scale(("ns", "a"), 10, dry_run=True))
+    assert not answer.allowed and answer.reason == "NodeThreadLimit"
+    assert "observed holding up to 4,650 threads each at 2 replicas" in answer.message
+    assert "spec.threads says 3,100" in answer.message
+
+
+def test_a_spec_change_is_judged_with_the_threads_the_pods_hold() -> None:
+    gate, _ = make_gate(_observed_state(4_650))
+    old = gate.state.cells[CellKey("ns", "a")].spec
+    new = old.model_copy(update={"replicas": 10})
+    answer = asyncio.run(gate.admit_cell_change(("ns", "a"), old, new, dry_run=True))
+    assert not answer.allowed and "observed holding up to 4,650" in answer.message
+
+
+def test_status_reports_the_thread_model_and_fits_it_once_two_sizes_were_seen() -> None:
+    state = two_node_state(a={"replicas": 2})
+    record = state.cells[CellKey("ns", "a")]
+    gate, _ = make_gate(_observed_state(4_650))
+    figures = asyncio.run(gate.cell_figures(gate.state.cells[CellKey("ns", "a")], 2))
+    model = figures.thread_model
+    assert model is not None and model.accurate is False
+    assert (model.observed_per_pod, model.modelled_per_pod) == (4_650, 3_100)
+    assert figures.threads_per_pod == 4_650  # budgeted: what the pods hold
+    assert figures.threads_observed_p95 == 4_650
+    assert figures.thread_sample is None  # the Deployment was never seen at its size
+    allowed = BackstopAnswer(True, "WithinBudget", "", 2, 3_100)
+    inputs: dict[str, Any] = {
+        "record": record,
+        "backstop": allowed,
+        "refusal": None,
+        "refusal_current": False,
+        "applied_replicas": 2,
+        "existing_pods": 2,
+        "ready_pods": 2,
+        "now": NOW,
+    }
+    first = _status(figures=replace(figures, thread_sample=(2, 4_650)), previous={}, **inputs)
+    accurate = next(c for c in first["conditions"] if c["type"] == "ThreadModelAccurate")
+    assert accurate["status"] == "False" and accurate["reason"] == "ObservedExceedsModel"
+    assert "50% over (tolerance 10%)" in accurate["message"]
+    assert first["threadsObservedPerPod"] == 4_650
+    assert first["threadSamples"] == [{"replicas": 2, "threadsPerPod": 4_650}]
+    assert first["threadModelFit"] is None  # one size: nothing to fit
+    # At 4 replicas the same wrong model: 4,500 + 150 a peer really.
+    second = _status(figures=replace(figures, thread_sample=(4, 4_950)), previous=first, **inputs)
+    assert second["threadSamples"] == [
+        {"replicas": 2, "threadsPerPod": 4_650},
+        {"replicas": 4, "threadsPerPod": 4_950},
+    ]
+    assert second["threadModelFit"] == {
+        "base": 4_500.0,
+        "perPeer": 150.0,
+        "residual": 0.0,
+        "sizes": 2,
+    }
+    # A newer sample of a size replaces the older one.
+    third = _status(figures=replace(figures, thread_sample=(2, 4_700)), previous=second, **inputs)
+    assert [s["replicas"] for s in third["threadSamples"]] == [4, 2]
+
+
+def test_a_cell_not_observed_yet_reads_unknown() -> None:
+    state = two_node_state(a={"replicas": 2})
+    gate, _ = make_gate(state)
+    figures = asyncio.run(gate.cell_figures(state.cells[CellKey("ns", "a")], 2))
+    assert figures.thread_model is not None and figures.thread_model.accurate is None
+    status = _status(
+        record=state.cells[CellKey("ns", "a")],
+        figures=figures,
+        backstop=BackstopAnswer(True, "WithinBudget", "", 2, 3_100),
+        refusal=None,
+        refusal_current=False,
+        applied_replicas=2,
+        existing_pods=2,
+        ready_pods=2,
+        previous={},
+        now=NOW,
+    )
+    accurate = next(c for c in status["conditions"] if c["type"] == "ThreadModelAccurate")
+    assert (accurate["status"], accurate["reason"]) == ("Unknown", "NotObserved")

@@ -1,4 +1,5 @@
-"""Read a node's thread and PID limits and usage from /proc, /sys and the kubelet config.
+"""Read a node's thread and PID limits and usage, and the threads of each of its pods, from
+/proc, /sys and the kubelet config.
 
 Pure of Kubernetes: plain file reads under configurable roots, so the agent can read the
 host's `/proc` and `/sys` mounted into its container (`/host/proc`, `/host/sys`, like
@@ -10,7 +11,9 @@ A figure that cannot be read is left empty and the reason is recorded in `errors
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,7 +23,7 @@ from typing import Literal, TypeVar
 import yaml
 
 from cellguard import __version__
-from cellguard.api.v1alpha1 import CgroupVersion, KubepodsPids, NodeBudgetSpec
+from cellguard.api.v1alpha1 import CgroupVersion, KubepodsPids, NodeBudgetSpec, PodThreads
 
 _T = TypeVar("_T")
 
@@ -35,6 +38,9 @@ _QUOTED_CONTENT_LIMIT = 40
 # driver, then cgroupfs driver. cgroup v1: the pids hierarchy, cgroupfs then systemd.
 V2_KUBEPODS_DIRS = ("kubepods.slice", "kubepods")
 V1_KUBEPODS_DIRS = ("pids/kubepods", "pids/kubepods.slice")
+
+# The most pods one NodeBudget holds (the API's bound on spec.pods).
+MAX_PODS = 1024
 
 
 class ReadError(Exception):
@@ -236,6 +242,140 @@ def _read_pids_max(path: Path) -> int | Literal["max"]:
     return parse_int(path, text, minimum=1)
 
 
+# --------------------------------------------------------------------------- pods in kubepods
+
+# QoS classes with a cgroup of their own inside kubepods; Guaranteed pods sit in kubepods.
+_QOS_CLASSES = ("burstable", "besteffort")
+_SLICE = ".slice"
+
+
+@dataclass(frozen=True)
+class _PodNaming:
+    """How the kubelet's cgroup driver names the cgroups inside kubepods.
+
+    cgroupfs: `kubepods/pod<uid>`, `kubepods/burstable/pod<uid>`, `kubepods/besteffort/...`.
+    systemd: `kubepods.slice/kubepods-pod<uid>.slice`,
+    `kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice`, ..., the
+    uid's `-` written `_` (in a slice name, `-` separates the levels).
+    """
+
+    guaranteed: re.Pattern[str]  # a pod cgroup directly in kubepods
+    qos: dict[str, re.Pattern[str]]  # a QoS cgroup's name -> a pod cgroup in it
+    systemd: bool
+
+    def uid(self, pattern: re.Pattern[str], name: str) -> str | None:
+        match = pattern.fullmatch(name)
+        if match is None:
+            return None
+        return match["uid"].replace("_", "-") if self.systemd else match["uid"]
+
+
+def _pod_naming(kubepods_dir: Path) -> _PodNaming:
+    # A uid is at most 64 characters, as PodThreads.uid: a UUID (a static pod: a hash).
+    if not kubepods_dir.name.endswith(_SLICE):
+        pod = re.compile(r"pod(?P<uid>[0-9A-Za-z-]{1,64})")
+        return _PodNaming(guaranteed=pod, qos=dict.fromkeys(_QOS_CLASSES, pod), systemd=False)
+
+    def pod_slice(parent: str) -> re.Pattern[str]:
+        return re.compile(rf"{re.escape(parent)}-pod(?P<uid>[0-9A-Za-z_]{{1,64}})\.slice")
+
+    stem = kubepods_dir.name.removesuffix(_SLICE)  # "kubepods"
+    return _PodNaming(
+        guaranteed=pod_slice(stem),
+        qos={f"{stem}-{qos}{_SLICE}": pod_slice(f"{stem}-{qos}") for qos in _QOS_CLASSES},
+        systemd=True,
+    )
+
+
+def read_pods(kubepods_dir: Path) -> tuple[list[PodThreads], list[str]]:
+    """Threads of every pod in the kubepods cgroup, sorted by uid: its cgroup's
+    `pids.current`, and `pids.peak` where the kernel has it (Linux 6.1+); and what could not
+    be read. One listing per QoS cgroup; a pod's container cgroups are not read, its own
+    pids.current counts them all.
+
+    A pod whose cgroup is gone by the time it is read has ended: it is left out, no error.
+    A pod whose pids.current cannot be read is left out, with the reason in the errors.
+    """
+    naming = _pod_naming(kubepods_dir)
+    collected = _Collected()
+    top = collected.attempt(functools.partial(_subdirectories, kubepods_dir)) or []
+    listings = [(kubepods_dir, top, naming.guaranteed)]
+    # In name order, as every list here: the same host gives the same report, errors too.
+    for name in sorted(top):
+        pattern = naming.qos.get(name)
+        if pattern is not None:
+            qos_dir = kubepods_dir / name
+            names = collected.attempt(functools.partial(_subdirectories, qos_dir)) or []
+            listings.append((qos_dir, names, pattern))
+
+    found: dict[str, list[Path]] = {}
+    for directory, names, pattern in listings:
+        for name in names:
+            uid = naming.uid(pattern, name)
+            if uid is not None:
+                found.setdefault(uid, []).append(directory / name)
+
+    pods: list[PodThreads] = []
+    for uid in sorted(found):
+        first, *others = sorted(found[uid])
+        if others:
+            # A uid names one pod, of one QoS class: which cgroup is it? Not guessed.
+            also = ", ".join(str(path) for path in others)
+            collected.errors.append(f"{first}: pod {uid} has another cgroup: {also}")
+            continue
+        pod = _read_pod(uid, first, collected)
+        if pod is not None:
+            pods.append(pod)
+    if len(pods) > MAX_PODS:
+        collected.errors.append(
+            f"{kubepods_dir}: {len(pods)} pods, more than the {MAX_PODS} a NodeBudget "
+            f"holds: the last {len(pods) - MAX_PODS} by uid left out"
+        )
+        del pods[MAX_PODS:]
+    return pods, collected.errors
+
+
+def _subdirectories(directory: Path) -> list[str]:
+    """Names of the directories in `directory`; none when it is gone (a QoS cgroup
+    removed meanwhile holds no pods)."""
+    try:
+        with os.scandir(directory) as entries:
+            return [entry.name for entry in entries if entry.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise _unreadable(directory, _os_reason(exc)) from exc
+
+
+def _read_pod(uid: str, directory: Path, collected: _Collected) -> PodThreads | None:
+    try:
+        threads = read_int(directory / "pids.current", minimum=0)
+    except ReadError as exc:
+        if not _absent(directory):
+            collected.errors.append(str(exc))
+        return None
+    peak_path = directory / "pids.peak"
+    try:
+        peak: int | None = read_int(peak_path, minimum=0)
+    except ReadError as exc:
+        peak = None
+        # No pids.peak before Linux 6.1, nor once the pod has ended: not an error.
+        if not _absent(peak_path):
+            collected.errors.append(str(exc))
+    return PodThreads(uid=uid, threads=threads, peak=peak)
+
+
+def _absent(path: Path) -> bool:
+    """True when `path` does not exist; False when it does, or cannot be told."""
+    try:
+        path.lstat()
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
+
+
 # --------------------------------------------------------------------------- pod PID limit
 
 
@@ -293,6 +433,10 @@ def read_node_budget(
     threads_in_use = collected.attempt(lambda: read_threads_in_use(paths.proc_root))
     kubepods, kubepods_errors = read_kubepods_pids(paths.cgroup_root)
     collected.errors.extend(kubepods_errors)
+    pods: list[PodThreads] = []
+    if kubepods.path is not None:
+        pods, pod_errors = read_pods(Path(kubepods.path))
+        collected.errors.extend(pod_errors)
 
     pod_limit: int | None = None
     if pod_pids_limit is not None:
@@ -308,6 +452,7 @@ def read_node_budget(
         threads_in_use=threads_in_use,
         kubepods=kubepods,
         pod_pids_limit=pod_limit,
+        pods=pods,
         observed_at=now(),
         agent_version=__version__,
         errors=collected.errors,
@@ -329,6 +474,7 @@ def describe(spec: NodeBudgetSpec) -> str:
         f"kubepods={figure(spec.kubepods.current)}/{kubepods_max}"
         f"({spec.kubepods.cgroup_version.value})",
         f"pod-pids-limit={figure(spec.pod_pids_limit)}",
+        f"pods={len(spec.pods)}",
         f"errors={len(spec.errors)}",
     ]
     return " ".join(parts)

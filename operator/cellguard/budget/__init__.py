@@ -12,6 +12,7 @@ Imports neither kopf nor the Kubernetes client (an import-linter contract says s
 from cellguard.budget.changes import (
     seen_at,
     with_cell,
+    with_cell_at,
     with_pods,
     with_policies,
     with_reservation,
@@ -21,6 +22,7 @@ from cellguard.budget.changes import (
 from cellguard.budget.decisions import decide, max_safe_replicas, project
 from cellguard.budget.eligibility import eligible_nodes
 from cellguard.budget.explain import headroom_text
+from cellguard.budget.fit import ThreadFit, fit_thread_model, suggested_model
 from cellguard.budget.limits import BudgetStatus, NodeLimits, allowed_threads, node_limits
 from cellguard.budget.planner import CellPlan, plan_for
 from cellguard.budget.pools import is_pool_label, pool_label_key, pool_label_value
@@ -36,13 +38,19 @@ from cellguard.budget.snapshot import (
     CellView,
     ClusterSnapshot,
     NodeView,
+    ObservedThreads,
     PodPlacement,
     Reservation,
     ReservationLike,
     Taint,
 )
-from cellguard.budget.status import CellBudgetStatus, cell_status
-from cellguard.budget.threads import threads_per_pod
+from cellguard.budget.status import (
+    CellBudgetStatus,
+    ThreadModelCheck,
+    cell_status,
+    check_thread_model,
+)
+from cellguard.budget.threads import threads_for, threads_per_pod
 from cellguard.budget.usage import NodeUsage, node_usage
 
 __all__ = [
@@ -59,15 +67,20 @@ __all__ = [
     "NodeRow",
     "NodeUsage",
     "NodeView",
+    "ObservedThreads",
     "PodPlacement",
     "Projection",
     "Reservation",
     "ReservationLike",
     "Taint",
+    "ThreadFit",
+    "ThreadModelCheck",
     "allowed_threads",
     "cell_status",
+    "check_thread_model",
     "decide",
     "eligible_nodes",
+    "fit_thread_model",
     "headroom_text",
     "is_pool_label",
     "max_safe_replicas",
@@ -78,8 +91,11 @@ __all__ = [
     "pool_label_value",
     "project",
     "seen_at",
+    "suggested_model",
+    "threads_for",
     "threads_per_pod",
     "with_cell",
+    "with_cell_at",
     "with_pods",
     "with_policies",
     "with_reservation",

@@ -10,6 +10,7 @@ changed. Indexes that depend on nothing the change touches are kept as they are
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import datetime
 
 from cellguard.api.v1alpha1 import ThreadBudgetPolicySpec
@@ -21,7 +22,7 @@ from cellguard.budget.snapshot import (
     PodPlacement,
     ReservationLike,
 )
-from cellguard.budget.threads import threads_per_pod
+from cellguard.budget.threads import threads_for
 from cellguard.budget.usage import (
     MODELLED,
     POLICY_NODES,
@@ -37,6 +38,15 @@ def with_cell(snapshot: ClusterSnapshot, cell: CellView) -> ClusterSnapshot:
     child = snapshot.replaced({Input.CELLS}, cells={**snapshot.cells, cell.key: cell})
     _carry_cell_change(snapshot, child, cell.key)
     return child
+
+
+def with_cell_at(snapshot: ClusterSnapshot, cell: CellView, replicas: int) -> ClusterSnapshot:
+    """The snapshot with `cell` (its spec as given, e.g. a change being admitted) at
+    `replicas`, keeping what the snapshot's cell of that name was observed to hold: the
+    threads its pods really hold do not change with the spec."""
+    known = snapshot.cells.get(cell.key)
+    observed = known.observed if known is not None else cell.observed
+    return with_cell(snapshot, replace(cell, replicas=replicas, observed=observed))
 
 
 def with_pods(snapshot: ClusterSnapshot, pods: PodPlacement) -> ClusterSnapshot:
@@ -146,8 +156,8 @@ def _carry_cell_change(parent: ClusterSnapshot, child: ClusterSnapshot, key: Cel
     if modelled is None:
         return
     before, after = parent.cells.get(key), child.cells.get(key)
-    per_pod_before = threads_per_pod(before.base, before.per_peer, before.replicas) if before else 0
-    per_pod_after = threads_per_pod(after.base, after.per_peer, after.replicas) if after else 0
+    per_pod_before = threads_for(before, before.replicas) if before else 0
+    per_pod_after = threads_for(after, after.replicas) if after else 0
     pods = child.pods.of_cell(key)
     if per_pod_after == per_pod_before or not pods:
         child.seed(MODELLED, modelled)  # derived values are never mutated

@@ -11,7 +11,7 @@ from cellguard.budget import explain
 from cellguard.budget.planner import CellPlan, cell_of, plan_for
 from cellguard.budget.results import AllowedReason, Decision, DecisionReason, Projection
 from cellguard.budget.snapshot import CellView, ClusterSnapshot
-from cellguard.budget.threads import threads_per_pod
+from cellguard.budget.threads import threads_for
 
 _EMPTY: Mapping[str, int] = MappingProxyType({})
 
@@ -114,7 +114,7 @@ def _without_plan(cell: CellView, target: int, change: explain.Subject) -> Decis
         cell=cell.key,
         from_replicas=cell.replicas,
         to_replicas=target,
-        threads_per_pod=threads_per_pod(cell.base, cell.per_peer, target),
+        threads_per_pod=threads_for(cell, target),
         max_safe_replicas=0,
         cell_size_cap=cell.max_replicas,
         margin=None,

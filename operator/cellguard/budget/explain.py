@@ -19,6 +19,7 @@ from cellguard.budget.limits import allowed_threads, describe
 from cellguard.budget.planner import CellPlan
 from cellguard.budget.results import NodeRow, Projection
 from cellguard.budget.snapshot import CellView
+from cellguard.budget.threads import modelled_at_observation, threads_for
 
 # --------------------------------------------------------------------------- figures
 
@@ -134,6 +135,22 @@ def pool_clause(plan: CellPlan) -> str:
     return f" and no free node is left to join its pool of {figure(len(plan.receivers))}"
 
 
+def observed_clause(cell: CellView, replicas: int) -> str:
+    """When the cell's pods hold more threads than its model says: by how much, and what the
+    planner budgets per pod instead ('' when the model holds)."""
+    expected = modelled_at_observation(cell)
+    seen = cell.observed
+    if seen is None or expected is None or seen.per_pod <= expected:
+        return ""
+    return (
+        f"; its pods were observed holding up to {figure(seen.per_pod)} threads each at "
+        f"{figure(seen.replicas)} replicas where spec.threads says {figure(expected)}, so "
+        f"cellguard budgets {figure(threads_for(cell, replicas))} a pod at "
+        f"{figure(replicas)} replicas (fix spec.threads: kubectl cellguard fit "
+        f"streamcell/{cell.name} -n {cell.namespace})"
+    )
+
+
 def _ineligibility_clause(plan: CellPlan) -> str:
     why = ineligibility(plan.snapshot, plan.cell)
     parts = [f"{count:,} {text}" for text, count in sorted(why.items(), key=lambda i: -i[1])]
@@ -170,7 +187,8 @@ def fits(subject: Subject, plan: CellPlan, projection: Projection, max_safe: int
     goes = subject.verb("goes to", "is at")
     return (
         f"{head}: the tightest node, {row.node}, {goes} {figure(row.projected)} threads "
-        f"({limit_clause(row.limit or 0, plan.margin, row.allowed or 0)}); {room}"
+        f"({limit_clause(row.limit or 0, plan.margin, row.allowed or 0)})"
+        f"{observed_clause(plan.cell, projection.replicas)}; {room}"
     )
 
 
@@ -215,7 +233,8 @@ def refusal(subject: Subject, plan: CellPlan, projection: Projection, max_safe: 
         return (
             f"{subject.text} {subject.verb('would need', 'needs')} "
             f"{figure(projection.threads_per_pod)} threads per pod (pod PID "
-            f"{limit_clause(pod_limit, plan.margin, allowed)} on node {node}); {room}; {fix}"
+            f"{limit_clause(pod_limit, plan.margin, allowed)} on node {node})"
+            f"{observed_clause(cell, projection.replicas)}; {room}; {fix}"
         )
     if reason is RefusalReason.UNSCHEDULABLE:
         return (
@@ -227,5 +246,27 @@ def refusal(subject: Subject, plan: CellPlan, projection: Projection, max_safe: 
     assert row is not None
     return (
         f"{subject.text} {subject.verb('would put', 'puts')} node {_node_at(row, plan.margin)}"
-        f"{pool_clause(plan)}; {room}; {remedy(cell.per_peer)}"
+        f"{pool_clause(plan)}{observed_clause(cell, projection.replicas)}; {room}; "
+        f"{remedy(cell.per_peer)}"
+    )
+
+
+def thread_model(cell: CellView, tolerance: float) -> str:
+    """What the ThreadModelAccurate condition says: the observed against the modelled
+    threads per pod, at the size the pods were observed at."""
+    seen = cell.observed
+    expected = modelled_at_observation(cell)
+    if seen is None or expected is None:
+        return "no node agent has reported the threads of this cell's pods yet"
+    figures = (
+        f"its pods hold up to {figure(seen.per_pod)} threads each at "
+        f"{figure(seen.replicas)} replicas; spec.threads says {figure(expected)}"
+    )
+    if seen.per_pod <= expected * (1 + tolerance):
+        return f"{figures} (tolerance {tolerance:.0%})"
+    over = f"{(seen.per_pod / expected - 1):.0%} over" if expected else "over"
+    return (
+        f"{figures}, {over} (tolerance {tolerance:.0%}): cellguard budgets with the observed "
+        f"figures; fix spec.threads (kubectl cellguard fit streamcell/{cell.name} "
+        f"-n {cell.namespace})"
     )

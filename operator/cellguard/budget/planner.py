@@ -38,7 +38,7 @@ from cellguard.budget.limits import BudgetStatus, NodeLimits, allowed_threads
 from cellguard.budget.results import NodeRow, Projection
 from cellguard.budget.snapshot import CellKey, CellView, ClusterSnapshot
 from cellguard.budget.spread import WaterFill
-from cellguard.budget.threads import threads_per_pod
+from cellguard.budget.threads import threads_for
 from cellguard.budget.usage import (
     PolicyNodes,
     modelled_threads,
@@ -101,7 +101,7 @@ class CellPlan:
             cell.max_replicas if cell.max_replicas is not None else policy.default_max_replicas
         )
         self.current = cell.replicas
-        self.threads_now = threads_per_pod(cell.base, cell.per_peer, cell.replicas)
+        self.threads_now = threads_for(cell, cell.replicas)
 
         free = slack(snapshot, nodes.policy_name)
         modelled = modelled_threads(snapshot)
@@ -319,7 +319,7 @@ class CellPlan:
     ) -> tuple[RefusalReason, str] | None:
         """Which node would go over its limit with the new pods at `level` and `claims` free
         nodes taken (None: none would)."""
-        per_pod = threads_per_pod(self.cell.base, self.cell.per_peer, replicas)
+        per_pod = threads_for(self.cell, replicas)
         growth = per_pod - self.threads_now
         for before, pods, live, eligible, allowed, name in self._host_checks:
             received = level - live if eligible and level > live else 0
@@ -354,7 +354,7 @@ class CellPlan:
             unknown = self.unusable_empty
         if unknown is not None:
             return _budget_reason(unknown), unknown.node
-        per_pod = threads_per_pod(self.cell.base, self.cell.per_peer, replicas)
+        per_pod = threads_for(self.cell, replicas)
         if self.pod_limit is not None and replicas > 0:
             pod_limit, node = self.pod_limit
             if per_pod > allowed_threads(pod_limit, self.margin):
@@ -365,7 +365,7 @@ class CellPlan:
         return None
 
     def rows(self, replicas: int) -> list[NodeRow]:
-        per_pod = threads_per_pod(self.cell.base, self.cell.per_peer, replicas)
+        per_pod = threads_for(self.cell, replicas)
         growth = per_pod - self.threads_now
         level = self.level(replicas)
         rows = []
@@ -405,7 +405,7 @@ class CellPlan:
 
     def reservation(self, replicas: int) -> dict[str, int]:
         """Threads per node the cell at `replicas` needs beyond what it holds now."""
-        per_pod = threads_per_pod(self.cell.base, self.cell.per_peer, replicas)
+        per_pod = threads_for(self.cell, replicas)
         growth = per_pod - self.threads_now
         level = self.level(replicas)
         receiving = self.empty.union(self.claimed(replicas) - self.adopt) if level else ()
@@ -429,7 +429,7 @@ class CellPlan:
         return Projection(
             cell=self.cell.key,
             replicas=replicas,
-            threads_per_pod=threads_per_pod(self.cell.base, self.cell.per_peer, replicas),
+            threads_per_pod=threads_for(self.cell, replicas),
             fits=refusal is None,
             reason=refusal[0] if refusal else None,
             refused_node=refused_node,

@@ -80,6 +80,15 @@ class NodeView:
 
 
 @dataclass(frozen=True, slots=True)
+class ObservedThreads:
+    """What the node agents read of a cell's running pods: the most threads one holds, and
+    how many of its pods ran then (each holds threads for the others)."""
+
+    per_pod: int
+    replicas: int
+
+
+@dataclass(frozen=True, slots=True)
 class CellView:
     """One StreamCell as the decision needs it."""
 
@@ -94,6 +103,8 @@ class CellView:
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: tuple[Toleration, ...] = ()
     policy_name: str = DEFAULT_POLICY_NAME
+    # The pods' threads as observed; the planner budgets with the larger of it and the model.
+    observed: ObservedThreads | None = None
 
     @property
     def key(self) -> CellKey:

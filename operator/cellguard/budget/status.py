@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cellguard.api.v1alpha1 import RefusalReason
+from cellguard.api.v1alpha1 import RefusalReason, ThreadModelReason
 from cellguard.budget import explain
 from cellguard.budget.planner import cell_of, plan_for
-from cellguard.budget.snapshot import CellKey, ClusterSnapshot
-from cellguard.budget.threads import threads_per_pod
+from cellguard.budget.snapshot import CellKey, CellView, ClusterSnapshot
+from cellguard.budget.threads import modelled_at_observation, threads_for, threads_per_pod
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +35,7 @@ def cell_status(snapshot: ClusterSnapshot, cell_key: tuple[str, str]) -> CellBud
     """The cell's budget at its current replicas (as if it were asked for now)."""
     cell = cell_of(snapshot, cell_key)
     plan = plan_for(snapshot, cell)
-    per_pod = threads_per_pod(cell.base, cell.per_peer, cell.replicas)
+    per_pod = threads_for(cell, cell.replicas)
     if plan is None:
         return CellBudgetStatus(
             cell=cell.key,
@@ -67,3 +67,27 @@ def cell_status(snapshot: ClusterSnapshot, cell_key: tuple[str, str]) -> CellBud
             else explain.refusal(subject, plan, projection, max_safe)
         ),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadModelCheck:
+    """The cell's declared thread model against what its pods were observed to hold."""
+
+    accurate: bool | None  # None: not observed yet
+    reason: ThreadModelReason
+    message: str
+    modelled_per_pod: int  # the model at the observed size (at the cell's size if none)
+    observed_per_pod: int | None
+
+
+def check_thread_model(cell: CellView, tolerance: float) -> ThreadModelCheck:
+    """Is the model within `tolerance` (0.1: 10%) of the most threads a pod holds?"""
+    message = explain.thread_model(cell, tolerance)
+    expected = modelled_at_observation(cell)
+    seen = cell.observed
+    if seen is None or expected is None:
+        modelled = threads_per_pod(cell.base, cell.per_peer, cell.replicas)
+        return ThreadModelCheck(None, ThreadModelReason.NOT_OBSERVED, message, modelled, None)
+    accurate = seen.per_pod <= expected * (1 + tolerance)
+    reason = ThreadModelReason.WITHIN_MODEL if accurate else ThreadModelReason.EXCEEDS_MODEL
+    return ThreadModelCheck(accurate, reason, message, expected, seen.per_pod)

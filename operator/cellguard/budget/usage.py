@@ -13,7 +13,7 @@ from fractions import Fraction
 from cellguard.api.v1alpha1 import ThreadBudgetPolicySpec
 from cellguard.budget.limits import BudgetStatus, NodeLimits, margin_fraction, node_limits
 from cellguard.budget.snapshot import CellKey, ClusterSnapshot, Index, Input
-from cellguard.budget.threads import threads_per_pod
+from cellguard.budget.threads import threads_for
 
 
 def modelled_threads(snapshot: ClusterSnapshot) -> dict[str, int]:
@@ -30,7 +30,7 @@ def modelled_threads(snapshot: ClusterSnapshot) -> dict[str, int]:
             cell = snapshot.cells.get(key)
             if cell is None:
                 continue  # a cell being deleted: its pods still show in `observed`
-            per_pod = threads_per_pod(cell.base, cell.per_peer, cell.replicas)
+            per_pod = threads_for(cell, cell.replicas)
             for node, pods in nodes.items():
                 modelled[node] = get(node, 0) + per_pod * pods
         return modelled

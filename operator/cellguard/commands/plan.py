@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from cellguard.api.v1alpha1 import StreamCell
-from cellguard.budget import CellKey, CellView, Decision, decide, with_cell
+from cellguard.budget import CellKey, CellView, Decision, decide, with_cell_at
 from cellguard.commands.output import console as make_console
 from cellguard.commands.output import emit, figure, ratio
 from cellguard.commands.source import (
@@ -79,7 +78,7 @@ def plan(
     live = state.cells.get(key)
     current = live.spec.replicas if live is not None else 0
     view = CellView.from_streamcell(cell, replicas=current)
-    snapshot = with_cell(planner_snapshot(state, now), replace(view, replicas=current))
+    snapshot = with_cell_at(planner_snapshot(state, now), view, current)
     return decide(snapshot, key, cell.spec.replicas if target is None else target)
 
 

@@ -18,6 +18,7 @@ import kopf
 from cellguard.budget import CellKey
 from cellguard.constants import (
     CONDITION_SCALE_REFUSED,
+    CONDITION_THREAD_MODEL_ACCURATE,
     CONDITION_WITHIN_BUDGET,
     GROUP,
     LABEL_CELL,
@@ -174,6 +175,7 @@ async def _converge(
         c["type"] == CONDITION_SCALE_REFUSED and c["status"] == "True"
         for c in new_status["conditions"]
     )
+    model = figures.thread_model
     op.fleet.note_cell(
         CellFiguresRow(
             namespace=record.namespace,
@@ -184,6 +186,9 @@ async def _converge(
             threads_per_pod=figures.threads_per_pod,
             headroom_ratio=figures.headroom,
             scale_refused=refused,
+            threads_observed_per_pod=model.observed_per_pod if model else None,
+            threads_modelled_per_pod=model.modelled_per_pod if model else None,
+            thread_model_accurate=model.accurate if model else None,
         )
     )
 
@@ -221,6 +226,10 @@ def _post_events(
             reason="BudgetChanged",
             message=f"max safe replicas {before} -> {after}: {figures.budget_message}",
         )
+    was_accurate = _condition_status(previous, CONDITION_THREAD_MODEL_ACCURATE)
+    is_accurate = _condition_status(new, CONDITION_THREAD_MODEL_ACCURATE)
+    if is_accurate == "False" and was_accurate != "False" and figures.thread_model:
+        kopf.warn(body, reason="ThreadModelWrong", message=figures.thread_model.message)
     was_within = _condition_status(previous, CONDITION_WITHIN_BUDGET)
     is_within = _condition_status(new, CONDITION_WITHIN_BUDGET)
     if was_within == "True" and is_within == "False":

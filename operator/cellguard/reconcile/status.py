@@ -17,12 +17,22 @@ from cellguard.api.v1alpha1 import (
     ReadyReason,
     ScaleRefusedReason,
     StreamCellStatus,
+    ThreadModelFit,
+    ThreadSample,
 )
-from cellguard.budget import headroom_text
-from cellguard.constants import CONDITION_READY, CONDITION_SCALE_REFUSED, CONDITION_WITHIN_BUDGET
+from cellguard.budget import fit_thread_model, headroom_text
+from cellguard.constants import (
+    CONDITION_READY,
+    CONDITION_SCALE_REFUSED,
+    CONDITION_THREAD_MODEL_ACCURATE,
+    CONDITION_WITHIN_BUDGET,
+)
 from cellguard.resources.builders import selector_string
 from cellguard.state.gate import BackstopAnswer, CellFigures, Refusal
 from cellguard.state.store import CellRecord
+
+# As many as StreamCellStatus.threadSamples holds.
+MAX_THREAD_SAMPLES = 16
 
 
 def _second(moment: datetime.datetime) -> datetime.datetime:
@@ -33,13 +43,15 @@ def _second(moment: datetime.datetime) -> datetime.datetime:
 def condition(
     previous: list[Mapping[str, Any]],
     type_: str,
-    status: bool,
+    status: bool | None,
     reason: str,
     message: str,
     generation: int,
     now: datetime.datetime,
 ) -> Condition:
-    value: Literal["True", "False"] = "True" if status else "False"
+    value: Literal["True", "False", "Unknown"] = (
+        "Unknown" if status is None else "True" if status else "False"
+    )
     before = next((c for c in previous if c.get("type") == type_), None)
     transition = (
         Condition.model_validate(before).last_transition_time
@@ -83,7 +95,7 @@ def cell_status(
     desired = record.spec.replicas
     ready = ready_pods >= applied_replicas and existing_pods == applied_replicas
 
-    def set_condition(type_: str, status: bool, reason: str, message: str) -> Condition:
+    def set_condition(type_: str, status: bool | None, reason: str, message: str) -> Condition:
         return condition(conditions_before, type_, status, reason, message, generation, now)
 
     held_back = not backstop.allowed and applied_replicas < desired
@@ -113,6 +125,15 @@ def cell_status(
         ),
         refused,
     ]
+    model = figures.thread_model
+    if model is not None:
+        conditions.append(
+            set_condition(
+                CONDITION_THREAD_MODEL_ACCURATE, model.accurate, model.reason, model.message
+            )
+        )
+    samples = thread_samples(previous.get("threadSamples") or [], figures.thread_sample)
+    fitted = fit_thread_model((s.replicas, s.threads_per_pod) for s in samples)
 
     latest: LastRefusal | None = None
     previous_refusal = previous.get("lastRefusal") or None
@@ -135,9 +156,35 @@ def cell_status(
         headroom=headroom_text(figures.headroom),
         limiting_node=figures.limiting_node,
         last_refusal=latest,
+        threads_observed_per_pod=model.observed_per_pod if model is not None else None,
+        threads_observed_p95=figures.threads_observed_p95,
+        thread_samples=samples,
+        thread_model_fit=(
+            ThreadModelFit(
+                base=round(fitted.base, 2),
+                per_peer=round(fitted.per_peer, 3),
+                residual=round(fitted.residual, 2),
+                sizes=fitted.sizes,
+            )
+            if fitted is not None
+            else None
+        ),
         observed_generation=generation,
         conditions=conditions,
     )
+
+
+def thread_samples(
+    previous: list[Mapping[str, Any]], sample: tuple[int, int] | None
+) -> list[ThreadSample]:
+    """The samples with the latest one of its size last; the oldest sizes drop out beyond
+    the status's limit (a fit wants the sizes the cell runs at now)."""
+    kept = [ThreadSample.model_validate(item) for item in previous]
+    if sample is not None:
+        replicas, threads = sample
+        kept = [s for s in kept if s.replicas != replicas]
+        kept.append(ThreadSample(replicas=replicas, threads_per_pod=threads))
+    return kept[-MAX_THREAD_SAMPLES:]
 
 
 def as_patch(status: StreamCellStatus) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol
 
 from cellguard.api.v1alpha1 import (
@@ -25,10 +25,12 @@ from cellguard.budget import (
     CellView,
     ClusterSnapshot,
     Decision,
+    ThreadModelCheck,
     cell_status,
+    check_thread_model,
     decide,
     threads_per_pod,
-    with_cell,
+    with_cell_at,
 )
 from cellguard.state.reservations import ReservationLedger
 from cellguard.state.snapshots import SnapshotCache
@@ -71,18 +73,23 @@ class BackstopAnswer:
 
 @dataclass(frozen=True)
 class CellFigures:
-    threads_per_pod: int
+    threads_per_pod: int  # budgeted: the model, or more where the pods hold more
     max_safe_replicas: int
     headroom: float | None
     limiting_node: str | None
     within_budget: bool
     budget_reason: str
     budget_message: str
+    thread_model: ThreadModelCheck | None = None
+    threads_observed_p95: int | None = None
+    # (replicas, threads per pod) when the cell is settled and every pod was read: a
+    # sample for fitting its thread model.
+    thread_sample: tuple[int, int] | None = None
 
 
-def _view(namespace: str, name: str, spec: StreamCellSpec, replicas: int) -> CellView:
+def _view(namespace: str, name: str, spec: StreamCellSpec) -> CellView:
     cell = StreamCell(metadata={"namespace": namespace, "name": name}, spec=spec)
-    return CellView.from_streamcell(cell, replicas=replicas)
+    return CellView.from_streamcell(cell)
 
 
 def _placement_changed(old: StreamCellSpec, new: StreamCellSpec) -> bool:
@@ -161,7 +168,7 @@ class ScaleGate:
                     return GateAnswer(True, "NoChange", "no change that needs a budget check")
             if not self.state.synced:
                 return self._settle(cell, target, self._not_synced(), dry_run)
-            snapshot = with_cell(self.snapshot(), _view(cell.namespace, cell.name, new, current))
+            snapshot = with_cell_at(self.snapshot(), _view(cell.namespace, cell.name, new), current)
             if grows:
                 decision = decide(snapshot, cell, target)
                 answer = self._answer(decision)
@@ -171,7 +178,7 @@ class ScaleGate:
             # Same or fewer replicas, but each pod costs more or may land elsewhere: the
             # cell at its new shape must fit as a whole.
             status = cell_status(
-                with_cell(snapshot, _view(cell.namespace, cell.name, new, target)), cell
+                with_cell_at(snapshot, _view(cell.namespace, cell.name, new), target), cell
             )
             answer = GateAnswer(
                 allowed=status.within_budget,
@@ -275,7 +282,7 @@ class ScaleGate:
                     running,
                     threads_per_pod(base, per_peer, running),
                 )
-            snapshot = with_cell(self.snapshot(), replace(record.view, replicas=running))
+            snapshot = with_cell_at(self.snapshot(), record.view, running)
             decision = decide(snapshot, record.key, desired)
             if desired <= running:
                 return BackstopAnswer(
@@ -316,8 +323,12 @@ class ScaleGate:
         async with self._lock:
             snapshot = self.snapshot()
             if applied != record.view.replicas:
-                snapshot = with_cell(snapshot, replace(record.view, replicas=applied))
+                snapshot = with_cell_at(snapshot, record.view, applied)
             status = cell_status(snapshot, record.key)
+            policy = self.state.policies.get(record.spec.policy_ref) or ThreadBudgetPolicySpec()
+            model = check_thread_model(snapshot.cells[record.key], policy.thread_model_tolerance)
+            readings = sorted(self.state.observed_threads(record.key))
+            sample = _sample(self.state, record, readings)
         return CellFigures(
             threads_per_pod=status.threads_per_pod,
             max_safe_replicas=status.max_safe_replicas,
@@ -326,4 +337,28 @@ class ScaleGate:
             within_budget=status.within_budget,
             budget_reason=str(status.reason or AllowedReason.WITHIN_BUDGET),
             budget_message=status.message,
+            thread_model=model,
+            threads_observed_p95=_p95(readings),
+            thread_sample=sample,
         )
+
+
+def _p95(ordered: list[int]) -> int | None:
+    """Nearest-rank 95th percentile of sorted values."""
+    if not ordered:
+        return None
+    return ordered[max(0, -(-95 * len(ordered) // 100) - 1)]
+
+
+def _sample(state: ClusterState, record: CellRecord, readings: list[int]) -> tuple[int, int] | None:
+    """(replicas, p95 threads per pod) once the cell is settled at its size and every one of
+    its pods was read; None while it is moving (new pods have not opened every peer yet)."""
+    replicas = record.spec.replicas
+    settled = (
+        replicas > 0
+        and state.pods_in_place(record.key) == replicas
+        and state.deployment_replicas(record.key) == replicas
+        and len(readings) == replicas
+    )
+    p95 = _p95(readings)
+    return (replicas, p95) if settled and p95 is not None else None

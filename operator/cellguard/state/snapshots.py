@@ -9,9 +9,10 @@ from __future__ import annotations
 import datetime
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cellguard.budget import (
+    CellView,
     ClusterSnapshot,
     PodPlacement,
     seen_at,
@@ -19,7 +20,7 @@ from cellguard.budget import (
     with_reservations,
 )
 from cellguard.state.reservations import ReservationLedger
-from cellguard.state.store import ClusterState
+from cellguard.state.store import CellRecord, ClusterState
 
 
 @dataclass
@@ -38,12 +39,18 @@ def build_snapshot(
     """A fresh snapshot of the cache and the live reservations, at `now`."""
     return ClusterSnapshot.build(
         nodes=state.nodes.values(),
-        cells=[c.view for c in state.cells.values()],
+        cells=[_observed_view(state, record) for record in state.cells.values()],
         pods=_placement(state),
         policies=state.policies,
         now=now,
         reservations=ledger.live(now),
     )
+
+
+def _observed_view(state: ClusterState, record: CellRecord) -> CellView:
+    """The cell as the planner sees it: with what its pods were observed to hold."""
+    seen = state.observation(record.key)
+    return record.view if seen is None else replace(record.view, observed=seen)
 
 
 def _placement(state: ClusterState) -> PodPlacement:

@@ -21,7 +21,7 @@ from cellguard.api.v1alpha1 import (
     StreamCellSpec,
     ThreadBudgetPolicySpec,
 )
-from cellguard.budget import CellKey, CellView, NodeView
+from cellguard.budget import CellKey, CellView, NodeView, ObservedThreads
 from cellguard.constants import LABEL_CELL
 
 PodKey = tuple[str, str]
@@ -55,6 +55,7 @@ class PodRecord:
     cell: CellKey
     node: str | None
     terminating: bool
+    uid: str = ""
 
 
 def parse_pod(raw: Mapping[str, Any]) -> tuple[PodKey, PodRecord] | None:
@@ -72,6 +73,7 @@ def parse_pod(raw: Mapping[str, Any]) -> tuple[PodKey, PodRecord] | None:
         cell=CellKey(namespace, cell_name),
         node=node,
         terminating=metadata.get("deletionTimestamp") is not None,
+        uid=metadata.get("uid", ""),
     )
     return (namespace, metadata["name"]), record
 
@@ -95,6 +97,11 @@ class ClusterState:
         self.terminating: dict[CellKey, dict[str, int]] = defaultdict(dict)
         # cell -> pods of the cell, bound or not.
         self.pods_by_cell: dict[CellKey, int] = defaultdict(int)
+        # cell -> uid -> node of its bound, running pods (not terminating): whose threads
+        # the node agents' per-pod readings tell.
+        self.running_uids: dict[CellKey, dict[str, str]] = defaultdict(dict)
+        # node -> pod uid -> threads its agent last read (NodeBudget spec.pods).
+        self.pod_threads: dict[str, dict[str, int]] = {}
         # cell -> its Deployment as last seen.
         self.deployments: dict[CellKey, DeploymentSeen] = {}
         self.synced = False
@@ -161,14 +168,22 @@ class ClusterState:
         else:
             self.budgets[name] = spec
             self.budget_errors.pop(name, None)
+        self._note_pod_threads(name)
         self._attach_budget(name)
         self.version += 1
         self.budget_version += 1
-        self.budget_version += 1
+
+    def _note_pod_threads(self, name: str) -> None:
+        budget = self.budgets.get(name)
+        if budget is None or not budget.pods:
+            self.pod_threads.pop(name, None)
+        else:
+            self.pod_threads[name] = {pod.uid: pod.threads for pod in budget.pods}
 
     def delete_budget(self, name: str) -> None:
         self.budgets.pop(name, None)
         self.budget_errors.pop(name, None)
+        self._note_pod_threads(name)
         self._attach_budget(name)
         self.version += 1
         self.budget_version += 1
@@ -266,6 +281,32 @@ class ClusterState:
         _add(self.placement, record.cell, record.node, delta)
         if record.terminating:
             _add(self.terminating, record.cell, record.node, delta)
+        elif record.uid:
+            running = self.running_uids[record.cell]
+            if delta > 0:
+                running[record.uid] = record.node
+            else:
+                running.pop(record.uid, None)
+                if not running:
+                    del self.running_uids[record.cell]
+
+    def observation(self, cell: CellKey) -> ObservedThreads | None:
+        """The most threads a running pod of the cell holds, and how many of them run."""
+        readings = self.observed_threads(cell)
+        if not readings:
+            return None
+        return ObservedThreads(per_pod=max(readings), replicas=len(self.running_uids[cell]))
+
+    def observed_threads(self, cell: CellKey) -> list[int]:
+        """Threads each running pod of the cell holds, as its node's agent last read them
+        (pods not read yet are missing)."""
+        readings = self.pod_threads
+        found = []
+        for uid, node in self.running_uids.get(cell, {}).items():
+            threads = readings.get(node, {}).get(uid)
+            if threads is not None:
+                found.append(threads)
+        return found
 
     # ------------------------------------------------------------------ deployments
 
@@ -341,6 +382,7 @@ class ClusterState:
             fresh.placement,
             fresh.pods_by_cell,
         )
+        self.running_uids, self.pod_threads = fresh.running_uids, fresh.pod_threads
         self.terminating = fresh.terminating
         self.version += 1
         self.node_version += 1
