@@ -287,8 +287,19 @@ def _figures(within: bool = True) -> CellFigures:
 
 
 def _status(**inputs: Any) -> dict[str, Any]:
-    """The status as the reconciler writes it: built as StreamCellStatus, dumped."""
-    return status_model.as_patch(status_model.cell_status(**inputs))
+    """The status as the reconciler writes it: built as StreamCellStatus, dumped. Unless
+    told otherwise: an admitted cell of 2 replicas, all ready, no refusal, no status yet."""
+    settled: dict[str, Any] = {
+        "backstop": BackstopAnswer(True, "WithinBudget", "", 2, 3_100),
+        "refusal": None,
+        "refusal_current": False,
+        "applied_replicas": 2,
+        "existing_pods": 2,
+        "ready_pods": 2,
+        "previous": {},
+        "now": NOW,
+    }
+    return status_model.as_patch(status_model.cell_status(**{**settled, **inputs}))
 
 
 def test_conditions_keep_their_transition_time_until_they_flip() -> None:
@@ -657,18 +668,7 @@ def test_status_reports_the_thread_model_and_fits_it_once_two_sizes_were_seen() 
     assert figures.threads_per_pod == 4_650  # budgeted: what the pods hold
     assert figures.threads_observed_p95 == 4_650
     assert figures.thread_sample is None  # the Deployment was never seen at its size
-    allowed = BackstopAnswer(True, "WithinBudget", "", 2, 3_100)
-    inputs: dict[str, Any] = {
-        "record": record,
-        "backstop": allowed,
-        "refusal": None,
-        "refusal_current": False,
-        "applied_replicas": 2,
-        "existing_pods": 2,
-        "ready_pods": 2,
-        "now": NOW,
-    }
-    first = _status(figures=replace(figures, thread_sample=(2, 4_650)), previous={}, **inputs)
+    first = _status(record=record, figures=replace(figures, thread_sample=(2, 4_650)))
     accurate = next(c for c in first["conditions"] if c["type"] == "ThreadModelAccurate")
     assert accurate["status"] == "False" and accurate["reason"] == "ObservedExceedsModel"
     assert "50% over (tolerance 10%)" in accurate["message"]
@@ -676,7 +676,9 @@ def test_status_reports_the_thread_model_and_fits_it_once_two_sizes_were_seen() 
     assert first["threadSamples"] == [{"replicas": 2, "threadsPerPod": 4_650}]
     assert first["threadModelFit"] is None  # one size: nothing to fit
     # At 4 replicas the same wrong model: 4,500 + 150 a peer really.
-    second = _status(figures=replace(figures, thread_sample=(4, 4_950)), previous=first, **inputs)
+    second = _status(
+        record=record, figures=replace(figures, thread_sample=(4, 4_950)), previous=first
+    )
     assert second["threadSamples"] == [
         {"replicas": 2, "threadsPerPod": 4_650},
         {"replicas": 4, "threadsPerPod": 4_950},
@@ -688,7 +690,9 @@ def test_status_reports_the_thread_model_and_fits_it_once_two_sizes_were_seen() 
         "sizes": 2,
     }
     # A newer sample of a size replaces the older one.
-    third = _status(figures=replace(figures, thread_sample=(2, 4_700)), previous=second, **inputs)
+    third = _status(
+        record=record, figures=replace(figures, thread_sample=(2, 4_700)), previous=second
+    )
     assert [s["replicas"] for s in third["threadSamples"]] == [4, 2]
 
 
@@ -697,17 +701,6 @@ def test_a_cell_not_observed_yet_reads_unknown() -> None:
     gate, _ = make_gate(state)
     figures = asyncio.run(gate.cell_figures(state.cells[CellKey("ns", "a")], 2))
     assert figures.thread_model is not None and figures.thread_model.accurate is None
-    status = _status(
-        record=state.cells[CellKey("ns", "a")],
-        figures=figures,
-        backstop=BackstopAnswer(True, "WithinBudget", "", 2, 3_100),
-        refusal=None,
-        refusal_current=False,
-        applied_replicas=2,
-        existing_pods=2,
-        ready_pods=2,
-        previous={},
-        now=NOW,
-    )
+    status = _status(record=state.cells[CellKey("ns", "a")], figures=figures)
     accurate = next(c for c in status["conditions"] if c["type"] == "ThreadModelAccurate")
     assert (accurate["status"], accurate["reason"]) == ("Unknown", "NotObserved")

@@ -21,17 +21,16 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
 from rich.table import Table
 
 from cellguard.api.v1alpha1 import StreamCell, ThreadSample
 from cellguard.budget import ThreadFit, fit_thread_model, suggested_model, threads_per_pod
+from cellguard.commands.output import ERROR, emit, failed, figure
 from cellguard.commands.output import console as make_console
-from cellguard.commands.output import emit, figure
 from cellguard.commands.source import add_cluster_arguments, read_listing
 from cellguard.listing import Listing
 
-FITTED, ERROR = 0, 2
+FITTED = 0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -164,12 +163,8 @@ def run(args: argparse.Namespace) -> int:
         namespace = args.namespace or "default"
         listing, _ = read_listing(args, (namespace,))
         cell_fit = fit_cell(listing, args.cell, namespace)
-    except (ValueError, ValidationError, OSError, KeyError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return ERROR
     except Exception as error:  # e.g. the API server unreachable: answer, don't crash
-        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
-        return ERROR
+        return failed(error)
     if cell_fit.fit is None:
         print(f"error: {not_enough_sizes(cell_fit)}", file=sys.stderr)
         return ERROR

@@ -10,6 +10,20 @@ import yaml
 from rich.console import Console
 
 OUTPUTS = ("table", "json", "yaml")
+ERROR = 2  # the exit code of a command that could not answer
+
+# What a person can act on from its message alone; anything else is named by its type.
+_PLAIN_ERRORS = (ValueError, OSError, KeyError)
+
+
+def failed(error: Exception) -> int:
+    """Say why a command could not answer (on stderr) and return its exit code: a bad
+    argument or file, an unknown cell, an unreachable API server - answered, not crashed."""
+    if isinstance(error, _PLAIN_ERRORS):
+        print(f"error: {error}", file=sys.stderr)
+    else:
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+    return ERROR
 
 
 def console() -> Console:

@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
 from rich.table import Table
 
 from cellguard.api.v1alpha1 import StreamCell
 from cellguard.budget import CellKey, CellView, Decision, decide, with_cell_at
 from cellguard.commands.output import console as make_console
-from cellguard.commands.output import emit, figure, ratio
+from cellguard.commands.output import emit, failed, figure, ratio
 from cellguard.commands.source import (
     add_cluster_arguments,
     load_state,
@@ -30,7 +28,7 @@ from cellguard.commands.source import (
     read_listing,
 )
 
-FITS, REFUSED, ERROR = 0, 1, 2
+FITS, REFUSED = 0, 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -162,12 +160,8 @@ def run(args: argparse.Namespace) -> int:
         listing, now = read_listing(args)
         cell = _cell_from_args(args, listing)
         decision = plan(listing, cell, args.replicas, now)
-    except (ValueError, ValidationError, OSError, KeyError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return ERROR
     except Exception as error:  # e.g. the API server unreachable: answer, don't crash
-        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
-        return ERROR
+        return failed(error)
     if args.output == "table":
         print_table(decision, console)
     else:
