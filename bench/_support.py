@@ -1,8 +1,10 @@
 """What the benchmarks on the real local control plane share.
 
-A cluster with cellguard installed and the operator running as a local process (the e2e
-harness's `OperatorProcess`, with the operator's flags open to the benchmark), percentiles,
-load averages next to every figure, and the JSON result files in bench/results/.
+A cluster with cellguard installed and the operator running as a local process (the
+package's `OperatorProcess`, as the e2e tests run it, at the production status interval
+unless told), percentiles, load averages next to every figure, and the JSON result files in
+bench/results/. What the benchmarks share with the e2e tests (pools, cells, the storm, the
+placement scenarios, the invalid objects) lives in `cellguard.devcluster`.
 """
 
 from __future__ import annotations
@@ -13,34 +15,18 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cellguard.devcluster.cluster import LocalCluster
+from cellguard.devcluster.install import apply_policy, install_cellguard
+from cellguard.devcluster.pools import NodePool, make_pool
+from cellguard.devcluster.processes import OperatorOptions, OperatorProcess
+from cellguard.devcluster.toolchain import ensure_binaries
+
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # the e2e harness lives in tests/e2e
-    sys.path.insert(0, str(REPO))
-
-from tests.e2e import harness, invalid_specs, placement  # noqa: E402
-from tests.e2e import load as load_helpers  # noqa: E402
-from tests.e2e.harness import (  # noqa: E402
-    POOL_LABEL,
-    NodePool,
-    OperatorProcess,
-    apply_policy,
-    budget_manifest,
-    install_cellguard,
-)
-
-from cellguard.devcluster.cluster import LocalCluster, NodeSpec  # noqa: E402
-from cellguard.devcluster.toolchain import ensure_binaries  # noqa: E402
-
-__all__ = ["harness", "invalid_specs", "load_helpers", "placement"]
-
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -113,65 +99,6 @@ def rss_kib(pid: int) -> dict[str, int]:
 # ---------------------------------------------------------------------- the operator
 
 
-@dataclass
-class BenchOperator(OperatorProcess):
-    """The e2e harness's operator process, with the operator's flags open to the bench.
-
-    Defaults to the production status interval (10 s) rather than the e2e tests' 2 s.
-    """
-
-    extra_args: list[str] = field(default_factory=lambda: ["--status-interval=10"])
-    profile: Path | None = None  # cProfile output of the operator process, written on stop
-
-    def start(self, wait: bool = True) -> None:
-        log = self.log_path.open("ab")
-        profiler = ["-m", "cProfile", "-o", str(self.profile)] if self.profile else []
-        entry = ["-m", "cellguard"]
-        self.popen = subprocess.Popen(
-            [
-                sys.executable,
-                *profiler,
-                *entry,
-                "run",
-                f"--kubeconfig={self.kubeconfig}",
-                "--webhook-mode=url",
-                "--webhook-host=127.0.0.1",
-                f"--webhook-port={self.webhook_port}",
-                "--probe-host=127.0.0.1",
-                f"--health-port={self.health_port}",
-                f"--metrics-port={self.metrics_port}",
-                "--operator-namespace=cellguard-system",
-                "--identity=bench-operator",
-                *self.extra_args,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        log.close()
-        if wait:
-            self.wait_ready(timeout=600)
-
-    def metrics_text(self) -> str:
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=30) as response:
-            text: str = response.read().decode()
-            return text
-
-
-def pool_nodes(name: str, count: int, pods: str = "110", first: int = 1) -> list[NodeSpec]:
-    """Nodes of a pool: the harness's pool label and matching NoSchedule taint."""
-    return [
-        NodeSpec(
-            name=f"{name}-{i:05d}",
-            labels={POOL_LABEL: name},
-            taints=({"key": POOL_LABEL, "value": name, "effect": "NoSchedule"},),
-            pods=pods,
-        )
-        for i in range(first, first + count)
-    ]
-
-
 def add_pool(
     cluster: LocalCluster,
     name: str,
@@ -181,16 +108,11 @@ def add_pool(
     first: int = 1,
     **budget: Any,
 ) -> NodePool:
-    """Create a pool of Ready kwok nodes with a NodeBudget each (figures as keyword args);
-    `first` numbers the nodes on when a pool grows."""
-    specs = pool_nodes(name, count, pods, first)
-    for start in range(0, len(specs), 500):
-        cluster.add_nodes(specs[start : start + 500], parallelism=16)
-    cluster.wait_nodes_ready([s.name for s in specs], timeout=600)
-    pool = NodePool(cluster, name, [s.name for s in specs])
-    for start in range(0, len(pool.nodes), 200):
-        cluster.apply([budget_manifest(n, **budget) for n in pool.nodes[start : start + 200]])
-    return pool
+    """Create a pool of Ready kwok nodes NAME-00001 ... with a NodeBudget each (figures as
+    keyword args); `first` numbers the nodes on when a pool grows."""
+    return make_pool(
+        cluster, name, count, first=first, digits=5, pods=pods, ready_timeout=600, **budget
+    )
 
 
 @contextlib.contextmanager
@@ -221,32 +143,22 @@ def cellguard_cluster(
 def start_operator(
     cluster: LocalCluster,
     kubeconfig: Path,
-    extra_args: list[str] | None = None,
+    *,
+    status_interval: float | None = 10,
     profile: Path | None = None,
-) -> BenchOperator:
-    operator = BenchOperator(
-        cluster=cluster,
-        kubeconfig=kubeconfig,
-        log_path=cluster.workdir / "operator.log",
-        extra_args=extra_args if extra_args is not None else ["--status-interval=10"],
-        profile=profile,
+    log_name: str = "operator.log",
+    wait: bool = True,
+) -> OperatorProcess:
+    """Start the operator as the benchmarks run it: the production status interval (10 s,
+    not the e2e tests' 2 s; None: the operator's default), under cProfile with `profile`,
+    logging to the cluster's working directory; with `wait`, up to 10 minutes to be ready."""
+    options = OperatorOptions(
+        kubeconfig=kubeconfig, identity="bench-operator", status_interval=status_interval
     )
-    operator.start()
+    operator = OperatorProcess(options, cluster.workdir / log_name, profile=profile)
+    operator.start(wait=wait, timeout=600)
     return operator
 
 
 def say(message: str) -> None:
     print(f"  [{time.strftime('%H:%M:%S')}] {message}  (load {load()[0]})", flush=True)
-
-
-def apply_admitted(cluster: LocalCluster, manifest: dict[str, Any], timeout: float = 60) -> None:
-    """Apply a cell, retrying while the operator has not seen fresh budgets yet (it folds
-    budget reports into its snapshot at most once a second)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = harness.apply_yaml(cluster, manifest)
-        if result.returncode == 0:
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{manifest['metadata']['name']} refused: {result.stderr}")
-        time.sleep(0.5)

@@ -26,7 +26,6 @@ from kubernetes.client.exceptions import ApiException
 from _support import (
     add_pool,
     cellguard_cluster,
-    harness,
     load,
     rss_kib,
     say,
@@ -35,6 +34,7 @@ from _support import (
     write_result,
 )
 from cellguard.constants import GROUP, LABEL_CELL, STREAMCELL_PLURAL, VERSION
+from cellguard.devcluster.cells import cell_manifest, ensure_namespace
 
 NS = "bench-ready"
 
@@ -58,17 +58,17 @@ def main() -> int:
 
     with cellguard_cluster() as (cluster, kubeconfig):
         operator = start_operator(
-            cluster, kubeconfig, [f"--status-interval={args.status_interval}"], args.profile
+            cluster, kubeconfig, status_interval=args.status_interval, profile=args.profile
         )
         try:
-            harness.ensure_namespace(cluster, NS)
+            ensure_namespace(cluster, NS)
             pool = add_pool(cluster, "rdy", args.nodes)
             time.sleep(2)  # the operator folds budget reports in at most once a second
             api = client.CustomObjectsApi(cluster.api_client())
             core = client.CoreV1Api(cluster.api_client())
             names = [f"cell-{i:04d}" for i in range(args.cells)]
             manifests = [
-                harness.cell_manifest(
+                cell_manifest(
                     NS,
                     name,
                     service=f"svc-{i // args.cells_per_service:03d}",

@@ -1,8 +1,9 @@
 """1,000 generated invalid StreamCells and policies against the real API server and webhook.
 
-The hypothesis strategies of tests/e2e/invalid_specs.py (one thing broken in an otherwise
-valid object: negative replicas or perPeer, margin >= 1, unknown fields, wrong types,
-missing required fields, bad enums, CEL rules, templates with nodeName ...), each sent as a
+The hypothesis strategies of cellguard/devcluster/scenarios/invalid_specs.py, which
+tests/e2e/test_load_faults.py uses too (one thing broken in an otherwise valid object:
+negative replicas or perPeer, margin >= 1, unknown fields, wrong types, missing required
+fields, bad enums, CEL rules, templates with nodeName ...), each sent as a
 server-side dry run with strict field validation, create or replace. Every one must be
 refused with 400/403/422 naming the field or the reason - never accepted, never a 5xx.
 Also sends --malformed cells whose template (an object the schema cannot look into) holds
@@ -25,16 +26,20 @@ from kubernetes import client
 
 from _support import (
     add_pool,
-    apply_admitted,
     cellguard_cluster,
-    harness,
-    invalid_specs,
     load,
     say,
     start_operator,
     summary_ms,
     write_result,
 )
+from cellguard.devcluster.cells import (
+    apply_admitted,
+    cell_manifest,
+    ensure_namespace,
+    wait_cell_pods,
+)
+from cellguard.devcluster.scenarios import invalid_specs
 
 NS = "bench-invalid"
 
@@ -116,13 +121,13 @@ def main() -> int:
     with cellguard_cluster() as (cluster, kubeconfig):
         operator = start_operator(cluster, kubeconfig)
         try:
-            harness.ensure_namespace(cluster, NS)
+            ensure_namespace(cluster, NS)
             pool = add_pool(cluster, "inv", 1)
-            target = harness.cell_manifest(
+            target = cell_manifest(
                 NS, "target", service="target", replicas=1, base=10, per_peer=0, pool=pool
             )
             apply_admitted(cluster, target)
-            harness.wait_cell_pods(cluster, NS, "target", 1)
+            wait_cell_pods(cluster, NS, "target", 1)
             api = client.CustomObjectsApi(cluster.api_client())
             say(f"sending {args.count} invalid objects")
             started = time.monotonic()

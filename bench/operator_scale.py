@@ -38,17 +38,18 @@ from typing import Any
 
 from _support import (
     RESULTS,
-    BenchOperator,
     add_pool,
     cellguard_cluster,
-    harness,
     load,
     rss_kib,
     say,
+    start_operator,
     summary_ms,
     write_result,
 )
+from cellguard.devcluster.cells import cell_manifest, ensure_namespace, get_json
 from cellguard.devcluster.cluster import NodeSpec
+from cellguard.devcluster.pools import NodePool, budget_manifest
 
 NS = "bench-scale"
 REPLICAS = 50
@@ -65,7 +66,7 @@ def populate(cluster: Any, pool: Any, cells: list[str], api: Any) -> None:
     from cellguard.constants import GROUP, STREAMCELL_PLURAL, VERSION
 
     def create(name: str) -> None:
-        manifest = harness.cell_manifest(
+        manifest = cell_manifest(
             NS, name, service=name, replicas=REPLICAS, base=20, per_peer=1, pool=pool
         )
         manifest["spec"]["isolation"] = "Shared"
@@ -106,14 +107,8 @@ def cpu_seconds(pid: int) -> float:
 
 def measure_start(cluster: Any, kubeconfig: Path, settle_s: float) -> dict[str, Any]:
     """Start a fresh operator; time to ready, RSS at ready and after the start-up wave."""
-    operator = BenchOperator(
-        cluster=cluster,
-        kubeconfig=kubeconfig,
-        log_path=cluster.workdir / "operator-measured.log",
-        extra_args=["--status-interval=10"],
-    )
     started = time.monotonic()
-    operator.start(wait=False)
+    operator = start_operator(cluster, kubeconfig, log_name="operator-measured.log", wait=False)
     assert operator.popen is not None
     pid = operator.popen.pid
     peak_rss = 0
@@ -175,11 +170,11 @@ def measure_start(cluster: Any, kubeconfig: Path, settle_s: float) -> dict[str, 
 
 def capture_templates(cluster: Any) -> None:
     """One real node, budget, cell and pod, for the in-process listings."""
-    pods = harness.get_json(cluster, "pods", "-n", NS, "-l", "cellguard.io/cell=cell-0000")
-    cells = harness.get_json(cluster, "streamcell", "cell-0000", "-n", NS)
-    nodes = harness.get_json(cluster, "nodes", "-l", "cellguard.test/pool=scale")
-    budgets = harness.get_json(cluster, "nodebudgets")
-    deployment = harness.get_json(cluster, "deployment", "cell-0000", "-n", NS)
+    pods = get_json(cluster, "pods", "-n", NS, "-l", "cellguard.io/cell=cell-0000")
+    cells = get_json(cluster, "streamcell", "cell-0000", "-n", NS)
+    nodes = get_json(cluster, "nodes", "-l", "cellguard.test/pool=scale")
+    budgets = get_json(cluster, "nodebudgets")
+    deployment = get_json(cluster, "deployment", "cell-0000", "-n", NS)
     TEMPLATES.write_text(
         json.dumps(
             {
@@ -198,16 +193,15 @@ def cluster_runs(sizes: list[int], pods_per_node: int, settle_s: float) -> list[
 
     results = []
     with cellguard_cluster() as (cluster, kubeconfig):
-        harness.ensure_namespace(cluster, NS)
+        ensure_namespace(cluster, NS)
         core_api = client.CustomObjectsApi(cluster.api_client())
         apps = client.AppsV1Api(cluster.api_client())
-        populating = BenchOperator(
-            cluster=cluster,
-            kubeconfig=kubeconfig,
-            log_path=cluster.workdir / "operator-populate.log",
-            extra_args=["--status-interval=600"],  # populating only: few status rounds
+        populating = start_operator(
+            cluster,
+            kubeconfig,
+            status_interval=600,  # populating only: few status rounds
+            log_name="operator-populate.log",
         )
-        populating.start()
         nodes_so_far = 0
         cells_so_far = 0
         pool = None
@@ -226,7 +220,7 @@ def cluster_runs(sizes: list[int], pods_per_node: int, settle_s: float) -> list[
                     threads_in_use=2_000,
                 )
                 nodes_so_far = size
-                pool = harness.NodePool(cluster, "scale", grown.nodes)
+                pool = NodePool(cluster, "scale", grown.nodes)
                 time.sleep(2)
                 target_cells = size * pods_per_node // REPLICAS
                 names = [f"cell-{i:04d}" for i in range(cells_so_far, target_cells)]
@@ -279,7 +273,7 @@ def builtin_templates() -> dict[str, Any]:
     ]
     return {
         "node": node,
-        "budget": harness.budget_manifest("n"),
+        "budget": budget_manifest("n"),
         "cell": {
             "metadata": {"name": "c", "namespace": NS, "uid": "u", "generation": 1},
             "spec": {
@@ -356,8 +350,8 @@ def in_process_child(nodes: int, pods_per_node: int) -> dict[str, Any]:
     templates = json.loads(TEMPLATES.read_text()) if TEMPLATES.exists() else builtin_templates()
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     templates["budget"]["spec"]["observedAt"] = now
-    from cellguard.context import OperatorContext
-    from cellguard.metrics import OperatorMetrics
+    from cellguard.metrics import OperatorMetrics, node_figures
+    from cellguard.wiring import Operator
 
     gc.collect()
     base_rss = rss()
@@ -366,19 +360,19 @@ def in_process_child(nodes: int, pods_per_node: int) -> dict[str, Any]:
     listing_bytes = tracemalloc.get_traced_memory()[0]
     listing_rss = rss()
 
-    ctx = OperatorContext(Settings(), OperatorMetrics(), lambda m: m)
+    op = Operator.create(Settings(), OperatorMetrics(), lambda m: m)
     began = time.perf_counter()
-    load_listing(ctx, listing)
+    load_listing(op, listing)
     load_s = time.perf_counter() - began
     began = time.perf_counter()
-    snapshot = ctx.gate.snapshot()
+    snapshot = op.gate.snapshot()
     from cellguard.budget import decide
 
-    first = next(iter(ctx.state.cells))
+    first = next(iter(op.state.cells))
     decision = decide(snapshot, first, REPLICAS + 1)
     build_s = time.perf_counter() - began
     began = time.perf_counter()
-    rows = ctx.gate.node_figures()
+    rows = node_figures(op.gate.snapshot())
     figures_s = time.perf_counter() - began
     with_listing_bytes, peak_bytes = tracemalloc.get_traced_memory()
     del listing
@@ -387,8 +381,8 @@ def in_process_child(nodes: int, pods_per_node: int) -> dict[str, Any]:
     tracemalloc.stop()
     return {
         "nodes": nodes,
-        "cells": len(ctx.state.cells),
-        "pods": len(ctx.state.pods),
+        "cells": len(op.state.cells),
+        "pods": len(op.state.pods),
         "templates": "captured" if TEMPLATES.exists() else "builtin",
         "listing_mib": round(listing_bytes / MiB, 1),
         "listing_rss_growth_mib": round(listing_rss - base_rss, 1),

@@ -1,10 +1,10 @@
 """Randomized placement scenarios on the real scheduler: admitted means placed (issue 13).
 
-Runs N seeded scenarios of tests/e2e/placement.py (random pool sizes, taints, sibling cells
-NodeExclusive and Shared, uneven placements, random scale-ups and rollouts) against one
-local control plane with the operator, and reports the mismatches - an admitted change
-left Pending, a refusal that moved a Deployment, a node holding more pods than the plan
-assumed - which must be 0, and how long it took.
+Runs N seeded scenarios of cellguard/devcluster/scenarios/placement.py (random pool sizes,
+taints, sibling cells NodeExclusive and Shared, uneven placements, random scale-ups and
+rollouts) against one local control plane with the operator, and reports the mismatches -
+an admitted change left Pending, a refusal that moved a Deployment, a node holding more
+pods than the plan assumed - which must be 0, and how long it took.
 
     .venv/bin/python bench/placement.py --scenarios 100
 """
@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from _support import cellguard_cluster, load, placement, start_operator, write_result
+from _support import cellguard_cluster, load, start_operator, write_result
 from cellguard.devcluster.cluster import LocalCluster
+from cellguard.devcluster.scenarios import placement
 
 Outcome = placement.Outcome
 
@@ -44,7 +45,7 @@ def main() -> int:
     outcomes: list[Outcome] = []
     started = time.monotonic()
     with cellguard_cluster() as (cluster, kubeconfig):
-        operator = start_operator(cluster, kubeconfig, extra_args=[])
+        operator = start_operator(cluster, kubeconfig, status_interval=None)
         try:
             outcomes += _run(cluster, args.seed, args.scenarios)
         finally:

@@ -3,10 +3,11 @@
 1,000 PATCHes of /scale (random cell, random size 1..14) from 32 client threads at once
 over 50 Shared cells on a pool of nodes of two sizes (pid_max 32,768 and 24,576, so the
 allowed figure is each node's own, less the 20% margin). Afterwards, once every cell runs
-exactly its spec.replicas pods: each node's modelled threads (the harness's `node_threads`,
-from the pods really on it) against its NodeBudget's allowance, and each cell's size
-against what was asked of it. While the storm runs the same figure is sampled every few
-seconds (reported, not judged: a sample reads pods and cells at two moments).
+exactly its spec.replicas pods: each node's modelled threads (`node_threads` of
+cellguard.devcluster.cells, from the pods really on it) against its NodeBudget's allowance,
+and each cell's size against what was asked of it. While the storm runs the same figure is
+sampled every few seconds (reported, not judged: a sample reads pods and cells at two
+moments).
 
 Reservations are per node and worst case, so a burst over many cells is refused more than
 strictly necessary: the admitted fraction and how full the nodes end up are reported.
@@ -26,14 +27,14 @@ from pathlib import Path
 from _support import (
     add_pool,
     cellguard_cluster,
-    harness,
     load,
-    load_helpers,
     say,
     start_operator,
     summary_ms,
     write_result,
 )
+from cellguard.devcluster.cells import ensure_namespace, node_threads
+from cellguard.devcluster.scenarios import load as load_helpers
 
 NS = "bench-storm"
 BASELINE = 1_000
@@ -54,7 +55,7 @@ def main() -> int:
     with cellguard_cluster() as (cluster, kubeconfig):
         operator = start_operator(cluster, kubeconfig, profile=args.profile)
         try:
-            harness.ensure_namespace(cluster, NS)
+            ensure_namespace(cluster, NS)
             pool = add_pool(cluster, "storm", args.nodes)
             load_helpers.storm_budgets(pool, BASELINE)
             time.sleep(2)  # budget reports are folded in at most once a second
@@ -73,7 +74,7 @@ def main() -> int:
 
             def sample() -> None:
                 while not stop.is_set():
-                    threads = harness.node_threads(cluster, pool, NS, BASELINE)
+                    threads = node_threads(cluster, pool, NS, BASELINE)
                     samples.append(max(threads[n] / allowed[n] for n in threads))
                     stop.wait(2.0)
 
@@ -96,7 +97,7 @@ def main() -> int:
             settle_s = time.monotonic() - settle_started
             stop.set()
             sampler.join()
-            threads = harness.node_threads(cluster, pool, NS, BASELINE)
+            threads = node_threads(cluster, pool, NS, BASELINE)
             over = {n: (t, allowed[n]) for n, t in threads.items() if t > allowed[n]}
             not_asked = {
                 n: r for n, r in final.items() if r not in result.admitted[n] | {initial[n]}

@@ -42,9 +42,7 @@ from kubernetes.client.exceptions import ApiException
 
 from _support import (
     add_pool,
-    apply_admitted,
     cellguard_cluster,
-    harness,
     load,
     say,
     start_operator,
@@ -58,6 +56,14 @@ from cellguard.constants import (
     WEBHOOK_CONFIGURATION_NAME,
     WEBHOOK_STREAMCELL_SCALE,
 )
+from cellguard.devcluster.cells import (
+    apply_admitted,
+    cell,
+    cell_manifest,
+    ensure_namespace,
+    get_json,
+    wait_cell_pods,
+)
 from cellguard.devcluster.cluster import LocalCluster
 from cellguard.metrics import ADMISSION_DURATION as ADMISSION_DURATION_METRIC
 
@@ -69,7 +75,7 @@ CELL = "probe"
 
 
 def saved_configuration(cluster: LocalCluster) -> dict[str, Any]:
-    config: dict[str, Any] = harness.get_json(
+    config: dict[str, Any] = get_json(
         cluster, "validatingwebhookconfiguration", WEBHOOK_CONFIGURATION_NAME
     )
     metadata = config["metadata"]
@@ -274,14 +280,14 @@ def main() -> int:
     with cellguard_cluster() as (cluster, kubeconfig):
         operator = start_operator(cluster, kubeconfig)
         try:
-            harness.ensure_namespace(cluster, NS)
+            ensure_namespace(cluster, NS)
             pool = add_pool(cluster, "wh", args.nodes)
-            manifest = harness.cell_manifest(
+            manifest = cell_manifest(
                 NS, CELL, service=CELL, replicas=1, base=10, per_peer=1, pool=pool
             )
             manifest["spec"]["isolation"] = "Shared"
             apply_admitted(cluster, manifest)
-            harness.wait_cell_pods(cluster, NS, CELL, 1)
+            wait_cell_pods(cluster, NS, CELL, 1)
             api = client.CustomObjectsApi(cluster.api_client())
             config = saved_configuration(cluster)
             # Warm-up: kubectl's discovery cache, connections, the operator's snapshot.
@@ -300,7 +306,7 @@ def main() -> int:
             done = {"webhook": 0, "no_webhook": 0}
             while min(done.values()) < args.n:
                 variant = "webhook" if on else "no_webhook"
-                before = histogram(operator.metrics_text(), WEBHOOK_STREAMCELL_SCALE)
+                before = histogram(operator.metrics(timeout=30), WEBHOOK_STREAMCELL_SCALE)
                 for _ in range(min(args.block, args.n - done[variant])):
                     samples[variant]["kubectl"].append(kubectl_scale(cluster, 2))
                     cluster.kubectl("scale", f"streamcell/{CELL}", "-n", NS, "--replicas=1")
@@ -308,7 +314,7 @@ def main() -> int:
                     api_scale(api, 1)
                     done[variant] += 1
                 if on:
-                    after = histogram(operator.metrics_text(), WEBHOOK_STREAMCELL_SCALE)
+                    after = histogram(operator.metrics(timeout=30), WEBHOOK_STREAMCELL_SCALE)
                     for key, value in after.items():
                         handler_delta[key] = (
                             handler_delta.get(key, 0.0) + value - before.get(key, 0)
@@ -323,7 +329,7 @@ def main() -> int:
             direct, direct_allowed = direct_round_trips(config, args.direct)
             fresh, _ = direct_round_trips(config, args.direct // 2, fresh=True)
             load_direct = load()
-            final_replicas = harness.cell(cluster, NS, CELL)["spec"]["replicas"]
+            final_replicas = cell(cluster, NS, CELL)["spec"]["replicas"]
         finally:
             operator.stop()
 

@@ -8,16 +8,15 @@ import pytest
 
 from cellguard.devcluster.cluster import LocalCluster
 
-from .harness import OperatorProcess, apply_policy, install_cellguard
+from .harness import OperatorOptions, OperatorProcess, apply_policy, install_cellguard
 
 
 @pytest.fixture(scope="session")
 def cellguard_operator(cluster: LocalCluster) -> Iterator[OperatorProcess]:
     kubeconfig = install_cellguard(cluster)
     apply_policy(cluster)
-    process = OperatorProcess(
-        cluster=cluster, kubeconfig=kubeconfig, log_path=cluster.workdir / "operator.log"
-    )
+    options = OperatorOptions(kubeconfig=kubeconfig, identity="e2e-operator", status_interval=2)
+    process = OperatorProcess(options, cluster.workdir / "operator.log")
     process.start()
     try:
         yield process
@@ -28,8 +27,9 @@ def cellguard_operator(cluster: LocalCluster) -> Iterator[OperatorProcess]:
 @pytest.fixture
 def operator(cellguard_operator: OperatorProcess) -> Iterator[OperatorProcess]:
     """The running operator; restarted if a test left it stopped."""
-    if cellguard_operator.popen is None or cellguard_operator.popen.poll() is not None:
+    if not cellguard_operator.running:
         cellguard_operator.start()
     yield cellguard_operator
-    if cellguard_operator.popen is None or cellguard_operator.popen.poll() is not None:
+    if not cellguard_operator.running:
         cellguard_operator.start()
+

@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,6 +19,7 @@ from typing import Any, TypeVar
 import pytest
 
 from cellguard.devcluster.cluster import LocalCluster
+from cellguard.devcluster.processes import AgentOptions, AgentProcess
 
 from .harness import (
     OPERATOR_NAMESPACE,
@@ -50,54 +47,6 @@ STALE_AFTER = 10
 INTERVAL = 2
 
 T = TypeVar("T")
-
-
-@dataclass
-class Agent:
-    node: str
-    kubeconfig: Path
-    log_path: Path
-    sys_root: Path
-    popen: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        log = self.log_path.open("ab")
-        self.popen = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cellguard",
-                "agent",
-                f"--node-name={self.node}",
-                f"--interval={INTERVAL}",
-                f"--kubeconfig={self.kubeconfig}",
-                f"--sys-root={self.sys_root}",
-                "--log-level=debug",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        log.close()
-
-    def terminate(self, timeout: float = 10.0) -> tuple[int, float]:
-        """SIGTERM; the exit status and how long the agent took to exit."""
-        assert self.popen is not None
-        started = time.monotonic()
-        self.popen.send_signal(signal.SIGTERM)
-        code = self.popen.wait(timeout=timeout)
-        return code, time.monotonic() - started
-
-    def kill(self) -> None:
-        if self.popen is not None and self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait()
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no agent log)"
 
 
 def grant_agent_identity(cluster: LocalCluster) -> Path:
@@ -205,12 +154,14 @@ def scale(cluster: LocalCluster, ns: str, name: str, replicas: int, *extra: str)
     )
 
 
-def wait_with_log(agent: Agent, predicate: Callable[[], T | None], timeout: float, what: str) -> T:
+def wait_with_log(
+    agent: AgentProcess, predicate: Callable[[], T | None], timeout: float, what: str
+) -> T:
     """`wait_for`, with the agent's last words when it times out."""
     try:
         return wait_for(predicate, timeout=timeout, what=what)
     except AssertionError as exc:
-        raise AssertionError(f"{exc}\nagent on {agent.node}:\n{agent.log_tail()}") from None
+        raise AssertionError(f"{exc}\nagent on {agent.node}:\n{agent.log_tail(20)}") from None
 
 
 def node_cgroups(root: Path) -> Path:
@@ -244,11 +195,15 @@ def test_agents_report_the_host_and_their_silence_refuses_scale_ups(
 
     with node_pool(cluster, "agent", 3, budgets=False) as pool:
         agents = {
-            node: Agent(
-                node,
-                kubeconfig,
+            node: AgentProcess(
+                AgentOptions(
+                    node_name=node,
+                    kubeconfig=kubeconfig,
+                    interval=INTERVAL,
+                    sys_root=node_cgroups(tmp_path / node),
+                    log_level="debug",
+                ),
                 cluster.workdir / f"agent-{node}.log",
-                node_cgroups(tmp_path / node),
             )
             for node in pool.nodes
         }
@@ -265,7 +220,7 @@ def test_agents_report_the_host_and_their_silence_refuses_scale_ups(
                 agent.kill()
 
 
-def check_reports(cluster: LocalCluster, agents: dict[str, Agent]) -> None:
+def check_reports(cluster: LocalCluster, agents: dict[str, AgentProcess]) -> None:
     """Each agent applies its node's budget, owned by the Node, as its own field manager,
     with this machine's figures."""
     threads_max = read_host_int("/proc/sys/kernel/threads-max")
@@ -324,7 +279,7 @@ def check_reports(cluster: LocalCluster, agents: dict[str, Agent]) -> None:
 
 
 def check_decisions(
-    cluster: LocalCluster, ns: str, pool: NodePool, agents: dict[str, Agent]
+    cluster: LocalCluster, ns: str, pool: NodePool, agents: dict[str, AgentProcess]
 ) -> None:
     """Scale-ups pass while the agents report, are refused naming the node whose agent
     stopped once its budget is stale, and pass again when the agent is back."""
@@ -348,7 +303,7 @@ def check_decisions(
     # One agent stops: it exits at once and cleanly, and its budget ages.
     victim = pool.nodes[1]
     code, took = agents[victim].terminate()
-    assert code == 0, agents[victim].log_tail()
+    assert code == 0, agents[victim].log_tail(20)
     assert took < 5, f"the agent took {took:.1f} s to stop"
     stopped_at = time.monotonic()
     refused = wait_for(
@@ -386,11 +341,11 @@ def check_decisions(
     cluster.kubectl("delete", "streamcell", "stream", "-n", ns)
 
 
-def check_owner(cluster: LocalCluster, pool: NodePool, agents: dict[str, Agent]) -> None:
+def check_owner(cluster: LocalCluster, pool: NodePool, agents: dict[str, AgentProcess]) -> None:
     """The Node owns its budget: deleting the node takes the budget with it."""
     for agent in agents.values():
         code, _ = agent.terminate()
-        assert code == 0, agent.log_tail()
+        assert code == 0, agent.log_tail(20)
     gone = pool.nodes[2]
     cluster.kubectl("delete", "node", gone)
     deleted_at = time.monotonic()

@@ -16,10 +16,8 @@ from .harness import (
     apply_yaml,
     budget_manifest,
     cell,
-    cell_manifest,
+    cell_world,
     deployment_replicas,
-    ensure_namespace,
-    node_pool,
     running_pods,
     utc_now,
     wait_cell_pods,
@@ -33,22 +31,16 @@ def test_operator_down_refuses_scale_ups_and_leaves_running_pods(
     cluster: LocalCluster, operator: OperatorProcess
 ) -> None:
     ns = "e2e-down"
-    ensure_namespace(cluster, ns)
-    with node_pool(cluster, "down", 3) as pool:
-        manifest = cell_manifest(
-            ns, "feed", service="feed", replicas=3, base=100, per_peer=10, pool=pool
-        )
-        assert apply_yaml(cluster, manifest).returncode == 0
-        before = {p["metadata"]["name"] for p in wait_cell_pods(cluster, ns, "feed", 3)}
+    with cell_world(cluster, ns, "down", 3) as world:
+        pods = world.create("feed", replicas=3, base=100, per_peer=10)
+        before = {p["metadata"]["name"] for p in pods}
         operator.stop()
         try:
             up = cluster.kubectl("scale", "streamcell/feed", "-n", ns, "--replicas=4", check=False)
             assert up.returncode != 0
             assert 'failed calling webhook "validate-streamcell-scale.cellguard.io"' in up.stderr
             # A new cell is refused as well: nothing grows unchecked.
-            other = cell_manifest(
-                ns, "feed-2", service="feed2", replicas=1, base=100, per_peer=10, pool=pool
-            )
+            other = world.manifest("feed-2", service="feed2", replicas=1, base=100, per_peer=10)
             created = apply_yaml(cluster, other)
             assert created.returncode != 0
             assert "validate-streamcell.cellguard.io" in created.stderr
@@ -64,28 +56,15 @@ def test_operator_down_refuses_scale_ups_and_leaves_running_pods(
         finally:
             operator.start()
         wait_for(lambda: deployment_replicas(cluster, ns, "feed") == 2, what="scale-down applied")
-        cluster.kubectl("delete", "streamcell", "feed", "-n", ns)
 
 
 def test_restart_mid_scale_converges_to_what_was_asked(
     cluster: LocalCluster, operator: OperatorProcess
 ) -> None:
     ns = "e2e-restart"
-    ensure_namespace(cluster, ns)
-    with node_pool(cluster, "restart", 4) as pool:
+    with cell_world(cluster, ns, "restart", 4) as world:
         for name, replicas in (("alpha", 4), ("beta", 2)):
-            manifest = cell_manifest(
-                ns,
-                name,
-                service=name,
-                replicas=replicas,
-                base=100,
-                per_peer=10,
-                pool=pool,
-                isolation="Shared",
-            )
-            assert apply_yaml(cluster, manifest).returncode == 0
-            wait_cell_pods(cluster, ns, name, replicas)
+            world.create(name, replicas=replicas, base=100, per_peer=10, isolation="Shared")
         seen: list[int] = []
         stop_watch = threading.Event()
 
@@ -110,22 +89,15 @@ def test_restart_mid_scale_converges_to_what_was_asked(
         assert deployment_replicas(cluster, ns, "beta") == 2
         assert len(running_pods(cluster, ns, "beta")) == 2
         assert cell(cluster, ns, "alpha")["spec"]["replicas"] == 8
-        for name in ("alpha", "beta"):
-            cluster.kubectl("delete", "streamcell", name, "-n", ns)
 
 
 def test_missing_or_stale_budget_refuses_scale_ups_onto_the_node(
     cluster: LocalCluster, operator: OperatorProcess
 ) -> None:
     ns = "e2e-stale"
-    ensure_namespace(cluster, ns)
-    with node_pool(cluster, "stale", 3) as pool:
-        manifest = cell_manifest(
-            ns, "logs", service="logs", replicas=3, base=100, per_peer=10, pool=pool
-        )
-        assert apply_yaml(cluster, manifest).returncode == 0
-        wait_cell_pods(cluster, ns, "logs", 3)
-        victim = pool.nodes[1]
+    with cell_world(cluster, ns, "stale", 3) as world:
+        world.create("logs", replicas=3, base=100, per_peer=10)
+        victim = world.pool.nodes[1]
 
         cluster.kubectl("delete", "nodebudget", victim)
         refused = wait_for(
@@ -176,7 +148,7 @@ def test_missing_or_stale_budget_refuses_scale_ups_onto_the_node(
         assert f"node {victim}" in stale.stderr
         assert deployment_replicas(cluster, ns, "logs") == 3
 
-        pool.set_budgets()  # the agent reports again
+        world.pool.set_budgets()  # the agent reports again
         wait_for(
             lambda: (
                 cluster.kubectl(
@@ -187,20 +159,15 @@ def test_missing_or_stale_budget_refuses_scale_ups_onto_the_node(
             what="the scale-up to pass once the budget is fresh",
         )
         wait_cell_pods(cluster, ns, "logs", 6)
-        cluster.kubectl("delete", "streamcell", "logs", "-n", ns)
 
 
 def test_shrinking_limits_report_over_budget_and_never_scale_down(
     cluster: LocalCluster, operator: OperatorProcess
 ) -> None:
     ns = "e2e-shrink"
-    ensure_namespace(cluster, ns)
-    with node_pool(cluster, "shrink", 3) as pool:
-        manifest = cell_manifest(
-            ns, "bus", service="bus", replicas=3, base=4_000, per_peer=500, pool=pool
-        )
-        assert apply_yaml(cluster, manifest).returncode == 0
-        before = {p["metadata"]["name"] for p in wait_cell_pods(cluster, ns, "bus", 3)}
+    with cell_world(cluster, ns, "shrink", 3) as world:
+        pods = world.create("bus", replicas=3, base=4_000, per_peer=500)
+        before = {p["metadata"]["name"] for p in pods}
 
         def within_budget() -> str | None:
             for item in cell(cluster, ns, "bus").get("status", {}).get("conditions", []):
@@ -211,7 +178,7 @@ def test_shrinking_limits_report_over_budget_and_never_scale_down(
         assert wait_for(lambda: within_budget() == "True", what="WithinBudget=True")
         # The nodes' pid_max is lowered under the cell's 5,000 threads a pod (e.g. a sysctl
         # change): the cell no longer fits, and cellguard says so - it never kills pods.
-        pool.set_budgets(threads_max=32_768, pid_max=4_096, threads_in_use=500)
+        world.pool.set_budgets(threads_max=32_768, pid_max=4_096, threads_in_use=500)
         wait_for(lambda: within_budget() == "False", what="WithinBudget=False")
         message = next(
             c["message"]
@@ -231,4 +198,3 @@ def test_shrinking_limits_report_over_budget_and_never_scale_down(
         time.sleep(3)  # a few reconcile rounds
         assert deployment_replicas(cluster, ns, "bus") == 3
         assert {p["metadata"]["name"] for p in running_pods(cluster, ns, "bus")} == before
-        cluster.kubectl("delete", "streamcell", "bus", "-n", ns)

@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
+from cellguard import __version__
 from cellguard.devcluster.cluster import LocalCluster, NodeSpec, free_port
 from cellguard.devcluster.waiting import wait_for
 from helm_support import (
@@ -661,7 +662,7 @@ def test_install_upgrade_uninstall_on_a_fresh_cluster(
         )  # fmt: skip
     assert [r.returncode for r in kubelet.ran] == [0], kubelet.ran
     assert "serverside-applied" in kubelet.ran[0].output, kubelet.ran[0].output
-    assert "cellguard 0.1.0 is installed in namespace cellguard-system" in installed.stdout
+    assert f"cellguard {__version__} is installed in namespace cellguard-system" in installed.stdout
     crd_uids = {}
     for name in CELLGUARD_CRDS:
         crd = _get(c, "crd", name)

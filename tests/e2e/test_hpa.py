@@ -26,12 +26,10 @@ from .harness import (
     OperatorProcess,
     apply_yaml,
     cell,
-    cell_manifest,
+    cell_world,
     condition,
     deployment_replicas,
-    ensure_namespace,
     get_json,
-    node_pool,
     wait_cell_pods,
 )
 from .metrics_adapter import external_metrics_adapter
@@ -99,93 +97,84 @@ def hpa_condition(cluster: LocalCluster, type_: str) -> dict[str, Any] | None:
 def test_hpa_scales_a_cell_within_budget_and_is_refused_beyond(
     cluster: LocalCluster, operator: OperatorProcess
 ) -> None:
-    ensure_namespace(cluster, NS)
-    try:
-        with (
-            node_pool(cluster, "hpa", 4) as pool,
-            external_metrics_adapter(cluster, NS) as adapter,
-        ):
-            try:
-                # 500 threads per peer: 4 nodes fit at most 12 pods (3 a node).
-                manifest = cell_manifest(
-                    NS, CELL, service=CELL, replicas=4, base=200, per_peer=500, pool=pool
-                )
-                created = apply_yaml(cluster, manifest)
-                assert created.returncode == 0, created.stderr
-                wait_cell_pods(cluster, NS, CELL, 4)
-                max_safe = int(
-                    wait_for(
-                        lambda: cell(cluster, NS, CELL).get("status", {}).get("maxSafeReplicas"),
-                        what="status.maxSafeReplicas",
-                    )
-                )
-                safe, unsafe = 8, max_safe + 4
-                assert 4 < safe <= max_safe
-
-                # (a) a safe step: the HPA writes /scale, cellguard admits it, pods run.
-                adapter.set(NS, METRIC, safe)
-                hpa = apply_yaml(cluster, hpa_manifest(max_replicas=unsafe + 10))
-                assert hpa.returncode == 0, hpa.stderr
-                # Up to ~35 s when this test runs first: kube-controller-manager's REST
-                # mapper learns of CRDs created after it started only at its 30-second
-                # refresh (until then the HPA reports FailedGetScale, "no matches for kind
-                # StreamCell"); then one 5 s HPA sync.
+    with (
+        cell_world(cluster, NS, "hpa", 4, delete_namespace=True) as world,
+        external_metrics_adapter(cluster, NS) as adapter,
+    ):
+        try:
+            # 500 threads per peer: 4 nodes fit at most 12 pods (3 a node).
+            world.create(CELL, replicas=4, base=200, per_peer=500)
+            max_safe = int(
                 wait_for(
-                    lambda: cell(cluster, NS, CELL)["spec"]["replicas"] == safe,
-                    what=f"the HPA to scale the cell to {safe}",
-                    timeout=60,
+                    lambda: cell(cluster, NS, CELL).get("status", {}).get("maxSafeReplicas"),
+                    what="status.maxSafeReplicas",
                 )
-                wait_cell_pods(cluster, NS, CELL, safe)
-                assert deployment_replicas(cluster, NS, CELL) == safe
-                rescaled = hpa_events(cluster, "SuccessfulRescale")
-                assert any(f"New size: {safe};" in e["message"] for e in rescaled), rescaled
-                # The HPA really read the adapter, through the aggregator, as itself.
-                assert any(
-                    r.metric == METRIC and r.namespace == NS and r.user == HPA_USER
-                    for r in adapter.requests()
-                ), adapter.requests()[-5:]
+            )
+            safe, unsafe = 8, max_safe + 4
+            assert 4 < safe <= max_safe
 
-                # (b) an unsafe step: cellguard's webhook refuses the HPA's /scale write.
-                adapter.set(NS, METRIC, unsafe)
+            # (a) a safe step: the HPA writes /scale, cellguard admits it, pods run.
+            adapter.set(NS, METRIC, safe)
+            hpa = apply_yaml(cluster, hpa_manifest(max_replicas=unsafe + 10))
+            assert hpa.returncode == 0, hpa.stderr
+            # Up to ~35 s when this test runs first: kube-controller-manager's REST
+            # mapper learns of CRDs created after it started only at its 30-second
+            # refresh (until then the HPA reports FailedGetScale, "no matches for kind
+            # StreamCell"); then one 5 s HPA sync.
+            wait_for(
+                lambda: cell(cluster, NS, CELL)["spec"]["replicas"] == safe,
+                what=f"the HPA to scale the cell to {safe}",
+                timeout=60,
+            )
+            wait_cell_pods(cluster, NS, CELL, safe)
+            assert deployment_replicas(cluster, NS, CELL) == safe
+            rescaled = hpa_events(cluster, "SuccessfulRescale")
+            assert any(f"New size: {safe};" in e["message"] for e in rescaled), rescaled
+            # The HPA really read the adapter, through the aggregator, as itself.
+            assert any(
+                r.metric == METRIC and r.namespace == NS and r.user == HPA_USER
+                for r in adapter.requests()
+            ), adapter.requests()[-5:]
 
-                def refused_event() -> dict[str, Any] | None:
-                    for event in hpa_events(cluster, "FailedRescale"):
-                        if f"New size: {unsafe};" in event["message"]:
-                            return event
-                    return None
+            # (b) an unsafe step: cellguard's webhook refuses the HPA's /scale write.
+            adapter.set(NS, METRIC, unsafe)
 
-                event = wait_for(refused_event, what="the HPA's FailedRescale event", timeout=30)
-                assert event["type"] == "Warning"
-                message = event["message"]
-                assert (
-                    'admission webhook "validate-streamcell-scale.cellguard.io" denied the '
-                    f"request: scaling {NS}/{CELL} from {safe} to {unsafe} replicas would put "
-                    "node hpa-"
-                ) in message, message
-                assert f"at most {max_safe} replicas fit" in message, message
-                wanted = int(re.search(r"New size: (\d+);", message).group(1))  # type: ignore[union-attr]
+            def refused_event() -> dict[str, Any] | None:
+                for event in hpa_events(cluster, "FailedRescale"):
+                    if f"New size: {unsafe};" in event["message"]:
+                        return event
+                return None
 
-                refusal = wait_for(
-                    lambda: cell(cluster, NS, CELL).get("status", {}).get("lastRefusal"),
-                    what="status.lastRefusal",
-                )
-                assert refusal["requestedReplicas"] == wanted == unsafe
-                assert refusal["reason"] == "NodeThreadLimit"
-                assert refusal["message"] in message, (refusal["message"], message)
+            event = wait_for(refused_event, what="the HPA's FailedRescale event", timeout=30)
+            assert event["type"] == "Warning"
+            message = event["message"]
+            assert (
+                'admission webhook "validate-streamcell-scale.cellguard.io" denied the '
+                f"request: scaling {NS}/{CELL} from {safe} to {unsafe} replicas would put "
+                "node hpa-"
+            ) in message, message
+            assert f"at most {max_safe} replicas fit" in message, message
+            wanted = int(re.search(r"New size: (\d+);", message).group(1))  # type: ignore[union-attr]
 
-                able = hpa_condition(cluster, "AbleToScale")
-                assert able is not None and able["status"] == "False", able
-                assert able["reason"] == "FailedUpdateScale"
-                assert refusal["message"] in able["message"]
+            refusal = wait_for(
+                lambda: cell(cluster, NS, CELL).get("status", {}).get("lastRefusal"),
+                what="status.lastRefusal",
+            )
+            assert refusal["requestedReplicas"] == wanted == unsafe
+            assert refusal["reason"] == "NodeThreadLimit"
+            assert refusal["message"] in message, (refusal["message"], message)
 
-                # Nothing moved: the cell, its Deployment and its pods stay at the safe size.
-                assert cell(cluster, NS, CELL)["spec"]["replicas"] == safe
-                assert deployment_replicas(cluster, NS, CELL) == safe
-                wait_cell_pods(cluster, NS, CELL, safe)
-            finally:
-                cluster.kubectl("delete", "hpa", CELL, "-n", NS, "--ignore-not-found", check=False)
-                cluster.kubectl(
-                    "delete", "streamcell", CELL, "-n", NS, "--ignore-not-found", check=False
-                )
-    finally:
-        cluster.kubectl("delete", "namespace", NS, "--wait=false", check=False)
+            able = hpa_condition(cluster, "AbleToScale")
+            assert able is not None and able["status"] == "False", able
+            assert able["reason"] == "FailedUpdateScale"
+            assert refusal["message"] in able["message"]
+
+            # Nothing moved: the cell, its Deployment and its pods stay at the safe size.
+            assert cell(cluster, NS, CELL)["spec"]["replicas"] == safe
+            assert deployment_replicas(cluster, NS, CELL) == safe
+            wait_cell_pods(cluster, NS, CELL, safe)
+        finally:
+            cluster.kubectl("delete", "hpa", CELL, "-n", NS, "--ignore-not-found", check=False)
+            cluster.kubectl(
+                "delete", "streamcell", CELL, "-n", NS, "--ignore-not-found", check=False
+            )

@@ -11,20 +11,17 @@ import pytest
 from cellguard.devcluster.cluster import LocalCluster
 
 from .harness import (
+    CellWorld,
     OperatorProcess,
-    apply_yaml,
     cell,
-    cell_manifest,
+    cell_world,
     condition,
     deployment_replicas,
-    ensure_namespace,
     get_json,
-    node_pool,
     node_threads,
     wait_cell_pods,
     wait_for,
 )
-from .load import apply_admitted
 
 pytestmark = pytest.mark.e2e
 
@@ -32,17 +29,19 @@ ALLOWED = 26_214  # 32,768 less the 20 % margin
 BASELINE = 1_000  # threads in use the pools' NodeBudgets report
 
 
+def assert_within_budget(world: CellWorld) -> None:
+    """Every node of the pool within its allowance, by the cells really on it."""
+    threads = node_threads(world.cluster, world.pool, world.namespace, BASELINE)
+    for node, count in threads.items():
+        assert count <= ALLOWED, f"{node} at {count}"
+
+
 def test_apply_creates_children_and_fills_status(
     cluster: LocalCluster, operator: OperatorProcess
 ) -> None:
-    ensure_namespace(cluster, "e2e-basic")
-    with node_pool(cluster, "basic", 3) as pool:
-        manifest = cell_manifest(
-            "e2e-basic", "web", service="web", replicas=3, base=50, per_peer=10, pool=pool
-        )
-        assert apply_yaml(cluster, manifest).returncode == 0
-        pods = wait_cell_pods(cluster, "e2e-basic", "web", 3)
-        assert {p["spec"]["nodeName"] for p in pods} == set(pool.nodes)
+    with cell_world(cluster, "e2e-basic", "basic", 3) as world:
+        pods = world.create("web", replicas=3, base=50, per_peer=10)
+        assert {p["spec"]["nodeName"] for p in pods} == set(world.pool.nodes)
         deployment = get_json(cluster, "deployment", "web", "-n", "e2e-basic")
         assert deployment["metadata"]["ownerReferences"][0]["kind"] == "StreamCell"
         assert deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0
@@ -59,7 +58,7 @@ def test_apply_creates_children_and_fills_status(
         status = wait_for(status_filled, what="Ready status")
         assert status["threadsPerPod"] == 70
         assert status["maxSafeReplicas"] > 3
-        assert status["limitingNode"] in pool.nodes
+        assert status["limitingNode"] in world.pool.nodes
         assert status["selector"] == "cellguard.io/cell=web"
         within = condition({"status": status}, "WithinBudget")
         assert within is not None and within["status"] == "True"
@@ -74,7 +73,7 @@ def test_apply_creates_children_and_fills_status(
             "LIMITINGNODE",
         ]
         assert row.split()[:3] == ["web", "3", "3"]
-        assert row.split()[5] in pool.nodes
+        assert row.split()[5] in world.pool.nodes
         # A template change (same replicas) reaches the Deployment: a new image rolls out.
         container = {"name": "server", "image": "example.invalid/stream:2"}
         patch = json.dumps({"spec": {"template": {"spec": {"containers": [container]}}}})
@@ -99,21 +98,15 @@ def test_apply_creates_children_and_fills_status(
             lambda: image() == "example.invalid/stream:2", what="the new image in the Deployment"
         )
         assert deployment_replicas(cluster, "e2e-basic", "web") == 3
-        cluster.kubectl("delete", "streamcell", "web", "-n", "e2e-basic")
 
 
 def test_kubectl_scale_within_and_beyond_budget(
     cluster: LocalCluster, operator: OperatorProcess
 ) -> None:
     ns = "e2e-scale"
-    ensure_namespace(cluster, ns)
-    with node_pool(cluster, "scale", 4) as pool:
+    with cell_world(cluster, ns, "scale", 4) as world:
         # 500 threads per peer: 4 nodes fit at most 12 pods (3 a node at 5,700 threads each).
-        manifest = cell_manifest(
-            ns, "ingest", service="ingest", replicas=4, base=200, per_peer=500, pool=pool
-        )
-        assert apply_yaml(cluster, manifest).returncode == 0
-        wait_cell_pods(cluster, ns, "ingest", 4)
+        world.create("ingest", replicas=4, base=200, per_peer=500)
         max_safe = wait_for(
             lambda: cell(cluster, ns, "ingest").get("status", {}).get("maxSafeReplicas"),
             what="status.maxSafeReplicas",
@@ -179,28 +172,20 @@ def test_kubectl_scale_within_and_beyond_budget(
             "involvedObject.name=ingest,reason=ScaleRefused",
         ).stdout
         assert "would put node" in events
-        for node, threads in node_threads(cluster, pool, ns, BASELINE).items():
-            assert threads <= ALLOWED, f"{node} at {threads}"
-        cluster.kubectl("delete", "streamcell", "ingest", "-n", ns)
+        assert_within_budget(world)
 
 
 def test_cells_of_one_service_never_share_a_node(
     cluster: LocalCluster, operator: OperatorProcess
 ) -> None:
     ns = "e2e-isolation"
-    ensure_namespace(cluster, ns)
-    with node_pool(cluster, "iso", 6) as pool:
+    with cell_world(cluster, ns, "iso", 6) as world:
         for name in ("orders-a", "orders-b"):
-            manifest = cell_manifest(
-                ns, name, service="orders", replicas=3, base=100, per_peer=50, pool=pool
-            )
-            assert apply_yaml(cluster, manifest).returncode == 0
+            world.apply(world.manifest(name, service="orders", replicas=3, base=100, per_peer=50))
         a = {p["spec"]["nodeName"] for p in wait_cell_pods(cluster, ns, "orders-a", 3)}
         b = {p["spec"]["nodeName"] for p in wait_cell_pods(cluster, ns, "orders-b", 3)}
         assert len(a) == 3 and len(b) == 3
         assert a.isdisjoint(b), f"cells share nodes: {a & b}"
-        for name in ("orders-a", "orders-b"):
-            cluster.kubectl("delete", "streamcell", name, "-n", ns)
 
 
 def test_kinesis_replay_refuses_the_add_and_admits_a_second_cell(
@@ -209,16 +194,13 @@ def test_kinesis_replay_refuses_the_add_and_admits_a_second_cell(
     """One fleet where every server holds a thread per peer, close to the limit: a small
     capacity add is refused; the same capacity as a second cell is admitted."""
     ns = "e2e-kinesis"
-    ensure_namespace(cluster, ns)
-    with node_pool(cluster, "kin", 16) as pool:
+    with cell_world(cluster, ns, "kin", 16) as world:
         # 12 front-end servers, one a node, each holding 1,200 threads + 2,000 per peer:
         # 23,200 threads + 1,000 in use = 24,200 a node against 26,214 allowed (92 %).
-        manifest = cell_manifest(
-            ns, "frontend-1", service="frontend", replicas=12, base=1_200, per_peer=2_000, pool=pool
-        )
         # The pool was made a moment ago: retry while the operator folds its budgets in.
-        apply_admitted(cluster, manifest)
-        wait_cell_pods(cluster, ns, "frontend-1", 12)
+        world.create(
+            "frontend-1", service="frontend", replicas=12, base=1_200, per_peer=2_000, retry=True
+        )
         # Adding 3 servers adds 6,000 threads to *every* server: 30,200 a node.
         grow = cluster.kubectl(
             "scale", "streamcell/frontend-1", "-n", ns, "--replicas=15", check=False
@@ -232,41 +214,24 @@ def test_kinesis_replay_refuses_the_add_and_admits_a_second_cell(
         assert "at most 13 replicas fit; add a cell" in grow.stderr
         assert deployment_replicas(cluster, ns, "frontend-1") == 12
         # The same capacity as a second cell of the service: 3 servers at 5,200 threads.
-        second = cell_manifest(
-            ns, "frontend-2", service="frontend", replicas=3, base=1_200, per_peer=2_000, pool=pool
+        world.apply(
+            world.manifest("frontend-2", service="frontend", replicas=3, base=1_200, per_peer=2_000)
         )
-        created = apply_yaml(cluster, second)
-        assert created.returncode == 0, created.stderr
         a = {p["spec"]["nodeName"] for p in wait_cell_pods(cluster, ns, "frontend-1", 12)}
         b = {p["spec"]["nodeName"] for p in wait_cell_pods(cluster, ns, "frontend-2", 3)}
         assert a.isdisjoint(b)
-        for node, threads in node_threads(cluster, pool, ns, BASELINE).items():
-            assert threads <= ALLOWED, f"{node} at {threads}"
-        for name in ("frontend-1", "frontend-2"):
-            cluster.kubectl("delete", "streamcell", name, "-n", ns)
+        assert_within_budget(world)
 
 
 def test_concurrent_scale_ups_never_overcommit(
     cluster: LocalCluster, operator: OperatorProcess
 ) -> None:
     ns = "e2e-race"
-    ensure_namespace(cluster, ns)
-    with node_pool(cluster, "race", 2) as pool:
+    with cell_world(cluster, ns, "race", 2) as world:
         # Two Shared cells on the same 2 nodes; each alone may grow to 6 (3 a node), together
         # they may not: a pod costs 1,000 + 100 per peer.
         for name in ("left", "right"):
-            manifest = cell_manifest(
-                ns,
-                name,
-                service=name,
-                replicas=2,
-                base=3_000,
-                per_peer=100,
-                pool=pool,
-                isolation="Shared",
-            )
-            assert apply_yaml(cluster, manifest).returncode == 0
-            wait_cell_pods(cluster, ns, name, 2)
+            world.create(name, replicas=2, base=3_000, per_peer=100, isolation="Shared")
 
         def scale(name: str, replicas: int) -> int:
             return cluster.kubectl(
@@ -284,7 +249,4 @@ def test_concurrent_scale_ups_never_overcommit(
         for name in ("left", "right"):
             replicas = cell(cluster, ns, name)["spec"]["replicas"]
             wait_cell_pods(cluster, ns, name, replicas)
-        for node, threads in node_threads(cluster, pool, ns, BASELINE).items():
-            assert threads <= ALLOWED, f"{node} at {threads}"
-        for name in ("left", "right"):
-            cluster.kubectl("delete", "streamcell", name, "-n", ns)
+        assert_within_budget(world)

@@ -15,15 +15,7 @@ import pytest
 
 from cellguard.devcluster.cluster import LocalCluster
 
-from .harness import (
-    OperatorProcess,
-    cell_manifest,
-    ensure_namespace,
-    get_json,
-    node_pool,
-    wait_cell_pods,
-)
-from .load import apply_admitted
+from .harness import OperatorProcess, cell_world, get_json, wait_cell_pods
 
 pytestmark = pytest.mark.e2e
 
@@ -34,49 +26,40 @@ def test_an_editor_cannot_scale_a_cells_replicaset(
     cluster: LocalCluster, operator: OperatorProcess
 ) -> None:
     ns = "e2e-side-doors"
-    ensure_namespace(cluster, ns)
-    with node_pool(cluster, "sidedoor", 3) as pool:
-        try:
-            cluster.kubectl(
-                "create",
-                "rolebinding",
-                "editor",
-                "--clusterrole=edit",
-                f"--user={EDITOR}",
-                "-n",
-                ns,
-            )
-            manifest = cell_manifest(
-                ns, "feed", service="feed", replicas=3, base=200, per_peer=100, pool=pool
-            )
-            apply_admitted(cluster, manifest)  # retried while the new pool's budgets fold in
-            wait_cell_pods(cluster, ns, "feed", 3)
-            (replicaset,) = get_json(cluster, "rs", "-n", ns, "-l", "cellguard.io/cell=feed")[
-                "items"
-            ]
-            rs = replicaset["metadata"]["name"]
-            as_editor = (f"--as={EDITOR}", "-n", ns)
-            allowed = cluster.kubectl(
-                "auth", "can-i", "update", "replicasets.apps", "--subresource=scale", *as_editor
-            )
-            assert allowed.stdout.strip() == "yes"  # RBAC lets them: the webhook must not
+    with cell_world(cluster, ns, "sidedoor", 3, delete_namespace=True) as world:
+        cluster.kubectl(
+            "create",
+            "rolebinding",
+            "editor",
+            "--clusterrole=edit",
+            f"--user={EDITOR}",
+            "-n",
+            ns,
+        )
+        # Retried while the new pool's budgets fold in.
+        world.create("feed", replicas=3, base=200, per_peer=100, retry=True)
+        (replicaset,) = get_json(cluster, "rs", "-n", ns, "-l", "cellguard.io/cell=feed")["items"]
+        rs = replicaset["metadata"]["name"]
+        as_editor = (f"--as={EDITOR}", "-n", ns)
+        allowed = cluster.kubectl(
+            "auth", "can-i", "update", "replicasets.apps", "--subresource=scale", *as_editor
+        )
+        assert allowed.stdout.strip() == "yes"  # RBAC lets them: the webhook must not
 
-            scaled = cluster.kubectl("scale", f"rs/{rs}", "--replicas=10", *as_editor, check=False)
-            assert scaled.returncode != 0
-            assert "this ReplicaSet belongs to StreamCell feed" in scaled.stderr
-            assert "kubectl scale streamcell/feed --replicas=10" in scaled.stderr
+        scaled = cluster.kubectl("scale", f"rs/{rs}", "--replicas=10", *as_editor, check=False)
+        assert scaled.returncode != 0
+        assert "this ReplicaSet belongs to StreamCell feed" in scaled.stderr
+        assert "kubectl scale streamcell/feed --replicas=10" in scaled.stderr
 
-            patch = json.dumps({"spec": {"replicas": 10}})
-            patched = cluster.kubectl(
-                "patch", f"rs/{rs}", "--type=merge", "-p", patch, *as_editor, check=False
-            )
-            assert patched.returncode != 0
-            assert "scale the StreamCell instead" in patched.stderr
-            assert get_json(cluster, "rs", rs, "-n", ns)["spec"]["replicas"] == 3
+        patch = json.dumps({"spec": {"replicas": 10}})
+        patched = cluster.kubectl(
+            "patch", f"rs/{rs}", "--type=merge", "-p", patch, *as_editor, check=False
+        )
+        assert patched.returncode != 0
+        assert "scale the StreamCell instead" in patched.stderr
+        assert get_json(cluster, "rs", rs, "-n", ns)["spec"]["replicas"] == 3
 
-            # The deployment controller still scales them: the StreamCell's own path works.
-            grown = cluster.kubectl("scale", "streamcell/feed", "--replicas=4", "-n", ns)
-            assert grown.returncode == 0, grown.stderr
-            wait_cell_pods(cluster, ns, "feed", 4)
-        finally:
-            cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        # The deployment controller still scales them: the StreamCell's own path works.
+        grown = cluster.kubectl("scale", "streamcell/feed", "--replicas=4", "-n", ns)
+        assert grown.returncode == 0, grown.stderr
+        wait_cell_pods(cluster, ns, "feed", 4)

@@ -6,11 +6,9 @@ identity, simulated node agents, and Debian's Prometheus with cellguard's alert 
 from __future__ import annotations
 
 import datetime
-import os
 import subprocess
 import sys
 import threading
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
@@ -21,6 +19,7 @@ from typing import Any
 import yaml
 
 from cellguard.devcluster.cluster import LocalCluster, NodeSpec, free_port
+from cellguard.devcluster.processes import LoggedProcess, OperatorOptions, OperatorProcess
 from cellguard.devcluster.toolchain import repo_root
 
 NAMESPACE = "cellguard-system"
@@ -113,27 +112,11 @@ class SimulatedAgents:
 
 
 @dataclass
-class Process:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-
-
-@dataclass
 class Stack:
     cluster: LocalCluster
     workdir: Path
     progress: Callable[[str], None]
-    processes: list[Process] = field(default_factory=list)
+    processes: list[LoggedProcess] = field(default_factory=list)
     webhook_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
     health_port: int = field(default_factory=free_port)
@@ -212,29 +195,17 @@ class Stack:
         kubeconfig = self.cluster.user_kubeconfig(
             OPERATOR_USER, ("system:serviceaccounts", f"system:serviceaccounts:{NAMESPACE}")
         )
-        log = self.workdir / "operator.log"
-        popen = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cellguard",
-                "run",
-                f"--kubeconfig={kubeconfig}",
-                "--webhook-mode=url",
-                "--webhook-host=127.0.0.1",
-                f"--webhook-port={self.webhook_port}",
-                "--probe-host=127.0.0.1",
-                f"--health-port={self.health_port}",
-                f"--metrics-port={self.metrics_port}",
-                f"--operator-namespace={NAMESPACE}",
-                "--status-interval=3",
-            ],
-            stdout=log.open("ab"),
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        options = OperatorOptions(
+            kubeconfig=kubeconfig,
+            operator_namespace=NAMESPACE,
+            webhook_port=self.webhook_port,
+            health_port=self.health_port,
+            metrics_port=self.metrics_port,
+            status_interval=3,
         )
-        self.processes.append(Process("operator", popen, log))
-        self._wait_http(f"http://127.0.0.1:{self.health_port}/readyz", "the operator", popen, log)
+        operator = OperatorProcess(options, self.workdir / "operator.log")
+        self.processes.append(operator)
+        operator.start(timeout=90)
 
     # ------------------------------------------------------------------ prometheus
 
@@ -262,8 +233,7 @@ class Stack:
         }
         config_path = self.workdir / "prometheus.yaml"
         config_path.write_text(yaml.safe_dump(config))
-        log = self.workdir / "prometheus.log"
-        popen = subprocess.Popen(
+        prometheus_process = LoggedProcess(
             [
                 str(prometheus),
                 f"--config.file={config_path}",
@@ -271,11 +241,12 @@ class Stack:
                 f"--web.listen-address=127.0.0.1:{self.prometheus_port}",
                 "--log.level=warn",
             ],
-            stdout=log.open("ab"),
-            stderr=subprocess.STDOUT,
+            self.workdir / "prometheus.log",
+            what="Prometheus",
         )
-        self.processes.append(Process("prometheus", popen, log))
-        self._wait_http(f"{self.prometheus_url}/-/ready", "Prometheus", popen, log)
+        self.processes.append(prometheus_process)
+        prometheus_process.start()
+        prometheus_process.wait_http(f"{self.prometheus_url}/-/ready", timeout=90)
 
     def prometheus_query(self, query: str) -> list[dict[str, Any]]:
         url = f"{self.prometheus_url}/api/v1/query?" + urllib.parse.urlencode({"query": query})
@@ -289,23 +260,6 @@ class Stack:
         return [a for a in alerts if a["state"] == "firing"]
 
     # ------------------------------------------------------------------ common
-
-    def _wait_http(
-        self, url: str, what: str, popen: subprocess.Popen[bytes], log: Path, timeout: float = 90
-    ) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if popen.poll() is not None:
-                tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-                raise RuntimeError(f"{what} exited ({popen.returncode}):\n{tail}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"{what} not ready after {timeout:.0f} s; see {log}")
 
     def stop(self) -> None:
         for process in reversed(self.processes):

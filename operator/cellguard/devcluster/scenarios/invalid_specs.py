@@ -2,7 +2,8 @@
 
 Each case is a valid object with exactly one thing broken, and the text the refusal must
 contain: the field path (schema and strict field validation name it) or, for what only the
-webhook checks, the reason. Shared by tests/e2e/test_load_faults.py and bench/invalid.py.
+webhook checks, the reason. Shared by tests/e2e/test_load_faults.py and bench/invalid.py;
+needs hypothesis (the `dev` extra), which the operator itself never imports.
 """
 
 from __future__ import annotations
@@ -369,7 +370,7 @@ def submit_dry_run(api: client.CustomObjectsApi, case: InvalidCase) -> Answer:
             # The operator refreshes the target's status every few seconds, which moves its
             # resourceVersion: a 409 only means "read again", so read again (a few times).
             for attempt in range(5):
-                current = api.get_namespaced_custom_object(
+                current: Any = api.get_namespaced_custom_object(
                     GROUP, VERSION, namespace, STREAMCELL_PLURAL, name
                 )
                 manifest["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
@@ -404,7 +405,7 @@ def submit_dry_run(api: client.CustomObjectsApi, case: InvalidCase) -> Answer:
     except ApiException as exc:
         body = exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else exc.body
         try:
-            message = str(json.loads(body).get("message", body))
+            message = str(json.loads(body or "").get("message", body))
         except (TypeError, ValueError):
             message = str(body)
         return Answer(int(exc.status or 0), message, time.perf_counter() - started)

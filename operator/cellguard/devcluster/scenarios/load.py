@@ -1,6 +1,6 @@
-"""Load helpers shared by the load/fault tests and bench/storm.py: a storm of concurrent
-scale requests over many cells, waiting for the cells to settle, and the per-node check
-against each node's own NodeBudget."""
+"""Load helpers shared by tests/e2e/test_load_faults.py and bench/storm.py: a storm of
+concurrent scale requests over many cells, waiting for the cells to settle, and the per-node
+check against each node's own NodeBudget."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from cellguard.budget.limits import allowed_threads
+from cellguard.budget import allowed_threads
 from cellguard.constants import GROUP, LABEL_CELL, STREAMCELL_PLURAL, VERSION
+from cellguard.devcluster.cells import cell_manifest, get_json, node_threads
 from cellguard.devcluster.cluster import LocalCluster
-
-from .harness import NodePool, apply_yaml, budget_manifest, get_json, node_threads
+from cellguard.devcluster.pools import NodePool, budget_manifest
 
 # A storm's pool mixes two node sizes, so "the limit" is each node's own.
 STORM_PID_MAX = (32_768, 24_576)
@@ -189,33 +189,13 @@ def storm_cell(
     namespace: str, name: str, pool: NodePool, *, replicas: int, base: int, per_peer: int
 ) -> dict[str, Any]:
     """A Shared cell (so every cell may use every node of the pool: the most contention)."""
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "StreamCell",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "replicas": replicas,
-            "service": name,
-            "isolation": "Shared",
-            "threads": {"base": base, "perPeer": per_peer},
-            "placement": pool.placement,
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "server", "image": "example.invalid/stream:1"}]},
-            },
-        },
-    }
-
-
-def apply_admitted(cluster: LocalCluster, manifest: dict[str, Any], timeout: float = 60) -> None:
-    """Apply a cell, retrying while the operator has not caught up with a pool just made
-    (new nodes carry the not-ready taint for a moment; budget reports are folded into its
-    snapshot at most once a second)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = apply_yaml(cluster, manifest)
-        if result.returncode == 0:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{manifest['metadata']['name']} refused: {result.stderr}")
-        time.sleep(0.5)
+    return cell_manifest(
+        namespace,
+        name,
+        service=name,
+        replicas=replicas,
+        base=base,
+        per_peer=per_peer,
+        pool=pool,
+        isolation="Shared",
+    )

@@ -19,23 +19,20 @@ import json
 import os
 import random
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
-from cellguard.devcluster.cluster import LocalCluster
-
-from .harness import (
-    POOL_LABEL,
+from cellguard.devcluster.cells import (
     apply_yaml,
-    cell_manifest,
+    cell_world,
     deployment_replicas,
-    ensure_namespace,
     get_json,
-    node_pool,
-    wait_for,
 )
+from cellguard.devcluster.cluster import LocalCluster
+from cellguard.devcluster.processes import cellguard_command
+from cellguard.devcluster.waiting import wait_for
 
 SERVICE = "stream"
 SETTLE_SECONDS = 45.0  # every pod of an admitted change Running within this
@@ -73,10 +70,7 @@ def _per_node(pods: list[dict[str, Any]], cell: str) -> dict[str, int]:
 def plan(cluster: LocalCluster, namespace: str, cell: str, replicas: int) -> dict[str, Any]:
     """`cellguard plan -o json` against the live cluster."""
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cellguard",
+        cellguard_command(
             "plan",
             f"streamcell/{cell}",
             "-n",
@@ -87,7 +81,7 @@ def plan(cluster: LocalCluster, namespace: str, cell: str, replicas: int) -> dic
             str(cluster.kubeconfig),
             "-o",
             "json",
-        ],
+        ),
         capture_output=True,
         text=True,
         check=False,
@@ -138,10 +132,10 @@ def run_scenario(cluster: LocalCluster, seed: int) -> Outcome:
     outcome = Outcome(seed)
     started = time.monotonic()
     namespace = f"place-{seed}"
-    ensure_namespace(cluster, namespace)
     node_count = rng.randint(3, 7)
     # Threads: the budget allows 26,214 a node; pods cost base + perPeer x (N - 1).
-    with node_pool(cluster, f"pl{seed}", node_count) as pool:
+    with cell_world(cluster, namespace, f"pl{seed}", node_count, delete_namespace=True) as world:
+        pool = world.pool
         tainted = rng.sample(pool.nodes, k=rng.randint(0, 1))
         for node in tainted:
             cluster.kubectl("taint", "node", node, f"{EXTRA_TAINT}=yes:NoSchedule")
@@ -151,14 +145,12 @@ def run_scenario(cluster: LocalCluster, seed: int) -> Outcome:
                 name = f"c{index}"
                 isolation = rng.choice(["NodeExclusive", "NodeExclusive", "Shared"])
                 replicas = rng.randint(0, 3)
-                manifest = cell_manifest(
-                    namespace,
+                manifest = world.manifest(
                     name,
                     service=SERVICE,
                     replicas=0,
                     base=rng.choice([500, 2_000, 4_000]),
                     per_peer=rng.choice([0, 100, 600]),
-                    pool=pool,
                     isolation=isolation,
                     maxReplicas=40,
                 )
@@ -167,7 +159,7 @@ def run_scenario(cluster: LocalCluster, seed: int) -> Outcome:
                     raise AssertionError(f"creating {name}: {created.stderr}")
                 cells[name] = 0
                 wait_for(
-                    lambda n=name: _has_deployment(cluster, namespace, n),
+                    partial(_has_deployment, cluster, namespace, name),
                     timeout=30,
                     what=f"the Deployment of {namespace}/{name}",
                 )
@@ -180,7 +172,6 @@ def run_scenario(cluster: LocalCluster, seed: int) -> Outcome:
                     target = cells[name] + rng.randint(1, 8)
                     _change(cluster, namespace, name, target, cells, outcome)
         finally:
-            cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
             for node in tainted:
                 cluster.kubectl("taint", "node", node, f"{EXTRA_TAINT}-", check=False)
     outcome.seconds = time.monotonic() - started
@@ -278,6 +269,3 @@ def _rollout(
         outcome.mismatches.append(f"seed {outcome.seed}: {what} did not finish: {problem}")
         return
     _wait_settled(cluster, namespace, cells, outcome, what)
-
-
-__all__ = ["POOL_LABEL", "Outcome", "run_scenario"]
