@@ -3,7 +3,8 @@
 #                 grows, the operator, sample cells, a refused scale-up and live metrics)
 #   make test   - every check: lint, format, types, layering, unit and end-to-end tests
 # Each installs what it needs: the Python venv, the Go-built control plane (cached under
-# ~/.cache/cellguard, so only the first run builds) and Debian's prometheus package.
+# ~/.cache/cellguard, so only the first run builds) and Debian packages (prometheus;
+# containerd, runc and the CNI plugins for the optional real node).
 
 PYTHON ?= python3
 VENV := .venv
@@ -20,14 +21,20 @@ test: setup
 
 setup: $(VENV)/.installed toolchain
 
+# Progress stays visible: a first run downloads and builds for minutes.
 $(VENV)/.installed: pyproject.toml
+	@echo "== Python virtualenv in $(VENV) (first run: about a minute) =="
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --progress-bar on -e '.[dev]'
 	touch $@
 
+# build.sh reports numbered steps, an estimate and a heartbeat on stderr, and the bin
+# directory on stdout's last line.
 toolchain:
-	bash toolchain/build.sh >/dev/null
+	@echo "== Control-plane toolchain (cached; a cold build takes about 10 minutes) =="
+	bash toolchain/build.sh
+	@echo "== Debian packages (prometheus, containerd, runc, CNI plugins) =="
 	bash scripts/ensure-debian-packages.sh
 
 lint: $(VENV)/.installed

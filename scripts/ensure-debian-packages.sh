@@ -1,15 +1,29 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests and the demo use, when they are missing:
-# prometheus (prometheus + promtool, for the alert rule tests and the live metrics).
+#   prometheus (prometheus + promtool): the alert rule tests and the live metrics;
+#   containerd, runc, containernetworking-plugins: the optional real node
+#     (cellguard.devcluster.realnode, `cellguard dev-cluster --real-nodes 1`).
+# Quick and silent when everything is present (a few `command -v` and file checks).
 set -euo pipefail
 missing=()
 command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
+command -v containerd >/dev/null && command -v ctr >/dev/null || missing+=(containerd)
+command -v runc >/dev/null || [[ -x /usr/sbin/runc ]] || missing+=(runc)
+[[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local ]] || missing+=(containernetworking-plugins)
 [[ ${#missing[@]} -eq 0 ]] && exit 0
 if [[ $(id -u) -ne 0 ]]; then
 	echo "missing Debian packages: ${missing[*]} (run: sudo apt-get install ${missing[*]})" >&2
 	exit 1
 fi
-echo "installing Debian packages: ${missing[*]} ..." >&2
+echo "installing Debian packages: ${missing[*]} (about 10-30 s) ..." >&2
 export DEBIAN_FRONTEND=noninteractive
+echo "  apt-get update ..." >&2
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "  apt-get install ${missing[*]} ..." >&2
+apt-get install -y -q --no-install-recommends "${missing[@]}" | grep -E '^(Get|Setting up)' >&2 || true
+status=0
+for package in "${missing[@]}"; do
+	dpkg-query -W -f='${Status}\n' "$package" 2>/dev/null | grep -q '^install ok installed' ||
+		{ echo "apt-get did not install $package" >&2; status=1; }
+done
+exit "$status"

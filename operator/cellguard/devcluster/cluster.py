@@ -2,7 +2,9 @@
 
 etcd, kube-apiserver, kube-controller-manager and kube-scheduler run as local processes on
 loopback with free ports and freshly generated certificates; kwok turns Node objects into
-Ready simulated nodes and makes their pods Running. Everything is torn down on `stop()`,
+Ready simulated nodes and makes their pods Running. Opt-in `real_nodes` adds a real kubelet
+with containerd on this machine (`cellguard.devcluster.realnode`, root only) beside them.
+Everything is torn down on `stop()`,
 on leaving the `with` block, at interpreter exit, and - through PR_SET_PDEATHSIG - even
 when the Python process itself is killed.
 """
@@ -28,11 +30,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from cellguard import pki
+
+if TYPE_CHECKING:
+    from cellguard.devcluster.realnode import RealNode, RealNodeConfig
 
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 KWOK_CUSTOM_STATUS_ANNOTATION = "kwok.x-k8s.io/status"
@@ -109,9 +114,16 @@ class LocalCluster:
         workdir: Path | None = None,
         keep_workdir: bool = False,
         progress: Callable[[str], None] = lambda _msg: None,
+        real_nodes: int | Sequence[RealNodeConfig] = 0,
     ) -> None:
+        """`real_nodes`: how many real kubelets to start (named real-0, ...), or their
+        configurations; 0 by default. See `cellguard.devcluster.realnode` (root only)."""
         self.bin_dir = bin_dir
         self.initial_nodes = list(nodes)
+        if (real_nodes if isinstance(real_nodes, int) else len(real_nodes)) > 1:
+            raise ClusterError("one real node per machine: the kubelet's cgroups are machine-wide")
+        self.real_node_configs = real_nodes
+        self.real_nodes: list[RealNode] = []
         self.progress = progress
         self._own_workdir = workdir is None
         self.keep_workdir = keep_workdir
@@ -157,6 +169,7 @@ class LocalCluster:
                 self.wait_nodes_ready(
                     [n.name for n in self.initial_nodes], timeout=max(30.0, timeout / 2)
                 )
+            self._start_real_nodes()
         except BaseException:
             self.progress("control plane failed to start; component logs follow")
             self.progress(self.log_tails())
@@ -168,21 +181,31 @@ class LocalCluster:
         if self._stopped:
             return
         self._stopped = True
+        # Real nodes first, while the API server still answers: their pods are drained.
+        for node in reversed(self.real_nodes):
+            node.stop()
         # Reverse start order: kwok and controllers first, etcd last.
         for proc in reversed(list(self.processes.values())):
             if proc.popen.poll() is None:
                 proc.popen.terminate()
         deadline = time.monotonic() + 15
         for proc in reversed(list(self.processes.values())):
+            # kube-apiserver drains for 20 s and more after SIGTERM, for clients this
+            # throwaway cluster no longer has: 2 s, then SIGKILL (as restart_apiserver).
+            grace = 2.0 if proc.name == "kube-apiserver" else deadline - time.monotonic()
             try:
-                proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+                proc.popen.wait(timeout=max(0.1, grace))
             except subprocess.TimeoutExpired:
                 proc.popen.kill()
                 proc.popen.wait()
         etcd_data = getattr(self, "etcd_data", None)
         if etcd_data is not None:
             shutil.rmtree(etcd_data, ignore_errors=True)
-        if self._own_workdir and not self.keep_workdir:
+        # Never rmtree through a mount a real node could not undo (see its log).
+        mounted = [m for node in self.real_nodes for m in node.mounts()]
+        if mounted:
+            self.progress(f"keeping {self.workdir}: still mounted there: {', '.join(mounted[:3])}")
+        elif self._own_workdir and not self.keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
         with contextlib.suppress(ValueError):
             atexit.unregister(self.stop)
@@ -220,6 +243,19 @@ class LocalCluster:
         # process replaces the old one in self.processes (its log is appended to).
         self._start_apiserver()
         self._wait_apiserver(deadline=time.monotonic() + timeout)
+
+    def _start_real_nodes(self) -> None:
+        configs = self.real_node_configs
+        if isinstance(configs, int) and configs == 0:
+            return
+        from cellguard.devcluster.realnode import RealNode, RealNodeConfig
+
+        if isinstance(configs, int):
+            configs = [RealNodeConfig(name=f"real-{i}") for i in range(configs)]
+        for config in configs:
+            node = RealNode(self, config, progress=self.progress)
+            self.real_nodes.append(node)
+            node.start()
 
     # ------------------------------------------------------------------ components
 
@@ -278,6 +314,14 @@ class LocalCluster:
             self.pki_dir,
             "front-proxy-client",
             "front-proxy-client",
+            client=True,
+        )
+        # kube-apiserver's identity towards real kubelets (logs, exec, port-forward).
+        self.kubelet_client = pki.issue(
+            self.ca,
+            self.pki_dir,
+            "apiserver-kubelet-client",
+            "kube-apiserver-kubelet-client",
             client=True,
         )
         self.apiserver_port = free_port()
@@ -383,6 +427,11 @@ class LocalCluster:
                 "--requestheader-extra-headers-prefix=X-Remote-Extra-",
                 f"--proxy-client-cert-file={self.front_proxy_client.cert_path}",
                 f"--proxy-client-key-file={self.front_proxy_client.key_path}",
+                # Real nodes (realnode.py): reach kubelets by their node IP, as a client
+                # their --client-ca-file accepts; kwok's nodes are never dialled.
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
+                f"--kubelet-client-certificate={self.kubelet_client.cert_path}",
+                f"--kubelet-client-key={self.kubelet_client.key_path}",
                 "--authorization-mode=Node,RBAC",
                 "--allow-privileged=true",
                 # No real network behind the fake nodes: nothing to reconcile endpoints to.
@@ -636,6 +685,7 @@ class LocalCluster:
             state = proc.popen.poll()
             header = f"----- {proc.name} ({'running' if state is None else f'exited {state}'})"
             parts.append("\n".join([header, *tail]))
+        parts += [node.log_tails(lines) for node in self.real_nodes]
         return "\n".join(parts)
 
 
