@@ -114,9 +114,10 @@ def main() -> int:
                         break  # every cell that was admitted is Ready
                     time.sleep(1.0)
                     now = time.monotonic()
-                    cells = api.list_namespaced_custom_object(
+                    listed: Any = api.list_namespaced_custom_object(
                         GROUP, VERSION, NS, STREAMCELL_PLURAL, _request_timeout=60
-                    )["items"]
+                    )
+                    cells = listed["items"]
                     for item in cells:
                         name = item["metadata"]["name"]
                         if name not in ready_at and is_ready(item):
@@ -124,7 +125,7 @@ def main() -> int:
                     pods = core.list_namespaced_pod(
                         NS, label_selector=LABEL_CELL, _request_timeout=60
                     ).items
-                    running = sum(1 for p in pods if p.status.phase == "Running")
+                    running = sum(1 for p in pods if p.status and p.status.phase == "Running")
                     timeline.append((round(now - started, 1), running, len(ready_at)))
                     if pods_running_at is None and running >= args.cells:
                         pods_running_at = now

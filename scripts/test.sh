@@ -12,8 +12,9 @@ step "ruff check"
 $BIN/ruff check operator tests bench
 step "ruff format --check"
 $BIN/ruff format --check operator tests bench
-step "mypy (strict on the package)"
+step "mypy (strict on the package, the tests and the benchmarks)"
 $BIN/mypy
+$BIN/mypy tests bench
 step "import-linter (layering)"
 $BIN/lint-imports
 if [[ -f Dockerfile ]]; then

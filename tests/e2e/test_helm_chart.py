@@ -28,6 +28,7 @@ import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -124,6 +125,10 @@ def api_crds(cluster: LocalCluster) -> Iterator[None]:
         cluster.kubectl("delete", "crd", name, "--wait=false", check=False)
 
 
+def _not_terminating(cluster: LocalCluster, name: str) -> bool:
+    return _namespace_phase(cluster, name) != "Terminating"
+
+
 def _namespace_phase(cluster: LocalCluster, name: str) -> str | None:
     result = cluster.kubectl("get", "namespace", name, "-o", "json", check=False)
     if result.returncode != 0:
@@ -141,7 +146,7 @@ def _namespaces(cluster: LocalCluster, *names: str, labels: str = "") -> Iterato
         for name in names:
             # One a previous test deleted may still be going away.
             wait_for(
-                lambda n=name: _namespace_phase(cluster, n) != "Terminating",
+                partial(_not_terminating, cluster, name),
                 timeout=120,
                 what=f"namespace {name} to finish terminating",
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import re
+from typing import Any
 
 import pytest
 
@@ -156,9 +157,10 @@ def test_kubectl_scale_within_and_beyond_budget(
         assert "scale the StreamCell instead" in patched.stderr
         assert deployment_replicas(cluster, ns, "ingest") == 8
 
-        def refusal_recorded() -> dict | None:  # type: ignore[type-arg]
+        def refusal_recorded() -> dict[str, Any] | None:
             status = cell(cluster, ns, "ingest").get("status", {})
-            return status.get("lastRefusal")
+            found: dict[str, Any] | None = status.get("lastRefusal")
+            return found
 
         refusal = wait_for(refusal_recorded, what="status.lastRefusal")
         assert refusal["requestedReplicas"] == 20

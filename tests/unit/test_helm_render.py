@@ -22,7 +22,7 @@ import pytest
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from cellguard import settings as settings_module
 from cellguard.agent import cli as agent_cli
@@ -260,7 +260,7 @@ def _operator_settings(manifests: list[Manifest], namespace: str) -> settings_mo
 
 
 def _without_ca_bundle(vwc: Manifest) -> list[dict[str, Any]]:
-    hooks = json.loads(json.dumps(vwc["webhooks"]))
+    hooks: list[dict[str, Any]] = json.loads(json.dumps(vwc["webhooks"]))
     for hook in hooks:
         hook["clientConfig"].pop("caBundle", None)
     return hooks
@@ -444,10 +444,12 @@ def test_generated_certificate_is_valid_for_the_webhook_service(
     assert f"{service}.{NAMESPACE}.svc.cluster.local" in dns
     # Signed by the CA of the caBundle, and the key is the certificate's.
     assert cert.issuer == ca.subject
-    ca.public_key().verify(  # type: ignore[call-arg]
-        cert.signature, cert.tbs_certificate_bytes, *_signature_args(cert)
-    )
-    assert key.public_key().public_numbers() == cert.public_key().public_numbers()
+    ca_key = ca.public_key()
+    assert isinstance(ca_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey), ca_key
+    ca_key.verify(cert.signature, cert.tbs_certificate_bytes, *_signature_args(cert))
+    cert_key = cert.public_key()
+    assert isinstance(cert_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey), cert_key
+    assert key.public_key().public_numbers() == cert_key.public_numbers()
     lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
     assert datetime.timedelta(days=3640) < lifetime < datetime.timedelta(days=3660)
     # The pods restart when (and only when) the certificate changes.

@@ -44,7 +44,8 @@ def _spread(sizes: list[int]) -> tuple[Fraction, Fraction, Fraction]:
     """Σ|xᵢ - x̄|, Sxx and x̄ of x = N - 1, exactly."""
     xs = [Fraction(n - 1) for n in sizes]
     mean = sum(xs, Fraction(0)) / len(xs)
-    return sum(abs(x - mean) for x in xs), sum((x - mean) ** 2 for x in xs), mean
+    spread = sum((abs(x - mean) for x in xs), Fraction(0))
+    return spread, sum(((x - mean) ** 2 for x in xs), Fraction(0)), mean
 
 
 def test_an_example_by_hand() -> None:

@@ -9,7 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cellguard.api.v1alpha1 import RefusalReason
-from cellguard.budget import ObservedThreads, decide, max_safe_replicas, threads_per_pod
+from cellguard.budget import (
+    CellView,
+    ClusterSnapshot,
+    ObservedThreads,
+    decide,
+    max_safe_replicas,
+    threads_per_pod,
+)
 from cellguard.budget.threads import threads_for
 
 from .helpers import cell, node, snapshot
@@ -22,11 +29,9 @@ NODES = ["n1", "n2", "n3", "n4"]
 ONE_EACH = dict.fromkeys(NODES, 1)
 
 
-def _world(view: object, in_use: int) -> object:
+def _world(view: CellView, in_use: int) -> ClusterSnapshot:
     return snapshot(
-        [node(name, in_use=in_use, pid_max=4_000) for name in NODES],
-        [view],  # type: ignore[list-item]
-        {MODEL.key: ONE_EACH},
+        [node(name, in_use=in_use, pid_max=4_000) for name in NODES], [view], {MODEL.key: ONE_EACH}
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 
 from cellguard.api.v1alpha1 import RefusalReason
 from cellguard.budget import (
@@ -17,6 +18,7 @@ from cellguard.budget import (
     without_reservation,
 )
 from cellguard.budget.eligibility import BY_SERVICE, SCHEDULABLE, TAINT_GROUPS
+from cellguard.budget.snapshot import Index
 from cellguard.budget.usage import MODELLED, POLICY_NODES, RESERVED, SLACK
 
 from .helpers import NOW, cell, node, reservation, snapshot
@@ -88,7 +90,8 @@ def test_at_moves_staleness_on() -> None:
     assert decide(world, A.key, 5).allowed
     # 100 s on, nothing turned stale: every figure carries over as it is.
     soon = seen_at(world, NOW + timedelta(seconds=100))
-    for index in (SCHEDULABLE, POLICY_NODES.of("default"), SLACK.of("default")):
+    indexes: tuple[Index[Any], ...] = (SCHEDULABLE, POLICY_NODES.of("default"), SLACK.of("default"))
+    for index in indexes:
         assert soon.peek(index) is world.peek(index), index
     assert decide(soon, A.key, 5).allowed
     # A second later every budget is stale: the node figures are derived anew.
