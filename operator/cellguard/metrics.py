@@ -126,6 +126,7 @@ def node_figures(snapshot: ClusterSnapshot) -> list[NodeFigures]:
     for usage in node_usage(snapshot, DEFAULT_POLICY_NAME):
         figures = usage.limits
         budget = snapshot.nodes[usage.node].budget
+        as_of = figures.as_of
         rows.append(
             NodeFigures(
                 node=usage.node,
@@ -136,9 +137,8 @@ def node_figures(snapshot: ClusterSnapshot) -> list[NodeFigures]:
                 thread_headroom_ratio=usage.headroom,
                 pid_limit=budget.pid_max if budget else None,
                 pid_headroom_ratio=_pid_headroom(budget),
-                budget_age_seconds=(
-                    (snapshot.now - budget.observed_at).total_seconds() if budget else None
-                ),
+                # Counted as the planner counts it (the agent's clock may be off).
+                budget_age_seconds=(snapshot.now - as_of).total_seconds() if as_of else None,
                 budget_known=figures.status is BudgetStatus.KNOWN,
             )
         )

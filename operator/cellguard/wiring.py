@@ -52,7 +52,7 @@ class Operator:
         now: Callable[[], datetime.datetime] = utc_now,
         label_node: NodeLabeler | None = None,
     ) -> Operator:
-        state = ClusterState()
+        state = ClusterState(clock=now)
         ledger = ReservationLedger()
         gate = ScaleGate(state, ledger, metrics, now=now)
         return cls(

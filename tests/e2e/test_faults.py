@@ -3,7 +3,9 @@ budgets missing or stale. Fail closed, and never touch what is running."""
 
 from __future__ import annotations
 
+import datetime
 import signal
+import subprocess
 import threading
 import time
 
@@ -126,8 +128,7 @@ def test_missing_or_stale_budget_refuses_scale_ups_onto_the_node(
             [
                 budget_manifest(
                     victim,
-                    observed_at=utc_now().replace(microsecond=0)
-                    - __import__("datetime").timedelta(hours=2),
+                    observed_at=utc_now().replace(microsecond=0) - datetime.timedelta(hours=2),
                 )
             ]
         )
@@ -159,6 +160,31 @@ def test_missing_or_stale_budget_refuses_scale_ups_onto_the_node(
             what="the scale-up to pass once the budget is fresh",
         )
         wait_cell_pods(cluster, ns, "logs", 6)
+
+
+def test_a_budget_from_a_node_whose_clock_runs_ahead_is_not_believed(
+    cluster: LocalCluster, operator: OperatorProcess
+) -> None:
+    """A report an hour in the future would otherwise stay fresh for an hour after its
+    agent stopped: the operator judges it by when it arrived, and refuses it outright."""
+    ns = "e2e-skew"
+    with cell_world(cluster, ns, "skew", 3) as world:
+        world.create("feed", replicas=3, base=100, per_peer=10)
+        victim = world.pool.nodes[0]
+        ahead = utc_now().replace(microsecond=0) + datetime.timedelta(hours=1)
+        cluster.apply([budget_manifest(victim, observed_at=ahead)])
+
+        def refused() -> subprocess.CompletedProcess[str] | None:
+            answer = cluster.kubectl(
+                "scale", "streamcell/feed", "-n", ns, "--replicas=6", check=False
+            )
+            return answer if "ahead of the operator's clock" in answer.stderr else None
+
+        answer = wait_for(refused, what="a refusal naming the budget from the future")
+        assert answer.returncode != 0
+        assert f"node {victim}, whose thread budget is unknown" in answer.stderr
+        assert "is the node's clock right?" in answer.stderr
+        assert deployment_replicas(cluster, ns, "feed") == 3
 
 
 def test_shrinking_limits_report_over_budget_and_never_scale_down(

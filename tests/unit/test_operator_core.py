@@ -704,3 +704,48 @@ def test_a_cell_not_observed_yet_reads_unknown() -> None:
     status = _status(record=state.cells[CellKey("ns", "a")], figures=figures)
     accurate = next(c for c in status["conditions"] if c["type"] == "ThreadModelAccurate")
     assert (accurate["status"], accurate["reason"]) == ("Unknown", "NotObserved")
+
+
+# ---------------------------------------------------------------------- report freshness
+
+
+def test_a_budget_is_judged_by_when_it_arrived_and_a_resync_does_not_renew_it() -> None:
+    clock = {"now": NOW}
+    state = ClusterState(clock=lambda: clock["now"])
+    ahead = NOW + datetime.timedelta(seconds=45)  # the node's clock runs 45 s ahead
+    listing = {
+        "nodes": [node("n1")],
+        "budgets": [budget("n1", observed=ahead)],
+        "cells": [],
+        "policies": [{"metadata": {"name": "default"}, "spec": {}}],
+        "pods": [],
+    }
+    state.replace_all(**listing)
+    assert state.budget_received["n1"] == NOW  # first seen: now, not in the future
+    gate = ScaleGate(state, ReservationLedger(), Counter(), now=lambda: clock["now"])
+    gate.snapshots.budget_refresh_seconds = 0.0
+    assert node_figures(gate.snapshot())[0].budget_known is True  # 45 s ahead: tolerated
+    # The agent stops. 301 s later, and after a resync listing the same old report, the
+    # budget is stale: the report's future observedAt does not keep it fresh.
+    clock["now"] = NOW + datetime.timedelta(seconds=301)
+    state.replace_all(**listing)
+    assert state.budget_received["n1"] == NOW
+    [row] = node_figures(gate.snapshot())
+    assert row.budget_known is False and row.budget_age_seconds == 301.0
+    # A new report arrives: received now.
+    state.upsert_budget(budget("n1", observed=clock["now"]))
+    assert state.budget_received["n1"] == clock["now"]
+    assert node_figures(gate.snapshot())[0].budget_known is True
+
+
+def test_a_resync_forgets_a_budget_deleted_during_a_watch_gap() -> None:
+    state = two_node_state()
+    state.replace_all(
+        nodes=[node("n1"), node("n2")],
+        budgets=[budget("n1")],
+        cells=[],
+        policies=[],
+        pods=[],
+    )
+    assert set(state.budgets) == {"n1"} and "n2" not in state.budget_received
+    assert state.nodes["n2"].budget is None

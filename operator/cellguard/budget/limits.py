@@ -10,7 +10,7 @@ policy says `UseDefaults`, in which case the policy's assumed limits stand in.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from fractions import Fraction
 
@@ -41,11 +41,20 @@ class NodeLimits:
     limit_source: str | None  # which figure is the limit, e.g. "kernel.pid_max"
     from_defaults: bool  # figures are the policy's assumptions, not observations
     detail: str  # why the budget is unknown or stale ('' when known); see `describe`
-    observed_at: datetime | None  # when the agent read the figures (UTC)
+    observed_at: datetime | None  # when the agent read the figures (UTC), by its clock
+    # What the report's age is counted from: the earlier of when the agent says it observed
+    # the figures and when the operator received them (its own clock). A node whose clock
+    # runs ahead cannot keep vouching for itself; one whose clock lags fails closed.
+    as_of: datetime | None = None
 
     @property
     def usable(self) -> bool:
         return self.limit is not None
+
+
+# A report this far ahead of the operator's clock when it arrived is not believed: the
+# node's clock is wrong, and so may be everything it says about time.
+MAX_CLOCK_SKEW = timedelta(seconds=60)
 
 
 def margin_fraction(policy: ThreadBudgetPolicySpec) -> Fraction:
@@ -93,8 +102,8 @@ def describe(figures: NodeLimits, now: datetime) -> str:
     The age of a stale observation is worded here, at `now`, so that figures derived
     earlier in a snapshot's life never show an age that has moved on.
     """
-    if figures.status is BudgetStatus.STALE and figures.observed_at is not None:
-        age = (now - figures.observed_at).total_seconds()
+    if figures.status is BudgetStatus.STALE and figures.as_of is not None:
+        age = (now - figures.as_of).total_seconds()
         return f"observed {age:,.0f}s ago, {figures.detail}"
     return figures.detail
 
@@ -107,10 +116,18 @@ def node_limits(
     *,
     margin: Fraction | None = None,
     node_exists: bool = True,
+    received_at: datetime | None = None,
 ) -> NodeLimits:
-    """The node's budget under `policy` at `now`."""
+    """The node's budget under `policy` at `now`.
+
+    `received_at`: when the operator received the report (its own clock); without it, the
+    report counts as received now.
+    """
     margin = margin_fraction(policy) if margin is None else margin
     observed_at = _utc(budget.observed_at) if budget is not None else None
+    arrived = received_at if received_at is not None else now
+    as_of = min(observed_at, arrived) if observed_at is not None else None
+    skew = observed_at - arrived if observed_at is not None else timedelta(0)
     if not node_exists:
         status, detail = BudgetStatus.UNKNOWN, "the node is not in the cluster"
     elif budget is None:
@@ -120,9 +137,16 @@ def node_limits(
         )
     elif missing := _missing(budget):
         status, detail = BudgetStatus.UNKNOWN, f"its NodeBudget lacks {', '.join(missing)}"
+    elif skew > MAX_CLOCK_SKEW:
+        status, detail = (
+            BudgetStatus.UNKNOWN,
+            f"its NodeBudget says it was observed {skew.total_seconds():,.0f}s ahead of the "
+            f"operator's clock (more than {MAX_CLOCK_SKEW.total_seconds():.0f}s): is the "
+            "node's clock right?",
+        )
     else:
-        assert observed_at is not None
-        if (now - observed_at).total_seconds() > policy.stale_after_seconds:
+        assert as_of is not None
+        if (now - as_of).total_seconds() > policy.stale_after_seconds:
             status = BudgetStatus.STALE
             detail = f"more than the {policy.stale_after_seconds:,}s the policy allows"
         else:
@@ -142,6 +166,7 @@ def node_limits(
             from_defaults=False,
             detail="",
             observed_at=observed_at,
+            as_of=as_of,
         )
     defaults = _defaults_in_force(policy)
     if defaults is not None:
@@ -159,6 +184,7 @@ def node_limits(
             from_defaults=True,
             detail=detail,
             observed_at=observed_at,
+            as_of=as_of,
         )
     return NodeLimits(
         node=node,
@@ -171,6 +197,7 @@ def node_limits(
         from_defaults=False,
         detail=detail,
         observed_at=observed_at,
+        as_of=as_of,
     )
 
 

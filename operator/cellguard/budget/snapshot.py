@@ -57,9 +57,16 @@ class NodeView:
     ready: bool = True
     unschedulable: bool = False
     budget: NodeBudgetSpec | None = None
+    # When the operator received that budget report, by its own clock (None: not known).
+    budget_received_at: datetime | None = None
 
     @classmethod
-    def from_manifest(cls, node: Mapping[str, Any], budget: NodeBudgetSpec | None) -> NodeView:
+    def from_manifest(
+        cls,
+        node: Mapping[str, Any],
+        budget: NodeBudgetSpec | None,
+        budget_received_at: datetime | None = None,
+    ) -> NodeView:
         """From a core/v1 Node as the API returns it (a dict)."""
         metadata = node.get("metadata") or {}
         spec = node.get("spec") or {}
@@ -76,6 +83,7 @@ class NodeView:
             ready=ready,
             unschedulable=bool(spec.get("unschedulable", False)),
             budget=budget,
+            budget_received_at=budget_received_at,
         )
 
 

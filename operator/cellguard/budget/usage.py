@@ -103,16 +103,23 @@ def policy_nodes(snapshot: ClusterSnapshot, policy_name: str) -> PolicyNodes:
     def compute() -> PolicyNodes:
         margin = margin_fraction(policy)
         limits = {
-            name: node_limits(name, node.budget, policy, snapshot.now, margin=margin)
+            name: node_limits(
+                name,
+                node.budget,
+                policy,
+                snapshot.now,
+                margin=margin,
+                received_at=node.budget_received_at,
+            )
             for name, node in snapshot.nodes.items()
         }
         by_limit: dict[int, set[str]] = {}
         by_pod_limit: dict[int, set[str]] = {}
         unusable: set[str] = set()
         deadlines = [
-            figures.observed_at + timedelta(seconds=policy.stale_after_seconds)
+            figures.as_of + timedelta(seconds=policy.stale_after_seconds)
             for figures in limits.values()
-            if figures.status is BudgetStatus.KNOWN and figures.observed_at is not None
+            if figures.status is BudgetStatus.KNOWN and figures.as_of is not None
         ]
         for name, figures in limits.items():
             if figures.limit is None:

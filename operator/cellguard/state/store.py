@@ -9,8 +9,9 @@ events; answers with parsed, typed records. Pure: no client, no kopf. Pod counts
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -25,6 +26,10 @@ from cellguard.budget import CellKey, CellView, NodeView, ObservedThreads
 from cellguard.constants import LABEL_CELL
 
 PodKey = tuple[str, str]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -81,10 +86,13 @@ def parse_pod(raw: Mapping[str, Any]) -> tuple[PodKey, PodRecord] | None:
 class ClusterState:
     """The operator's cache. Not thread-safe: mutate it from the event loop only."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], datetime] = utc_now) -> None:
+        self.clock = clock
         # Node views carry their current budget, so a snapshot takes them as they are.
         self.nodes: dict[str, NodeView] = {}
         self.budgets: dict[str, NodeBudgetSpec] = {}
+        # node -> when the operator received its current budget report (its own clock).
+        self.budget_received: dict[str, datetime] = {}
         self.budget_errors: dict[str, str] = {}
         self.cells: dict[CellKey, CellRecord] = {}
         self.cell_errors: dict[CellKey, str] = {}
@@ -120,7 +128,7 @@ class ClusterState:
 
     def upsert_node(self, raw: Mapping[str, Any]) -> None:
         name = raw["metadata"]["name"]
-        view = NodeView.from_manifest(raw, self.budgets.get(name))
+        view = NodeView.from_manifest(raw, self.budgets.get(name), self.budget_received.get(name))
         self.node_events += 1
         self.node_touched[name] = self.node_events
         if self.nodes.get(name) != view:
@@ -148,7 +156,11 @@ class ClusterState:
     def _attach_budget(self, name: str) -> None:
         view = self.nodes.get(name)
         if view is not None:
-            self.nodes[name] = replace(view, budget=self.budgets.get(name))
+            self.nodes[name] = replace(
+                view,
+                budget=self.budgets.get(name),
+                budget_received_at=self.budget_received.get(name),
+            )
 
     def delete_node(self, name: str) -> None:
         self.node_events += 1
@@ -166,12 +178,25 @@ class ClusterState:
             self.budgets.pop(name, None)
             self.budget_errors[name] = _first_error(error)
         else:
+            self._note_receipt(name, spec)
             self.budgets[name] = spec
             self.budget_errors.pop(name, None)
         self._note_pod_threads(name)
         self._attach_budget(name)
         self.version += 1
         self.budget_version += 1
+
+    def _note_receipt(self, name: str, spec: NodeBudgetSpec) -> None:
+        """A new report (another observedAt) counts as received now, by the operator's
+        clock; the first one seen (a listing: when it arrived is not known) as received when
+        it says it was observed, or now if that is later."""
+        previous = self.budgets.get(name)
+        if previous is not None and previous.observed_at == spec.observed_at:
+            return
+        now = self.clock()
+        observed = spec.observed_at
+        observed = observed if observed.tzinfo is not None else observed.replace(tzinfo=UTC)
+        self.budget_received[name] = now if previous is not None else min(observed, now)
 
     def _note_pod_threads(self, name: str) -> None:
         budget = self.budgets.get(name)
@@ -182,6 +207,7 @@ class ClusterState:
 
     def delete_budget(self, name: str) -> None:
         self.budgets.pop(name, None)
+        self.budget_received.pop(name, None)
         self.budget_errors.pop(name, None)
         self._note_pod_threads(name)
         self._attach_budget(name)
@@ -360,9 +386,17 @@ class ClusterState:
         pods: Iterable[Mapping[str, Any]],
     ) -> None:
         """Load a complete listing (start-up and periodic resync); then the cache is synced."""
-        fresh = ClusterState()
+        fresh = ClusterState(self.clock)
+        # A report already seen keeps when it was received: a resync must not make an old
+        # report new again.
+        known = {name: spec for name, spec in self.budgets.items()}
+        fresh.budgets, fresh.budget_received = known, dict(self.budget_received)
+        listed = []
         for raw in budgets:
             fresh.upsert_budget(raw)
+            listed.append(raw["metadata"]["name"])
+        for name in set(known).difference(listed):  # deleted during a watch gap
+            fresh.delete_budget(name)
         for raw in nodes:
             fresh.upsert_node(raw)
         for raw in cells:
@@ -376,6 +410,7 @@ class ClusterState:
             fresh.budgets,
             fresh.budget_errors,
         )
+        self.budget_received = fresh.budget_received
         self.cells, self.cell_errors, self.policies = fresh.cells, fresh.cell_errors, fresh.policies
         self.pods, self.placement, self.pods_by_cell = (
             fresh.pods,

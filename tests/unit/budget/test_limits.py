@@ -105,3 +105,38 @@ def test_use_defaults_stands_in_for_unknown_and_stale() -> None:
 def test_naive_observation_time_is_utc() -> None:
     spec = budget("n1").model_copy(update={"observed_at": NOW.replace(tzinfo=None)})
     assert node_limits("n1", spec, policy(), NOW).status is BudgetStatus.KNOWN
+
+
+def test_a_report_is_as_old_as_the_earlier_of_its_observation_and_its_arrival() -> None:
+    # Says it was observed 10 s ago but arrived 50 s ago (the node's clock runs 40 s ahead,
+    # within the tolerated skew) - or the other way round: either way 50 s old.
+    arrived_early = node_limits(
+        "n1", budget("n1", age=timedelta(seconds=10)), policy(), NOW,
+        received_at=NOW - timedelta(seconds=50),
+    )  # fmt: skip
+    observed_early = node_limits(
+        "n1", budget("n1", age=timedelta(seconds=50)), policy(), NOW, received_at=NOW
+    )
+    assert arrived_early.status is observed_early.status is BudgetStatus.KNOWN
+    assert arrived_early.as_of == observed_early.as_of == NOW - timedelta(seconds=50)
+    # So an agent that stops cannot keep its node fresh: 301 s after the arrival, stale.
+    later = NOW + timedelta(seconds=251)
+    stale = node_limits(
+        "n1", budget("n1", age=timedelta(seconds=10)), policy(), later,
+        received_at=NOW - timedelta(seconds=50),
+    )  # fmt: skip
+    assert stale.status is BudgetStatus.STALE
+    assert describe(stale, later).startswith("observed 301s ago")
+
+
+def test_a_report_from_a_clock_running_ahead_is_not_believed() -> None:
+    an_hour_ahead = budget("n1", age=-timedelta(hours=1))
+    figures = node_limits("n1", an_hour_ahead, policy(), NOW, received_at=NOW)
+    assert figures.status is BudgetStatus.UNKNOWN and not figures.usable
+    assert "observed 3,600s ahead of the operator's clock" in figures.detail
+    assert "is the node's clock right?" in figures.detail
+    # Without a receipt time (a listing), it counts as arrived now: the same answer.
+    assert node_limits("n1", an_hour_ahead, policy(), NOW).status is BudgetStatus.UNKNOWN
+    # A small skew is tolerated.
+    slightly = node_limits("n1", budget("n1", age=-timedelta(seconds=30)), policy(), NOW)
+    assert slightly.status is BudgetStatus.KNOWN
