@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from cellguard.devcluster.cluster import LocalCluster
+from cellguard.devcluster.identities import token_kubeconfig
 from helm_support import Helm, is_hook
 
 from .harness import OperatorProcess, budget_manifest, node_pool, wait_for
@@ -48,16 +49,6 @@ def _agent_parts(cluster: LocalCluster) -> list[dict[str, Any]]:
     ]
     assert {m["kind"] for m in agent} == set(KINDS), [m["kind"] for m in agent]
     return agent
-
-
-def _token_kubeconfig(cluster: LocalCluster, token: str, path: Path) -> Path:
-    """A kubeconfig that authenticates with `token` alone (no client certificate)."""
-    config = yaml.safe_load(cluster.kubeconfig.read_text())
-    config["users"] = [{"name": "token", "user": {"token": token}}]
-    for context in config["contexts"]:
-        context["context"]["user"] = "token"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 @pytest.fixture
@@ -97,22 +88,10 @@ def test_an_agent_may_write_only_its_own_nodes_budget(
                 }
             ]
         )
-        pod = yaml.safe_load(
-            cluster.kubectl("get", "pod", "agent-own", "-n", NAMESPACE, "-o", "yaml").stdout
+        bound = token_kubeconfig(
+            cluster, NAMESPACE, AGENT_SA, tmp_path / "bound.kubeconfig", bound_pod="agent-own"
         )
-
-        def token(*bound: str) -> Path:
-            made = cluster.kubectl(
-                "create", "token", AGENT_SA, "-n", NAMESPACE, "--duration=10m", *bound
-            ).stdout.strip()
-            return _token_kubeconfig(cluster, made, tmp_path / f"agent-{len(bound)}.kubeconfig")
-
-        bound = token(
-            "--bound-object-kind=Pod",
-            "--bound-object-name=agent-own",
-            f"--bound-object-uid={pod['metadata']['uid']}",
-        )
-        unbound = token()
+        unbound = token_kubeconfig(cluster, NAMESPACE, AGENT_SA, tmp_path / "unbound.kubeconfig")
 
         def write(node: str, kubeconfig: Path) -> subprocess.CompletedProcess[str]:
             return cluster.kubectl(

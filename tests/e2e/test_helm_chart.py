@@ -37,6 +37,7 @@ import yaml
 
 from cellguard import __version__
 from cellguard.devcluster.cluster import LocalCluster, NodeSpec, free_port
+from cellguard.devcluster.identities import token_kubeconfig
 from cellguard.devcluster.waiting import wait_for
 from helm_support import (
     CHART,
@@ -895,10 +896,16 @@ def test_helm_test_passes_against_the_operator_and_fails_without_it(
             wait_for(operator.ready, timeout=90, what="the operator to be ready")
         except AssertionError:
             raise AssertionError(f"operator not ready:\n{operator.log()}") from None
-        # The agent, as the chart's agent service account, reports a node's budget.
-        agent_kubeconfig = c.user_kubeconfig(
-            _sa_user(ns, "cg-cellguard-agent"), ("system:serviceaccounts",)
-        )
+        # The agent, as the chart's agent service account with the token of its pod on
+        # fresh-1 (the chart's policy lets it write that node's budget only), reports it.
+        (agent_pod,) = _get(
+            c, "pods", "-n", ns, "-l", "app.kubernetes.io/component=agent",
+            "--field-selector=spec.nodeName=fresh-1",
+        )["items"]  # fmt: skip
+        agent_kubeconfig = token_kubeconfig(
+            c, ns, "cg-cellguard-agent", tmp_path / "agent.kubeconfig",
+            bound_pod=agent_pod["metadata"]["name"],
+        )  # fmt: skip
         agent = subprocess.run(
             [
                 sys.executable, "-m", "cellguard", "agent", "--once", "--node-name=fresh-1",
