@@ -60,3 +60,11 @@ DEPLOYMENT_CONTROLLER_USERS: Final = (
 
 # Namespace label set by the API server on every namespace (used to exempt namespaces).
 NAMESPACE_NAME_LABEL: Final = "kubernetes.io/metadata.name"
+# A namespace labelled with this, "true", is exempt from every cellguard webhook (as if
+# listed in webhook.exemptNamespaces): for platform namespaces created after the install.
+LABEL_EXEMPT: Final = f"{GROUP}/exempt"
+
+# The webhooks that see every Deployment's and ReplicaSet's /scale in the cluster (a Scale
+# carries no labels to select cells' own by) fail open and wait no longer than this, so an
+# unreachable operator cannot add the full webhook timeout to every scale in the cluster.
+SCALE_WEBHOOK_TIMEOUT_SECONDS: Final = 3

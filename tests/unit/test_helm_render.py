@@ -315,6 +315,7 @@ def test_webhook_configuration_is_what_the_operator_builds(helm: Helm, case: str
         exempt_namespaces=settings.all_exempt_namespaces,
         timeout_seconds=settings.webhook_timeout_seconds,
         name=vwc["metadata"]["name"],
+        watched_namespaces=list(settings.namespaces),
     )
     assert _without_ca_bundle(vwc) == _without_ca_bundle(expected)
     assert vwc["apiVersion"] == expected["apiVersion"] and vwc["kind"] == expected["kind"]

@@ -395,11 +395,15 @@ def test_webhook_configuration_is_scoped_and_fails_closed() -> None:
     }
     for hook in hooks.values():
         assert hook["sideEffects"] == "None"
-        assert hook["timeoutSeconds"] == 5
-        assert hook["namespaceSelector"]["matchExpressions"][0]["values"] == [
-            "cellguard-system",
-            "kube-system",
-        ]
+        # The cluster-wide /scale webhooks (fail open) wait 3 s at most, the others 5.
+        assert hook["timeoutSeconds"] == (3 if hook["failurePolicy"] == "Ignore" else 5)
+        exempt_by_name, exempt_by_label = hook["namespaceSelector"]["matchExpressions"]
+        assert exempt_by_name["values"] == ["cellguard-system", "kube-system"]
+        assert exempt_by_label == {
+            "key": "cellguard.io/exempt",
+            "operator": "NotIn",
+            "values": ["true"],
+        }
         assert hook["clientConfig"]["url"] == "https://127.0.0.1:9443/" + hook["name"].removesuffix(
             ".cellguard.io"
         )
@@ -417,6 +421,20 @@ def test_webhook_configuration_is_scoped_and_fails_closed() -> None:
     condition = replicaset["matchConditions"][0]["expression"]
     assert "system:serviceaccount:kube-system:deployment-controller" in condition
     assert hooks["validate-cell-replicaset-scale.cellguard.io"]["failurePolicy"] == "Ignore"
+    # Watching some namespaces only: the webhooks see no other.
+    scoped = webhook.validating_webhook_configuration(
+        webhook.url_client_config("https://x", ""),
+        exempt_namespaces=[],
+        timeout_seconds=2,
+        watched_namespaces=["team-b", "team-a"],
+    )
+    for hook in scoped["webhooks"]:
+        assert hook["namespaceSelector"]["matchExpressions"][-1] == {
+            "key": "kubernetes.io/metadata.name",
+            "operator": "In",
+            "values": ["team-a", "team-b"],
+        }
+        assert hook["timeoutSeconds"] == 2  # below the /scale cap: as set
     with pytest.raises(ValueError, match=r"1\.\.30"):
         webhook.validating_webhook_configuration(
             webhook.url_client_config("https://x", ""), exempt_namespaces=[], timeout_seconds=31

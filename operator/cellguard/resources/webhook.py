@@ -13,7 +13,9 @@ from cellguard.constants import (
     DEPLOYMENT_CONTROLLER_USERS,
     GROUP,
     LABEL_CELL,
+    LABEL_EXEMPT,
     NAMESPACE_NAME_LABEL,
+    SCALE_WEBHOOK_TIMEOUT_SECONDS,
     STREAMCELL_PLURAL,
     VERSION,
     WEBHOOK_CONFIGURATION_NAME,
@@ -80,16 +82,24 @@ def validating_webhook_configuration(
     exempt_namespaces: list[str],
     timeout_seconds: int = 10,
     name: str = WEBHOOK_CONFIGURATION_NAME,
+    watched_namespaces: list[str] | None = None,
 ) -> dict[str, Any]:
     """Six webhooks: StreamCell writes, StreamCell /scale, cell Deployments and ReplicaSets
-    and their /scale."""
+    and their /scale. They skip the exempt namespaces (by name, or labelled
+    cellguard.io/exempt=true) and, when the operator watches some namespaces only, every
+    other namespace: cells there are not cellguard's, and it could not answer for them."""
     if not 1 <= timeout_seconds <= 30:
         raise ValueError(f"webhook timeoutSeconds must be 1..30, got {timeout_seconds}")
-    namespace_selector = {
-        "matchExpressions": [
-            {"key": NAMESPACE_NAME_LABEL, "operator": "NotIn", "values": sorted(exempt_namespaces)}
-        ]
-    }
+    expressions: list[dict[str, Any]] = [
+        {"key": NAMESPACE_NAME_LABEL, "operator": "NotIn", "values": sorted(exempt_namespaces)},
+        {"key": LABEL_EXEMPT, "operator": "NotIn", "values": ["true"]},
+    ]
+    if watched_namespaces:
+        expressions.append(
+            {"key": NAMESPACE_NAME_LABEL, "operator": "In", "values": sorted(watched_namespaces)}
+        )
+    namespace_selector = {"matchExpressions": expressions}
+    scale_timeout = min(timeout_seconds, SCALE_WEBHOOK_TIMEOUT_SECONDS)
     cell_objects = {"matchExpressions": [{"key": LABEL_CELL, "operator": "Exists"}]}
 
     def webhook(
@@ -111,7 +121,7 @@ def validating_webhook_configuration(
             "matchPolicy": "Equivalent",
             # Dry runs reach the webhook and change nothing: `kubectl --dry-run=server` asks.
             "sideEffects": "None",
-            "timeoutSeconds": timeout_seconds,
+            "timeoutSeconds": timeout_seconds if failure_policy == "Fail" else scale_timeout,
             "namespaceSelector": namespace_selector,
             "matchConditions": [{"name": "may-add-threads", "expression": match}],
             "rules": [

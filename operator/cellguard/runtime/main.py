@@ -122,6 +122,7 @@ def register_url_webhook(api: client.ApiClient, settings: Settings, ca_bundle: b
         webhook_config.url_client_config(base_url, base64.b64encode(ca_bundle).decode()),
         exempt_namespaces=settings.all_exempt_namespaces,
         timeout_seconds=settings.webhook_timeout_seconds,
+        watched_namespaces=list(settings.namespaces),
     )
     kubeclient.server_side_apply(api, manifest, FIELD_MANAGER_OPERATOR)
 
