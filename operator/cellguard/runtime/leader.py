@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import datetime
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kubernetes import client
@@ -37,10 +39,36 @@ class LeaseConfig:
 
 
 class LeaderElector:
-    def __init__(self, api_client: client.ApiClient, config: LeaseConfig) -> None:
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        config: LeaseConfig,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._api = client.CoordinationV1Api(api_client)
         self.config = config
         self.is_leader = False
+        # client-go's rule: a lease has expired when its record has not changed for its
+        # duration *by this replica's clock*, since it last saw it change. The holder's
+        # renewTime is the holder's clock: compared with ours, a skew of a few seconds would
+        # give two leaders (or none).
+        self._monotonic = monotonic
+        self._observed: tuple[object, ...] | None = None
+        self._observed_at = 0.0
+
+    def _expired(self, spec: client.V1LeaseSpec, duration: int) -> bool:
+        record = (
+            spec.holder_identity,
+            spec.renew_time,
+            spec.acquire_time,
+            spec.lease_transitions,
+            spec.lease_duration_seconds,
+        )
+        now = self._monotonic()
+        if record != self._observed:
+            self._observed, self._observed_at = record, now
+        return now - self._observed_at > duration
 
     def _try_acquire_or_renew(self) -> bool:
         cfg = self.config
@@ -70,9 +98,8 @@ class LeaderElector:
         spec = lease.spec or client.V1LeaseSpec()
         lease.spec = spec
         holder = spec.holder_identity
-        renewed = spec.renew_time
         duration = spec.lease_duration_seconds or cfg.lease_seconds
-        expired = renewed is None or renewed + datetime.timedelta(seconds=duration) < now
+        expired = self._expired(spec, duration)
         if holder not in (None, "", cfg.identity) and not expired:
             return False
         if holder != cfg.identity:
