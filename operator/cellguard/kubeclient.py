@@ -5,9 +5,11 @@ and one-line error descriptions. (The pure core never imports this.)
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
+import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -52,6 +54,86 @@ def load_api_client(
     if retries is not None:
         configuration.retries = retries
     return client.ApiClient(configuration)
+
+
+# Where a pod finds its own namespace (kubectl's in-cluster default namespace, too).
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def kubeconfig_paths(kubeconfig: Path | None = None) -> str | None:
+    """The kubeconfig files to read, as kubectl finds them: `--kubeconfig`, else
+    $KUBECONFIG (a `:`-separated list, merged), else ~/.kube/config. None when there is
+    none (then only in-cluster configuration is left). Read at call time, not import time."""
+    if kubeconfig is not None:
+        if not kubeconfig.expanduser().is_file():
+            raise ValueError(f"kubeconfig {kubeconfig} not found")
+        return str(kubeconfig)
+    listed = os.environ.get("KUBECONFIG", "")
+    paths = [p for p in listed.split(os.pathsep) if p and Path(p).expanduser().is_file()]
+    if paths:
+        return os.pathsep.join(paths)
+    default = Path("~/.kube/config").expanduser()
+    return str(default) if default.is_file() else None
+
+
+def _contexts(paths: str) -> tuple[dict[str, dict[str, Any]], str | None]:
+    """The contexts of a kubeconfig path list by name, and its current-context, merged as
+    kubectl merges files: the first file to name a context, or a current-context, wins."""
+    contexts: dict[str, dict[str, Any]] = {}
+    current: str | None = None
+    for path in paths.split(os.pathsep):
+        document = yaml.safe_load(Path(path).expanduser().read_text()) or {}
+        if not isinstance(document, dict):
+            raise ValueError(f"{path}: not a kubeconfig")
+        for entry in document.get("contexts") or []:
+            contexts.setdefault(str(entry.get("name")), entry.get("context") or {})
+        current = current or document.get("current-context") or None
+    return contexts, current
+
+
+def load_cli_client(
+    kubeconfig: Path | None = None, context: str | None = None
+) -> tuple[client.ApiClient, str]:
+    """An API client the way kubectl chooses one, and the namespace to default to.
+
+    The kubeconfig as `kubeconfig_paths` finds it; `context` (kubectl's `--context`), else
+    its current-context; the namespace is that context's (`kubectl config set-context
+    --current --namespace ...`), else `default`. With no kubeconfig at all, inside a pod:
+    the pod's ServiceAccount and namespace. Unlike `load_api_client`, which the operator
+    and agent use, a kubeconfig wins over in-cluster configuration, as with kubectl."""
+    configuration = client.Configuration()
+    paths = kubeconfig_paths(kubeconfig)
+    if paths is None:
+        if context is not None:
+            raise ValueError(
+                f"--context {context}: no kubeconfig found "
+                "(--kubeconfig, $KUBECONFIG, ~/.kube/config)"
+            )
+        try:
+            config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
+        except config.ConfigException as error:
+            raise ValueError(
+                "no kubeconfig found (--kubeconfig, $KUBECONFIG, ~/.kube/config) "
+                f"and not in a pod: {error}"
+            ) from None
+        try:
+            namespace = SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
+        except OSError:
+            namespace = "default"
+        return client.ApiClient(configuration), namespace
+    contexts, current = _contexts(paths)
+    name = context if context is not None else current
+    if name is None:
+        raise ValueError(f"{paths}: no current-context; choose one with --context")
+    if name not in contexts:
+        known = ", ".join(sorted(contexts)) or "none"
+        raise ValueError(f"context {name!r} not found in {paths} (contexts: {known})")
+    config.load_kube_config(  # type: ignore[no-untyped-call]
+        config_file=paths, context=name, client_configuration=configuration
+    )
+    return client.ApiClient(configuration), str(contexts[name].get("namespace") or "default")
 
 
 def object_path(manifest: dict[str, Any]) -> str:

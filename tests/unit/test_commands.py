@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,15 @@ import yaml
 
 from cellguard import cli
 from cellguard.budget.pools import pool_label_key, pool_label_value
+
+
+@pytest.fixture(autouse=True)
+def _sigpipe_as_it_was() -> Iterator[None]:
+    """`cli.main` of a printing command sets SIGPIPE to SIG_DFL for the process; put back
+    Python's default, or a later test's closed socket kills the whole pytest run."""
+    previous = signal.getsignal(signal.SIGPIPE)
+    yield
+    signal.signal(signal.SIGPIPE, previous)
 
 
 def _node(name: str, **labels: str) -> dict[str, Any]:
@@ -360,3 +371,224 @@ def test_only_printing_commands_die_quietly_on_a_closed_pipe(
             signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     finally:
         signal.signal(signal.SIGPIPE, previous)
+
+
+# kubectl's conventions for where to read: --kubeconfig / $KUBECONFIG, --context, -n
+# defaulting to the context's namespace, -A. Two contexts on two servers, each with its own
+# namespace and user; the API is replaced by the listing below, with each call recorded.
+KUBECONFIG = {
+    "apiVersion": "v1",
+    "kind": "Config",
+    "current-context": "alpha",
+    "clusters": [
+        {"name": name, "cluster": {"server": f"https://{name}.example:6443"}}
+        for name in ("alpha", "beta")
+    ],
+    "users": [{"name": name, "user": {"token": f"{name}-token"}} for name in ("alpha", "beta")],
+    "contexts": [
+        {
+            "name": name,
+            "context": {"cluster": name, "user": name, "namespace": f"{name}-ns"},
+        }
+        for name in ("alpha", "beta")
+    ],
+}
+
+
+@pytest.fixture
+def kubeconfig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    # Nothing of the machine's own: no $KUBECONFIG, no ~/.kube/config, not in a pod.
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = tmp_path / "kubeconfig.yaml"
+    path.write_text(yaml.safe_dump(KUBECONFIG))
+    return path
+
+
+@pytest.fixture
+def api_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, tuple[str, ...]]]:
+    """Each listing asked of the "cluster": (server, bearer token, namespaces)."""
+    from cellguard.commands import source
+
+    nodes = [f"n{i}" for i in range(1, 5)]
+    alpha = {"metadata": {"namespace": "alpha-ns", "name": "ingest-a"}, "spec": _cell_spec(2)}
+    alpha["status"] = {"threadSamples": [{"replicas": n, "threadsPerPod": t} for n, t in FOLLOWED]}
+    beta = {"metadata": {"namespace": "beta-ns", "name": "ingest-b"}, "spec": _cell_spec(2)}
+    listing: dict[str, list[dict[str, Any]]] = {
+        "nodes": [_node(n) for n in nodes],
+        "budgets": [_budget(n) for n in nodes],
+        "cells": [alpha, beta],
+        "policies": [{"metadata": {"name": "default"}, "spec": {"safetyMargin": 0.2}}],
+        "pods": [],
+        "deployments": [],
+    }
+    calls: list[tuple[str, str, tuple[str, ...]]] = []
+
+    def list_cluster(api: Any, namespaces: tuple[str, ...] = ()) -> dict[str, Any]:
+        token = api.configuration.api_key.get("BearerToken", "")
+        calls.append((api.configuration.host, token, tuple(namespaces)))
+        wanted = set(namespaces)
+        return {
+            **listing,
+            "cells": [
+                c for c in listing["cells"] if not wanted or c["metadata"]["namespace"] in wanted
+            ],
+        }
+
+    monkeypatch.setattr(source, "list_cluster", list_cluster)
+    return calls
+
+
+def _status(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
+    assert cli.main(["status", *args, "-o", "json"]) == 0
+    data: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return data
+
+
+def _cells(data: dict[str, Any]) -> list[str]:
+    return [f"{c['namespace']}/{c['name']}" for c in data["cells"]]
+
+
+ALPHA = ("https://alpha.example:6443", "Bearer alpha-token")
+BETA = ("https://beta.example:6443", "Bearer beta-token")
+
+
+def test_the_current_contexts_namespace_is_the_default(
+    kubeconfig: Path, api_calls: list[Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _status(capsys, "--kubeconfig", str(kubeconfig))
+    assert data["namespace"] == "alpha-ns"
+    assert _cells(data) == ["alpha-ns/ingest-a"]
+    assert len(data["nodes"]) == 4  # nodes are never scoped to a namespace
+    # Every namespace is listed all the same: the nodes' figures need every pod.
+    assert api_calls == [(*ALPHA, ())]
+    assert cli.main(["status", "--kubeconfig", str(kubeconfig)]) == 0
+    assert "StreamCells in namespace alpha-ns" in capsys.readouterr().out
+
+
+def test_context_switches_server_user_and_namespace(
+    kubeconfig: Path, api_calls: list[Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _status(capsys, "--kubeconfig", str(kubeconfig), "--context", "beta")
+    assert data["namespace"] == "beta-ns"
+    assert _cells(data) == ["beta-ns/ingest-b"]
+    assert api_calls == [(*BETA, ())]
+
+
+def test_all_namespaces_and_namespace_override(
+    kubeconfig: Path, api_calls: list[Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    for flag in ("-A", "--all-namespaces"):
+        data = _status(capsys, "--kubeconfig", str(kubeconfig), flag)
+        assert data["namespace"] is None
+        assert _cells(data) == ["alpha-ns/ingest-a", "beta-ns/ingest-b"]
+    assert cli.main(["status", "--kubeconfig", str(kubeconfig), "-A"]) == 0
+    assert "StreamCells, every namespace" in capsys.readouterr().out
+    # -n wins over the context's namespace, on the context's server.
+    data = _status(capsys, "--kubeconfig", str(kubeconfig), "-n", "beta-ns")
+    assert _cells(data) == ["beta-ns/ingest-b"]
+    assert api_calls[-1] == (*ALPHA, ())
+    # -n and -A contradict each other: a usage error, as with kubectl's flags.
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["status", "--kubeconfig", str(kubeconfig), "-A", "-n", "beta-ns"])
+    assert exit_info.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_kubeconfig_env_is_honoured(
+    kubeconfig: Path,
+    api_calls: list[Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A path list, as kubectl reads it; a missing file in it is skipped.
+    monkeypatch.setenv("KUBECONFIG", f"{tmp_path / 'missing.yaml'}:{kubeconfig}")
+    assert _cells(_status(capsys)) == ["alpha-ns/ingest-a"]
+    assert _cells(_status(capsys, "--context", "beta")) == ["beta-ns/ingest-b"]
+    assert [call[:2] for call in api_calls] == [ALPHA, BETA]
+    # Merged as kubectl merges: the first file that names a current-context decides it.
+    first = tmp_path / "first.yaml"
+    first.write_text(yaml.safe_dump({**KUBECONFIG, "current-context": "beta", "contexts": []}))
+    monkeypatch.setenv("KUBECONFIG", f"{first}:{kubeconfig}")
+    assert _cells(_status(capsys)) == ["beta-ns/ingest-b"]
+    # ~/.kube/config when $KUBECONFIG names nothing.
+    monkeypatch.delenv("KUBECONFIG")
+    home_config = tmp_path / "home" / ".kube" / "config"
+    home_config.parent.mkdir(parents=True)
+    home_config.write_text(kubeconfig.read_text())
+    assert _cells(_status(capsys, "--context", "beta")) == ["beta-ns/ingest-b"]
+
+
+def test_plan_and_fit_look_in_the_contexts_namespace(
+    kubeconfig: Path, api_calls: list[Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = ["--kubeconfig", str(kubeconfig)]
+    assert cli.main(["plan", "ingest-a", *config, "--replicas", "2", "-o", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["cell"] == "alpha-ns/ingest-a"
+    assert cli.main(["plan", "ingest-b", *config, "--context", "beta", "-o", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["cell"] == "beta-ns/ingest-b"
+    assert cli.main(["plan", "ingest-b", *config]) == 2
+    assert "StreamCell alpha-ns/ingest-b not found" in capsys.readouterr().err
+    assert cli.main(["plan", "ingest-b", *config, "-n", "beta-ns", "-o", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["cell"] == "beta-ns/ingest-b"
+    # A manifest without a namespace is planned in the context's.
+    manifest = kubeconfig.with_name("new-cell.yaml")
+    cell: dict[str, Any] = {"apiVersion": "cellguard.io/v1alpha1", "kind": "StreamCell"}
+    cell |= {"metadata": {"name": "new-cell"}, "spec": {**_cell_spec(1), "service": "other"}}
+    manifest.write_text(yaml.safe_dump(cell))
+    for args, planned in (([], "alpha-ns/new-cell"), (["--context", "beta"], "beta-ns/new-cell")):
+        assert cli.main(["plan", "-f", str(manifest), *config, *args, "-o", "json"]) == 0
+        assert json.loads(capsys.readouterr().out)["cell"] == planned
+    # fit lists only the one namespace it looks in.
+    assert cli.main(["fit", "ingest-a", *config, "-o", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["cell"] == "alpha-ns/ingest-a"
+    assert cli.main(["fit", "ingest-a", *config, "--context", "beta"]) == 2
+    assert "StreamCell beta-ns/ingest-a not found" in capsys.readouterr().err
+    assert api_calls[-2:] == [(*ALPHA, ("alpha-ns",)), (*BETA, ("beta-ns",))]
+
+
+def test_a_context_without_a_namespace_defaults_to_default(
+    kubeconfig: Path, tmp_path: Path
+) -> None:
+    from cellguard.kubeclient import load_cli_client
+
+    document = yaml.safe_load(kubeconfig.read_text())
+    del document["contexts"][1]["context"]["namespace"]
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(yaml.safe_dump(document))
+    api, namespace = load_cli_client(bare, "beta")
+    assert (api.configuration.host, namespace) == (BETA[0], "default")
+    assert load_cli_client(bare)[1] == "alpha-ns"
+    # No current-context (or a dangling one): --context still chooses; without it, say so.
+    for current in (None, "gone"):
+        document["current-context"] = current
+        bare.write_text(yaml.safe_dump({k: v for k, v in document.items() if v is not None}))
+        assert load_cli_client(bare, "alpha")[1] == "alpha-ns"
+    with pytest.raises(ValueError, match="context 'gone' not found"):
+        load_cli_client(bare)
+    del document["current-context"]
+    bare.write_text(yaml.safe_dump(document))
+    with pytest.raises(ValueError, match="no current-context; choose one with --context"):
+        load_cli_client(bare)
+
+
+def test_context_errors_exit_2(
+    kubeconfig: Path,
+    snapshot: Path,
+    api_calls: list[Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["status", "--kubeconfig", str(kubeconfig), "--context", "gamma"]) == 2
+    said = capsys.readouterr().err
+    assert "context 'gamma' not found" in said and "(contexts: alpha, beta)" in said
+    assert cli.main(["status", "--kubeconfig", str(kubeconfig.with_name("none.yaml"))]) == 2
+    assert "none.yaml not found" in capsys.readouterr().err
+    # No kubeconfig anywhere, and not in a pod.
+    assert cli.main(["plan", "ingest-a"]) == 2
+    assert "no kubeconfig found" in capsys.readouterr().err
+    # A snapshot is a file, not a context.
+    assert cli.main(["fit", "ingest-a", "--snapshot", str(snapshot), "--context", "beta"]) == 2
+    assert "--snapshot reads a file" in capsys.readouterr().err
+    assert api_calls == []

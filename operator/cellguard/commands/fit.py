@@ -2,6 +2,7 @@
 spec.threads to apply. Reads only; the patch it prints is for you to run.
 
     cellguard fit streamcell/ingest-a -n prod
+    cellguard fit ingest-a --context prod-eu       # in the context's namespace
     cellguard fit streamcell/ingest-a -n prod -o json
     cellguard fit ingest-a -n prod --snapshot cluster.yaml
 
@@ -27,7 +28,7 @@ from cellguard.api.v1alpha1 import StreamCell, ThreadSample
 from cellguard.budget import ThreadFit, fit_thread_model, suggested_model, threads_per_pod
 from cellguard.commands.output import ERROR, emit, failed, figure
 from cellguard.commands.output import console as make_console
-from cellguard.commands.source import add_cluster_arguments, read_listing
+from cellguard.commands.source import Source, add_cluster_arguments
 from cellguard.listing import Listing
 
 FITTED = 0
@@ -37,7 +38,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("cell", help="streamcell/NAME (or NAME) of a live cell")
-    parser.add_argument("-n", "--namespace", default=None)
     add_cluster_arguments(parser)
 
 
@@ -58,10 +58,9 @@ class CellFit:
         return str(self.cell.metadata["name"])
 
 
-def fit_cell(listing: Listing, cell_arg: str, namespace: str | None) -> CellFit:
+def fit_cell(listing: Listing, cell_arg: str, namespace: str) -> CellFit:
     """The named cell of the listing with its thread samples and their fit."""
     name = cell_arg.split("/", 1)[-1]
-    namespace = namespace or "default"
     for item in listing["cells"]:
         meta = item["metadata"]
         if meta["name"] == name and meta.get("namespace") == namespace:
@@ -160,8 +159,9 @@ def print_tables(data: dict[str, Any], console: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        namespace = args.namespace or "default"
-        listing, _ = read_listing(args, (namespace,))
+        source = Source(args)
+        namespace = source.namespace(args)
+        listing, _ = source.read((namespace,))
         cell_fit = fit_cell(listing, args.cell, namespace)
     except Exception as error:  # e.g. the API server unreachable: answer, don't crash
         return failed(error)

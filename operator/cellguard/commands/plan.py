@@ -2,6 +2,7 @@
 
     cellguard plan -f cell.yaml                   # the cell as written, against the cluster
     cellguard plan streamcell/ingest-a -n prod --replicas 48
+    cellguard plan ingest-a --context staging     # in the context's namespace
     cellguard plan -f cell.yaml --snapshot cluster.yaml -o json
 
 Exit codes: 0 it fits, 1 it would be refused, 2 the question could not be answered.
@@ -22,10 +23,10 @@ from cellguard.budget import CellKey, CellView, Decision, decide, with_cell_at
 from cellguard.commands.output import console as make_console
 from cellguard.commands.output import emit, failed, figure, ratio
 from cellguard.commands.source import (
+    Source,
     add_cluster_arguments,
     load_state,
     planner_snapshot,
-    read_listing,
 )
 
 FITS, REFUSED = 0, 1
@@ -38,15 +39,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "cell", nargs="?", help="streamcell/NAME (or NAME) of a live cell; or use -f"
     )
     parser.add_argument("-f", "--filename", type=Path, help="a StreamCell manifest")
-    parser.add_argument("-n", "--namespace", default=None)
     parser.add_argument("--replicas", type=int, default=None, help="target (default: the spec's)")
     add_cluster_arguments(parser)
 
 
-def _cell_from_args(args: argparse.Namespace, listing: dict[str, Any]) -> StreamCell:
+def _cell_from_args(
+    args: argparse.Namespace, listing: dict[str, Any], namespace: str
+) -> StreamCell:
+    """The cell to plan: the manifest of -f (in its own namespace, unless -n says one), or
+    the live cell named, in `namespace` (-n, else the context's)."""
     if args.filename is not None:
         raw = yaml.safe_load(args.filename.read_text())
-        raw.setdefault("metadata", {}).setdefault("namespace", args.namespace or "default")
+        raw.setdefault("metadata", {}).setdefault("namespace", namespace)
         if args.namespace:
             raw["metadata"]["namespace"] = args.namespace
         raw.pop("status", None)
@@ -54,7 +58,6 @@ def _cell_from_args(args: argparse.Namespace, listing: dict[str, Any]) -> Stream
     if not args.cell:
         raise ValueError("name a cell (streamcell/NAME) or give -f FILE")
     name = args.cell.split("/", 1)[-1]
-    namespace = args.namespace or "default"
     for item in listing["cells"]:
         meta = item["metadata"]
         if meta["name"] == name and meta.get("namespace") == namespace:
@@ -157,8 +160,10 @@ def print_table(decision: Decision, console: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     console = make_console()
     try:
-        listing, now = read_listing(args)
-        cell = _cell_from_args(args, listing)
+        source = Source(args)
+        # Every namespace's cells and pods: the nodes' figures need them all.
+        listing, now = source.read()
+        cell = _cell_from_args(args, listing, source.namespace(args))
         decision = plan(listing, cell, args.replicas, now)
     except Exception as error:  # e.g. the API server unreachable: answer, don't crash
         return failed(error)

@@ -1,7 +1,9 @@
 """`cellguard status`: every cell with its headroom, and every node's thread budget.
 
-cellguard status                 # cells in all namespaces, then nodes
+cellguard status                 # cells of the context's namespace, then every node
+cellguard status -A              # cells of every namespace
 cellguard status -n prod -o json
+cellguard status --context staging
 cellguard status --save-snapshot cluster.yaml   # for `cellguard plan --snapshot`
 """
 
@@ -19,10 +21,10 @@ from cellguard.budget import cell_status
 from cellguard.commands.output import console as make_console
 from cellguard.commands.output import emit, figure, ratio
 from cellguard.commands.source import (
+    Source,
     add_cluster_arguments,
     load_state,
     planner_snapshot,
-    read_listing,
 )
 from cellguard.listing import Listing, write_snapshot
 from cellguard.metrics import node_figures
@@ -31,9 +33,8 @@ from cellguard.metrics import node_figures
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("-n", "--namespace", default=None, help="only cells of this namespace")
     parser.add_argument("--save-snapshot", type=Path, default=None, help="write the listing")
-    add_cluster_arguments(parser)
+    add_cluster_arguments(parser, all_namespaces=True)
 
 
 def report(
@@ -76,7 +77,8 @@ def report(
         }
         for row in node_figures(snapshot)
     ]
-    return {"cells": cells, "nodes": nodes}
+    # `namespace`: whose cells these are (null: every namespace's); nodes are always all.
+    return {"namespace": namespace, "cells": cells, "nodes": nodes}
 
 
 def print_tables(data: dict[str, Any], console: Any) -> None:
@@ -91,7 +93,9 @@ def print_tables(data: dict[str, Any], console: Any) -> None:
         "headroom",
         "limiting node",
         "within budget",
-        title="StreamCells",
+        title="StreamCells, every namespace"
+        if data.get("namespace") is None
+        else f"StreamCells in namespace {data['namespace']}",
     )
     for c in data["cells"]:
         cells.add_row(
@@ -138,13 +142,25 @@ def print_tables(data: dict[str, Any], console: Any) -> None:
     console.print(nodes)
 
 
+def shown_namespace(args: argparse.Namespace, source: Source) -> str | None:
+    """Whose cells to show: -n's; every namespace's for -A (and for a snapshot, which has
+    no context, without -n); else the context's namespace, as `kubectl get` would."""
+    if args.all_namespaces:
+        return None
+    if args.namespace:
+        return str(args.namespace)
+    return None if source.snapshot is not None else source.namespace(args)
+
+
 def run(args: argparse.Namespace) -> int:
     try:
+        source = Source(args)
         # Every namespace's pods are listed even for -n: node figures need them all.
-        listing, now = read_listing(args)
+        listing, now = source.read()
+        namespace = shown_namespace(args, source)
         if args.save_snapshot is not None:
             write_snapshot(args.save_snapshot, listing, now)
-        data = report(listing, args.namespace, now)
+        data = report(listing, namespace, now)
     except Exception as error:  # unreachable cluster, bad snapshot: say so, exit 2
         print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
