@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import os
 import signal
 import tempfile
 from pathlib import Path
@@ -35,6 +36,7 @@ from cellguard.reconcile import handlers as reconcile_handlers
 from cellguard.resources import webhook as webhook_config
 from cellguard.runtime.leader import LeaderElector, LeaseConfig
 from cellguard.runtime.probes import ProbeServer
+from cellguard.runtime.tls import ReloadingCertificate, ReloadingWebhookServer
 from cellguard.settings import Settings, WebhookMode
 from cellguard.wiring import Operator
 
@@ -107,11 +109,12 @@ def webhook_server(settings: Settings, workdir: Path) -> tuple[kopf.WebhookServe
         )
         certfile, keyfile = serving.cert_path, serving.key_path
         ca_bundle = ca.cert_path.read_bytes()
-    server = kopf.WebhookServer(
+    # The served certificate follows the files (renewals, Secret updates) without a restart.
+    server = ReloadingWebhookServer(
+        ReloadingCertificate(certfile, keyfile),
+        ca_bundle,
         addr=settings.webhook_listen_host,
         port=settings.webhook_port,
-        certfile=str(certfile),
-        pkeyfile=str(keyfile),
     )
     return server, ca_bundle
 
@@ -131,6 +134,11 @@ def register_url_webhook(api: client.ApiClient, settings: Settings, ca_bundle: b
 
 
 def kopf_settings(settings: Settings, server: kopf.WebhookServer) -> kopf.OperatorSettings:
+    # kopf names itself from POD_ID (its documented variable) when set, and otherwise from
+    # getpass.getuser(), which raises in the image: its uid 10001 has no passwd entry (found
+    # by the chart's install on a real node, tests/e2e/test_real_install.py). Ours: the
+    # Lease holder's name.
+    os.environ.setdefault("POD_ID", settings.identity)
     kopf_cfg = kopf.OperatorSettings()
     kopf_cfg.persistence.finalizer = f"{KOPF_PREFIX}/finalizer"
     kopf_cfg.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
