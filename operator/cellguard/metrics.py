@@ -5,21 +5,30 @@ time, so the series of a deleted node or cell disappear with it (no stale label 
 Counters and the admission histogram are ordinary prometheus-client metrics.
 
 Naming: `cellguard_` prefix, base units, `_ratio` for fractions, `_total` for counters,
-`_seconds` for durations (Prometheus conventions).
+`_seconds` for durations, `_timestamp_seconds` for Unix times, `_info` for a series of value
+1 that carries labels (Prometheus and kube-state-metrics conventions).
+
+The alert rules compare with thresholds the operator exports, not with numbers of their own:
+each ThreadBudgetPolicy's `spec.alerts` (and staleAfterSeconds) as `cellguard_policy_*`
+gauges, and each cell's policy as `cellguard_cell_info{policy}`. Like the node and cell
+gauges they come from the leader only; the rules join them `on (job, instance)`, so the
+figures and the thresholds always come from the same replica.
 """
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from cellguard import __version__
 from cellguard.api.v1alpha1 import AllowedReason, NodeBudgetSpec, ThreadBudgetPolicySpec
-from cellguard.budget import BudgetStatus, ClusterSnapshot, node_usage, with_policies
+from cellguard.budget import BudgetStatus, CellKey, ClusterSnapshot, node_usage, with_policies
 from cellguard.constants import DEFAULT_POLICY_NAME
 
 # Every metric name the operator exports; alert rules and the dashboard may use only these
@@ -31,7 +40,7 @@ NODE_THREADS_PROJECTED = "cellguard_node_threads_projected"
 NODE_THREAD_HEADROOM = "cellguard_node_thread_headroom_ratio"
 NODE_PID_LIMIT = "cellguard_node_pid_limit"
 NODE_PID_HEADROOM = "cellguard_node_pid_headroom_ratio"
-NODE_BUDGET_AGE = "cellguard_node_budget_age_seconds"
+NODE_BUDGET_OBSERVED = "cellguard_node_budget_observed_timestamp_seconds"
 NODE_BUDGET_KNOWN = "cellguard_node_budget_known"
 CELL_REPLICAS = "cellguard_cell_replicas"
 CELL_MAX_SAFE = "cellguard_cell_max_safe_replicas"
@@ -41,10 +50,16 @@ CELL_SCALE_REFUSED = "cellguard_cell_scale_refused"
 CELL_THREADS_OBSERVED = "cellguard_cell_threads_observed_per_pod"
 CELL_THREADS_MODELLED = "cellguard_cell_threads_modelled_per_pod"
 CELL_THREAD_MODEL_ACCURATE = "cellguard_cell_thread_model_accurate"
+CELL_INFO = "cellguard_cell_info"
+POLICY_WARNING_HEADROOM = "cellguard_policy_warning_headroom_ratio"
+POLICY_CRITICAL_HEADROOM = "cellguard_policy_critical_headroom_ratio"
+POLICY_NEAR_MAX_SAFE = "cellguard_policy_near_max_safe_ratio"
+POLICY_STALE_AFTER = "cellguard_policy_budget_stale_after_seconds"
 DECISIONS = "cellguard_decisions"  # exported as cellguard_decisions_total
 ADMISSION_DURATION = "cellguard_admission_duration_seconds"
 RESERVATIONS = "cellguard_reservations_active"
 OPERATOR_READY = "cellguard_operator_ready"
+BUILD_INFO = "cellguard_build_info"
 
 EXPORTED_NAMES = frozenset(
     {
@@ -55,7 +70,7 @@ EXPORTED_NAMES = frozenset(
         NODE_THREAD_HEADROOM,
         NODE_PID_LIMIT,
         NODE_PID_HEADROOM,
-        NODE_BUDGET_AGE,
+        NODE_BUDGET_OBSERVED,
         NODE_BUDGET_KNOWN,
         CELL_REPLICAS,
         CELL_MAX_SAFE,
@@ -65,12 +80,18 @@ EXPORTED_NAMES = frozenset(
         CELL_THREADS_OBSERVED,
         CELL_THREADS_MODELLED,
         CELL_THREAD_MODEL_ACCURATE,
+        CELL_INFO,
+        POLICY_WARNING_HEADROOM,
+        POLICY_CRITICAL_HEADROOM,
+        POLICY_NEAR_MAX_SAFE,
+        POLICY_STALE_AFTER,
         f"{DECISIONS}_total",
         f"{ADMISSION_DURATION}_bucket",
         f"{ADMISSION_DURATION}_count",
         f"{ADMISSION_DURATION}_sum",
         RESERVATIONS,
         OPERATOR_READY,
+        BUILD_INFO,
     }
 )
 
@@ -89,6 +110,8 @@ class NodeFigures:
     pid_headroom_ratio: float | None
     budget_age_seconds: float | None
     budget_known: bool
+    # Unix time the budget's age is counted from (NodeLimits.as_of); None: no budget.
+    budget_observed_timestamp: float | None = None
 
 
 @dataclass(frozen=True)
@@ -104,12 +127,42 @@ class CellFiguresRow:
     threads_observed_per_pod: int | None = None  # most any pod holds, as observed
     threads_modelled_per_pod: int | None = None  # the model, at the size observed at
     thread_model_accurate: bool | None = None  # None: not observed yet
+    policy: str | None = None  # the cell's ThreadBudgetPolicy; Fleet fills it in at report time
+
+
+@dataclass(frozen=True)
+class PolicyThresholds:
+    """What the alert rules compare with, from one ThreadBudgetPolicy's spec."""
+
+    warning_headroom_ratio: float
+    critical_headroom_ratio: float
+    near_max_safe_ratio: float
+    budget_stale_after_seconds: float
+
+    @classmethod
+    def of(cls, spec: ThreadBudgetPolicySpec) -> PolicyThresholds:
+        return cls(
+            warning_headroom_ratio=spec.alerts.warning_headroom,
+            critical_headroom_ratio=spec.alerts.critical_headroom,
+            near_max_safe_ratio=spec.alerts.near_max_safe_ratio,
+            budget_stale_after_seconds=float(spec.stale_after_seconds),
+        )
 
 
 @dataclass
 class FleetReport:
     nodes: list[NodeFigures] = field(default_factory=list)
     cells: Mapping[tuple[str, str], CellFiguresRow] = field(default_factory=dict)
+    policies: Mapping[str, PolicyThresholds] = field(default_factory=dict)
+
+
+def policy_thresholds(snapshot: ClusterSnapshot) -> dict[str, PolicyThresholds]:
+    """Every cached policy's thresholds, and the `default` policy's even when it does not
+    exist: the node figures are then computed under the stand-in default (the API
+    defaults), and the node alerts compare with its thresholds."""
+    policies = dict(snapshot.policies)
+    policies.setdefault(DEFAULT_POLICY_NAME, ThreadBudgetPolicySpec())
+    return {name: PolicyThresholds.of(spec) for name, spec in sorted(policies.items())}
 
 
 class FleetSource(Protocol):
@@ -140,6 +193,7 @@ def node_figures(snapshot: ClusterSnapshot) -> list[NodeFigures]:
                 # Counted as the planner counts it (the agent's clock may be off).
                 budget_age_seconds=(snapshot.now - as_of).total_seconds() if as_of else None,
                 budget_known=figures.status is BudgetStatus.KNOWN,
+                budget_observed_timestamp=as_of.timestamp() if as_of else None,
             )
         )
     return rows
@@ -175,7 +229,13 @@ class Fleet:
             return FleetReport()
         # Rows of deleted cells go with them.
         self.cell_rows = {key: row for key, row in self.cell_rows.items() if key in snapshot.cells}
-        return FleetReport(nodes=node_figures(snapshot), cells=dict(self.cell_rows))
+        cells = {
+            key: replace(row, policy=snapshot.cells[CellKey(*key)].policy_name)
+            for key, row in self.cell_rows.items()
+        }
+        return FleetReport(
+            nodes=node_figures(snapshot), cells=cells, policies=policy_thresholds(snapshot)
+        )
 
 
 class FleetCollector(Collector):
@@ -215,9 +275,10 @@ class FleetCollector(Collector):
                 "Free fraction of the node's kubepods pids.max (or pid_max when unlimited).",
                 "pid_headroom_ratio",
             ),
-            NODE_BUDGET_AGE: (
-                "Seconds since the node's NodeBudget was observed.",
-                "budget_age_seconds",
+            NODE_BUDGET_OBSERVED: (
+                "Unix time the node's NodeBudget was observed: its observedAt, or when the "
+                "operator received it if that is earlier (an agent's clock ahead).",
+                "budget_observed_timestamp",
             ),
         }
         for name, (help_text, attribute) in node_gauges.items():
@@ -291,6 +352,42 @@ class FleetCollector(Collector):
                     1.0 if row.thread_model_accurate else 0.0,
                 )
         yield accurate
+        info = GaugeMetricFamily(
+            CELL_INFO,
+            "1 for every cell; `policy` names the ThreadBudgetPolicy it is budgeted under.",
+            labels=[*labels, "policy"],
+        )
+        for row in report.cells.values():
+            if row.policy is not None:
+                info.add_metric([row.namespace, row.cell, row.service, row.policy], 1.0)
+        yield info
+
+        policy_gauges = {
+            POLICY_WARNING_HEADROOM: (
+                "The policy's spec.alerts.warningHeadroom: node thread headroom below it "
+                "warns (the `default` policy's, for nodes).",
+                "warning_headroom_ratio",
+            ),
+            POLICY_CRITICAL_HEADROOM: (
+                "The policy's spec.alerts.criticalHeadroom: node thread or PID headroom below "
+                "it is critical.",
+                "critical_headroom_ratio",
+            ),
+            POLICY_NEAR_MAX_SAFE: (
+                "The policy's spec.alerts.nearMaxSafeRatio: a cell at this fraction of its "
+                "max safe replicas or more is near it.",
+                "near_max_safe_ratio",
+            ),
+            POLICY_STALE_AFTER: (
+                "The policy's spec.staleAfterSeconds: a NodeBudget observed longer ago is stale.",
+                "budget_stale_after_seconds",
+            ),
+        }
+        for name, (help_text, attribute) in policy_gauges.items():
+            family = GaugeMetricFamily(name, help_text, labels=["policy"])
+            for policy, thresholds in report.policies.items():
+                family.add_metric([policy], float(getattr(thresholds, attribute)))
+            yield family
 
 
 class OperatorMetrics:
@@ -319,6 +416,13 @@ class OperatorMetrics:
             "1 when this replica leads and its caches are complete.",
             registry=registry,
         )
+        self.build_info = Gauge(
+            BUILD_INFO,
+            "1, with the cellguard version and the Python version that runs it.",
+            ["version", "python_version"],
+            registry=registry,
+        )
+        self.build_info.labels(__version__, platform.python_version()).set(1)
 
     def precreate_decisions(self, reasons: list[str]) -> None:
         """Start every decision series at 0, so `increase()` sees the first refusal."""

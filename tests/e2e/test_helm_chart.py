@@ -723,6 +723,24 @@ def test_install_upgrade_uninstall_on_a_fresh_cluster(
     # ---- RBAC of the installed release.
     failures = _check_operator_access(c, ns, "cg-cellguard-operator")
     failures += _check_agent_access(c, ns, "cg-cellguard-agent", "fresh-1")
+    # The tenant roles, aggregated into the built-in ones (a namespace editor's rights).
+    editor = Access(c, "chart-e2e-editor")
+    c.kubectl(
+        "create", "rolebinding", "chart-e2e-editor", "-n", "apps",
+        "--clusterrole=edit", "--user=chart-e2e-editor",
+    )  # fmt: skip
+    wait_for(lambda: editor._can("list pods -n apps"), timeout=30, what="the editor's binding")
+    wait_for(
+        lambda: editor._can("patch streamcells.cellguard.io --subresource=scale -n apps"),
+        timeout=30,
+        what="cg-cellguard-edit to be aggregated into edit",
+    )
+    editor.can("create streamcells.cellguard.io -n apps", "list streamcells.cellguard.io -n apps")
+    editor.cannot(
+        "patch streamcells.cellguard.io --subresource=status -n apps",
+        "list streamcells.cellguard.io -n default",
+    )
+    failures += editor.failures
     assert failures == []
 
     # ---- upgrade: the certificate and the CRDs stay; the policy is now managed in place.
@@ -762,6 +780,8 @@ def test_install_upgrade_uninstall_on_a_fresh_cluster(
         ("validatingwebhookconfiguration", "cellguard"),
         ("clusterrole", "cg-cellguard-operator"),
         ("clusterrole", "cg-cellguard-agent"),
+        ("clusterrole", "cg-cellguard-view"),
+        ("clusterrole", "cg-cellguard-edit"),
         ("deployment", "-n", ns, "cg-cellguard-operator"),
         ("daemonset", "-n", ns, "cg-cellguard-agent"),
         ("secret", "-n", ns, "cg-cellguard-webhook-tls"),

@@ -3,7 +3,7 @@
 Debian's Prometheus runs on loopback with the chart's rule file; the operator runs as in
 the other end-to-end tests. The test moves real NodeBudgets and real scale requests and
 reads what Prometheus makes of the operator's metrics: the target, an alert, a counter,
-and a series that goes away with its node.
+a series that goes away with its node, and an alert threshold that follows the policy.
 """
 
 from __future__ import annotations
@@ -23,11 +23,13 @@ from typing import Any
 import pytest
 import yaml
 
+import cellguard
 from cellguard.devcluster.cluster import LocalCluster, free_port
 
 from .harness import (
     REPO,
     OperatorProcess,
+    apply_policy,
     apply_yaml,
     budget_manifest,
     cell_manifest,
@@ -190,6 +192,26 @@ def test_prometheus_scrapes_the_operator_and_the_rules_fire(
         what="CellguardOperatorDown to be quiet once the operator is scraped",
     )
 
+    # Which version runs, and the default policy's thresholds, as the rules read them.
+    wait_for(
+        lambda: prometheus.value('count(cellguard_build_info{job="cellguard"})'),
+        timeout=WAIT,
+        what="cellguard_build_info in Prometheus",
+    )
+    (build,) = prometheus.query('cellguard_build_info{job="cellguard"}')
+    assert build["metric"]["version"] == cellguard.__version__
+    assert float(build["value"][1]) == 1
+    critical_threshold = 'cellguard_policy_critical_headroom_ratio{policy="default"}'
+    wait_for(
+        lambda: prometheus.value(critical_threshold) is not None,
+        timeout=WAIT,
+        what=f"{critical_threshold} in Prometheus",
+    )
+    assert prometheus.value(critical_threshold) == pytest.approx(0.15)
+    # the e2e policy's staleAfterSeconds (an hour)
+    stale_after = 'cellguard_policy_budget_stale_after_seconds{policy="default"}'
+    assert prometheus.value(stale_after) == 3600
+
     with node_pool(cluster, "prom", 3) as pool:
         hot, cool, gone = pool.nodes
 
@@ -200,6 +222,16 @@ def test_prometheus_scrapes_the_operator_and_the_rules_fire(
         for node in pool.nodes:
             ratio = wait_for(partial(headroom, node), timeout=WAIT, what=f"{node}'s headroom")
             assert ratio == pytest.approx(1 - 1_000 / LIMIT)
+            # the budget's age, by Prometheus's clock: just reported
+            age = prometheus.value(
+                f'time() - cellguard_node_budget_observed_timestamp_seconds{{node="{node}"}}'
+            )
+            assert age is not None and -5 < age < 120, (node, age)
+        assert not [
+            a
+            for a in prometheus.alerts("CellguardNodeAgentNotReporting")
+            if a["labels"]["node"] in pool.nodes
+        ]
         critical = prometheus.alerts("CellguardNodeThreadHeadroomCritical")
         assert not [a for a in critical if a["labels"]["node"] in pool.nodes], critical
 
@@ -292,3 +324,36 @@ def test_prometheus_scrapes_the_operator_and_the_rules_fire(
             what=f"{series} to go stale in Prometheus",
         )
         assert prometheus.value(f'cellguard_node_thread_limit{{node="{cool}"}}') == LIMIT
+
+        # The threshold is the policy's: raise the default policy's criticalHeadroom above the
+        # cool node's ~97% headroom and the critical alert fires for it too, with no rule
+        # changed; put it back and it stops.
+        assert firing_for(cool) is None
+        try:
+            apply_policy(cluster, alerts={"warningHeadroom": 0.99, "criticalHeadroom": 0.98})
+            wait_for(
+                lambda: prometheus.value(critical_threshold) == pytest.approx(0.98),
+                timeout=WAIT,
+                what=f"{critical_threshold} to follow the policy",
+            )
+            alert = wait_for(
+                lambda: firing_for(cool),
+                timeout=WAIT,
+                what=f"CellguardNodeThreadHeadroomCritical to fire for {cool} under 0.98",
+            )
+            assert float(alert["value"]) == pytest.approx(1 - 1_000 / LIMIT)
+            assert "less than the 98% critical threshold" in " ".join(
+                alert["annotations"]["description"].split()
+            )
+        finally:
+            apply_policy(cluster)
+        wait_for(
+            lambda: prometheus.value(critical_threshold) == pytest.approx(0.15),
+            timeout=WAIT,
+            what=f"{critical_threshold} back at the default",
+        )
+        wait_for(
+            lambda: firing_for(cool) is None,
+            timeout=WAIT,
+            what=f"CellguardNodeThreadHeadroomCritical to stop for {cool}",
+        )

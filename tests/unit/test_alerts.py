@@ -4,12 +4,13 @@ promtool (Debian's prometheus package; `scripts/ensure-debian-packages.sh` insta
 and unit-tests the rules; the rest is read here: every metric a rule or a panel uses is one
 the operator exports (or a recording rule of the file, or one of a short list of external
 metrics), every alert has a severity, a summary, a description and a runbook that exists, and
-the thresholds are the ThreadBudgetPolicy defaults.
+the thresholds are the policies' own, as the operator exports them (no number in a rule).
 """
 
 from __future__ import annotations
 
 import json
+import platform
 import re
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+import cellguard
 from cellguard import metrics
 from cellguard.api import v1alpha1 as api
 
@@ -87,13 +89,23 @@ def test_promtool_unit_tests_pass(promtool: str) -> None:
 @pytest.mark.parametrize(
     ("original", "mutant"),
     [
-        # a looser threshold, a shorter `for`, a missing guard: the unit tests must notice
+        # the wrong threshold, a join that ignores the replica or the policy, a shorter
+        # `for`, a missing guard: the unit tests must notice
         (
-            "cellguard_node_thread_headroom_ratio < 0.3",
-            "cellguard_node_thread_headroom_ratio < 0.2",
+            'cellguard_policy_warning_headroom_ratio{policy="default"}',
+            'cellguard_policy_critical_headroom_ratio{policy="default"}',
+        ),
+        (
+            "< on (job, instance) group_left ()\n          cellguard_policy_warning",
+            "< on (job) group_left ()\n          cellguard_policy_warning",
+        ),
+        ("* on (job, instance, policy) group_left ()", "* on (job, instance) group_left ()"),
+        (
+            "3 * cellguard_policy_budget_stale_after_seconds",
+            "2 * cellguard_policy_budget_stale_after_seconds",
         ),
         ("for: 2m", "for: 0m"),
-        ("cellguard:cell_fill:ratio >= 0.9", "cellguard:cell_fill:ratio > 0.9"),
+        (">= on (job, instance, namespace, cell", "> on (job, instance, namespace, cell"),
         ('absent(up{job="cellguard"} == 1)', 'absent(up{job="cellguard"})'),
         ("(count(up offset 10m) > 0)", "(count(up) > 0)"),
     ],
@@ -199,30 +211,78 @@ def test_severities_match_the_impact() -> None:
     assert severity["CellguardScaleRefused"] == "info"
 
 
-def _threshold(expr: str, operator: str) -> float:
-    found = re.findall(rf"{re.escape(operator)}\s*([0-9.]+)\s*$", expr.strip())
-    assert len(found) == 1, f"no trailing `{operator} <number>` in {expr!r}"
-    return float(found[0])
+def _numbers(expr: str) -> set[str]:
+    text = _STRING.sub('""', expr)
+    text = _MATCHERS.sub(" ", text)
+    text = _RANGES.sub(" ", text)
+    return {
+        match.group("number")
+        for match in _TOKEN.finditer(text)
+        if match.group("number") and not match.group(0)[:1].isalpha()
+    }
 
 
-def test_thresholds_are_the_policy_defaults() -> None:
-    thresholds = api.AlertThresholds()
-    stale_after = api.ThreadBudgetPolicySpec.model_fields["stale_after_seconds"].default
+def test_thresholds_are_the_policies_as_the_operator_exports_them() -> None:
+    """No threshold is a number in a rule: each alert compares with its policy's gauge."""
     expected = {
-        "CellguardNodeThreadHeadroomLow": ("<", thresholds.warning_headroom),
-        "CellguardNodeThreadHeadroomCritical": ("<", thresholds.critical_headroom),
-        "CellguardNodePIDHeadroomLow": ("<", thresholds.critical_headroom),
-        "CellguardCellNearMaxSafeSize": (">=", thresholds.near_max_safe_ratio),
-        "CellguardNodeAgentNotReporting": (">", 3 * stale_after),
+        "CellguardNodeThreadHeadroomLow": (
+            metrics.NODE_THREAD_HEADROOM,
+            metrics.POLICY_WARNING_HEADROOM,
+        ),
+        "CellguardNodeThreadHeadroomCritical": (
+            metrics.NODE_THREAD_HEADROOM,
+            metrics.POLICY_CRITICAL_HEADROOM,
+        ),
+        "CellguardNodePIDHeadroomLow": (
+            metrics.NODE_PID_HEADROOM,
+            metrics.POLICY_CRITICAL_HEADROOM,
+        ),
+        "CellguardCellNearMaxSafeSize": ("cellguard:cell_fill:ratio", metrics.POLICY_NEAR_MAX_SAFE),
+        "CellguardNodeAgentNotReporting": (
+            metrics.NODE_BUDGET_OBSERVED,
+            metrics.POLICY_STALE_AFTER,
+        ),
     }
     alerts = _alerts()
-    for name, (operator, value) in expected.items():
-        assert _threshold(str(alerts[name]["expr"]), operator) == value, name
-    # the annotations quote the same figures
-    low = alerts["CellguardNodeThreadHeadroomLow"]["annotations"]["summary"]
-    assert f"below {thresholds.warning_headroom:.0%}" in low
+    for name, (figure, threshold) in expected.items():
+        expr = str(alerts[name]["expr"])
+        assert {figure, threshold} <= metric_names(expr), name
+        # the only number: 3 x staleAfterSeconds
+        assert _numbers(expr) <= {"3"}, f"{name}: a number in {expr!r}"
+        # thresholds from the replica the figures come from
+        assert "on (job, instance" in expr, name
+        if threshold != metrics.POLICY_NEAR_MAX_SAFE:
+            assert f'{threshold}{{policy="default"}}' in expr, f"{name}: nodes: default policy"
+        # the annotations quote the threshold as the same replica exports it
+        quoted = [q for q in _annotation_queries(alerts[name]) if q.startswith(threshold)]
+        assert all('job="x", instance="x"' in q for q in quoted), name
+        assert quoted or name == "CellguardNodePIDHeadroomLow", f"{name}: threshold not quoted"
+    # the cell's own policy, through cellguard_cell_info
+    assert metrics.CELL_INFO in metric_names(str(alerts["CellguardCellNearMaxSafeSize"]["expr"]))
+    # what the operator exports for a policy that sets nothing is the API's defaults
+    defaults = metrics.PolicyThresholds.of(api.ThreadBudgetPolicySpec())
+    assert defaults == metrics.PolicyThresholds(
+        warning_headroom_ratio=api.AlertThresholds().warning_headroom,
+        critical_headroom_ratio=api.AlertThresholds().critical_headroom,
+        near_max_safe_ratio=api.AlertThresholds().near_max_safe_ratio,
+        budget_stale_after_seconds=api.ThreadBudgetPolicySpec().stale_after_seconds,
+    )
     unknown = alerts["CellguardNodeBudgetUnknown"]["annotations"]["description"]
-    assert f"({stale_after}s by default)" in unknown
+    assert f"({defaults.budget_stale_after_seconds:.0f}s by default)" in unknown
+
+
+def test_policy_thresholds_are_exported_per_policy_and_default_always() -> None:
+    spec = api.ThreadBudgetPolicySpec.model_validate(
+        {"staleAfterSeconds": 60, "alerts": {"warningHeadroom": 0.4, "nearMaxSafeRatio": 0.8}}
+    )
+
+    class _Snapshot:
+        policies = {"batch": spec}
+
+    thresholds = metrics.policy_thresholds(_Snapshot())  # type: ignore[arg-type]
+    assert thresholds["batch"] == metrics.PolicyThresholds(0.4, 0.15, 0.8, 60.0)
+    # no `default` policy: the stand-in the node figures are computed under
+    assert thresholds["default"] == metrics.PolicyThresholds.of(api.ThreadBudgetPolicySpec())
 
 
 def _rule_tests() -> Iterator[dict[str, Any]]:
@@ -365,6 +425,7 @@ class _Fleet:
             pid_headroom_ratio=0.5,
             budget_age_seconds=12.0,
             budget_known=True,
+            budget_observed_timestamp=1_764_460_800.0,
         )
         cell = metrics.CellFiguresRow(
             namespace="streams",
@@ -378,8 +439,13 @@ class _Fleet:
             threads_observed_per_pod=157,
             threads_modelled_per_pod=150,
             thread_model_accurate=True,
+            policy="default",
         )
-        return metrics.FleetReport(nodes=[node], cells={("streams", "ingest-a"): cell})
+        return metrics.FleetReport(
+            nodes=[node],
+            cells={("streams", "ingest-a"): cell},
+            policies={"default": metrics.PolicyThresholds.of(api.ThreadBudgetPolicySpec())},
+        )
 
 
 def _exposed_labels() -> dict[str, frozenset[str]]:
@@ -403,11 +469,27 @@ def test_the_exposition_has_every_exported_name_with_the_labels_the_rules_use() 
     for name in metrics.EXPORTED_NAMES:
         if name.startswith("cellguard_node_"):
             assert exposed[name] == NODE_LABELS, name
+        elif name == metrics.CELL_INFO:
+            assert exposed[name] == CELL_LABELS | {"policy"}, name
         elif name.startswith("cellguard_cell_"):
             assert exposed[name] == CELL_LABELS, name
+        elif name.startswith("cellguard_policy_"):
+            assert exposed[name] == {"policy"}, name
     assert exposed["cellguard_decisions_total"] == {"decision", "reason"}
     assert exposed["cellguard_admission_duration_seconds_bucket"] == {"webhook", "le"}
     assert exposed["cellguard_operator_ready"] == frozenset()
+    assert exposed[metrics.BUILD_INFO] == {"version", "python_version"}
+
+
+def test_build_info_names_the_version() -> None:
+    registry = CollectorRegistry()
+    metrics.OperatorMetrics(registry)
+    text = generate_latest(registry).decode()
+    (family,) = [f for f in text_string_to_metric_families(text) if f.name == metrics.BUILD_INFO]
+    (sample,) = family.samples
+    assert sample.value == 1.0
+    assert sample.labels["version"] == cellguard.__version__
+    assert sample.labels["python_version"] == platform.python_version()
 
 
 def _labels_of(name: str, exposed: dict[str, frozenset[str]]) -> frozenset[str]:

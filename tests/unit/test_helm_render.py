@@ -12,6 +12,7 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import tarfile
@@ -665,6 +666,17 @@ def test_agent_without_kubelet_config_takes_the_pid_limit(helm: Helm) -> None:
     assert all_of(helm.template(set_values=["agent.enabled=false"]), "DaemonSet") == []
 
 
+def test_agent_host_pid_namespace_is_opt_in(helm: Helm) -> None:
+    """kernel.pid_max is per PID namespace since Linux 6.14: `agent.hostPID` lets the agent
+    read the host's; nothing else of the pod changes."""
+    default = find(helm.template(), "DaemonSet")["spec"]["template"]["spec"]
+    host = find(helm.template(set_values=["agent.hostPID=true"]), "DaemonSet")["spec"]
+    assert "hostPID" not in default
+    assert host["template"]["spec"].pop("hostPID") is True
+    assert host["template"]["spec"] == default
+    assert not any(host["template"]["spec"].get(k) for k in ("hostNetwork", "hostIPC"))
+
+
 # --------------------------------------------------------------------------- RBAC
 
 OPERATOR_CLUSTER_RULES = [
@@ -747,6 +759,104 @@ def test_agent_rbac_is_write_own_budget_and_read_node(default_render: list[Manif
     ]  # fmt: skip
     binding = find(default_render, "ClusterRoleBinding", "cg-cellguard-agent")
     assert binding["subjects"][0]["name"] == "cg-cellguard-agent"
+
+
+CELLS_READ = {"apiGroups": ["cellguard.io"],
+              "resources": ["streamcells", "streamcells/status", "streamcells/scale"],
+              "verbs": ["get", "list", "watch"]}  # fmt: skip
+BUDGETS_READ = {"apiGroups": ["cellguard.io"],
+                "resources": ["threadbudgetpolicies", "nodebudgets"],
+                "verbs": ["get", "list", "watch"]}  # fmt: skip
+AGGREGATE = "rbac.authorization.k8s.io/aggregate-to-"
+
+
+def _aggregates_to(role: Manifest) -> set[str]:
+    labels = role["metadata"]["labels"].items()
+    return {k.removeprefix(AGGREGATE) for k, v in labels if k.startswith(AGGREGATE) and v == "true"}
+
+
+def test_tenant_roles_aggregate_into_the_built_in_roles(default_render: list[Manifest]) -> None:
+    view = find(default_render, "ClusterRole", "cg-cellguard-view")
+    assert _aggregates_to(view) == {"view"}
+    # StreamCell is in the `all` category: `kubectl get all` lists it, so view must.
+    assert view["rules"] == [CELLS_READ, BUDGETS_READ]
+    edit = find(default_render, "ClusterRole", "cg-cellguard-edit")
+    assert _aggregates_to(edit) == {"edit", "admin"}
+    assert edit["rules"] == [
+        {"apiGroups": ["cellguard.io"], "resources": ["streamcells"],
+         "verbs": ["get", "list", "watch", "create", "update", "patch", "delete",
+                   "deletecollection"]},
+        {"apiGroups": ["cellguard.io"], "resources": ["streamcells/scale"],
+         "verbs": ["get", "update", "patch"]},
+        {"apiGroups": ["cellguard.io"], "resources": ["streamcells/status"],
+         "verbs": ["get", "list", "watch"]},
+    ]  # fmt: skip
+    # Cluster-scoped reads for tenants: not aggregated, bound cluster-wide by an admin.
+    reader = find(default_render, "ClusterRole", "cg-cellguard-budget-reader")
+    assert _aggregates_to(reader) == set()
+    assert reader["rules"] == [BUDGETS_READ]
+    # Nobody but the operator writes status; nobody through these roles writes policies or
+    # budgets.
+    for role in (view, edit, reader):
+        for rule in role["rules"]:
+            if set(rule["verbs"]) - {"get", "list", "watch"}:
+                assert not {"streamcells/status", "threadbudgetpolicies", "nodebudgets"} & set(
+                    rule["resources"]
+                ), role
+
+
+def test_crd_puts_streamcells_in_the_all_category() -> None:
+    crd = yaml.safe_load((REPO / "crds" / "streamcells.cellguard.io.yaml").read_text())
+    assert "all" in crd["spec"]["names"]["categories"]
+
+
+RBAC_KINDS = {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+
+
+def test_rbac_create_false_leaves_out_every_long_lived_role(helm: Helm) -> None:
+    manifests = helm.template(values=[_ci("namespaced")], set_values=["rbac.create=false"])
+    rbac = [m for m in manifests if m["kind"] in RBAC_KINDS]
+    # Only the hook's and `helm test`'s, which Helm deletes again.
+    assert rbac and all(
+        is_hook(m) or m["metadata"]["labels"]["app.kubernetes.io/component"] == "test" for m in rbac
+    ), [(m["kind"], m["metadata"]["name"]) for m in rbac]
+    assert len(all_of(manifests, "ServiceAccount")) == len(
+        all_of(helm.template(values=[_ci("namespaced")]), "ServiceAccount")
+    )
+
+
+def test_service_accounts_can_be_brought_along(helm: Helm) -> None:
+    manifests = helm.template(
+        set_values=[
+            "operator.serviceAccount.create=false",
+            "operator.serviceAccount.name=ops-sa",
+            "agent.serviceAccount.create=false",
+            "agent.serviceAccount.name=agent-sa",
+        ]
+    )
+    names = {m["metadata"]["name"] for m in all_of(manifests, "ServiceAccount")}
+    assert not {"cg-cellguard-operator", "cg-cellguard-agent", "ops-sa", "agent-sa"} & names
+    assert find(manifests, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == (
+        "ops-sa"
+    )
+    daemonset = find(manifests, "DaemonSet")
+    assert daemonset["spec"]["template"]["spec"]["serviceAccountName"] == "agent-sa"
+    operator_binding = find(manifests, "ClusterRoleBinding", "cg-cellguard-operator")
+    assert operator_binding["subjects"][0]["name"] == "ops-sa"
+    agent_binding = find(manifests, "ClusterRoleBinding", "cg-cellguard-agent")
+    assert agent_binding["subjects"][0]["name"] == "agent-sa"
+    lease_binding = find(manifests, "RoleBinding", "cg-cellguard-leader-election")
+    assert lease_binding["subjects"][0]["name"] == "ops-sa"
+
+
+@pytest.mark.parametrize("component", ["operator", "agent"])
+def test_a_service_account_not_created_must_be_named(helm: Helm, component: str) -> None:
+    result = helm.run(
+        "template", "cg", str(CHART), "--kube-version", "1.36.3",
+        "--set", f"{component}.serviceAccount.create=false", check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert f"/{component}/serviceAccount/name" in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("values", CI_VALUES, ids=_ci_id)
@@ -852,6 +962,143 @@ def test_prometheus_rule_is_the_rule_file(helm: Helm) -> None:
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     source = yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())
     assert _strict(rule["spec"]) == _strict({"groups": source["groups"]})
+
+
+RULES_FILE = CHART / "files" / "prometheus-rules.yaml"
+RUNBOOKS = "https://github.com/cellguard/cellguard/blob/main/docs/runbooks/"
+
+
+def _rule_spec(helm: Helm, values: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+    """The PrometheusRule's spec rendered with monitoring.prometheusRule `values`."""
+    path = tmp_path / "rule-values.yaml"
+    path.write_text(yaml.safe_dump({"monitoring": {"prometheusRule": values}}))
+    spec: dict[str, Any] = find(helm.template(values=[_ci("monitoring"), path]), "PrometheusRule")[
+        "spec"
+    ]
+    return spec
+
+
+def _spec_rules(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        rule.get("alert") or rule["record"]: rule
+        for group in spec["groups"]
+        for rule in group["rules"]
+    }
+
+
+def _source_rules() -> dict[str, dict[str, Any]]:
+    return _spec_rules(yaml.safe_load(RULES_FILE.read_text()))
+
+
+def test_prometheus_rule_drops_disabled_alerts(helm: Helm, tmp_path: Path) -> None:
+    spec = _rule_spec(
+        helm,
+        {"disabled": {"CellguardScaleRefused": True, "CellguardNodePIDHeadroomLow": False}},
+        tmp_path,
+    )
+    rules = _spec_rules(spec)
+    source = _source_rules()
+    assert set(rules) == set(source) - {"CellguardScaleRefused"}
+    # the recording rule it was built on stays; everything else is as in the file
+    assert "cellguard:refusals:increase10m" in rules
+    assert all(_strict(rules[name]) == _strict(source[name]) for name in rules)
+    # a group whose alerts are all disabled goes (an empty group is no use)
+    operator_alerts = {
+        rule["alert"]
+        for group in yaml.safe_load(RULES_FILE.read_text())["groups"]
+        if group["name"] == "cellguard.operator"
+        for rule in group["rules"]
+    }
+    spec = _rule_spec(helm, {"disabled": dict.fromkeys(operator_alerts, True)}, tmp_path)
+    assert "cellguard.operator" not in [g["name"] for g in spec["groups"]]
+
+
+def test_prometheus_rule_refuses_to_disable_an_unknown_alert(helm: Helm, tmp_path: Path) -> None:
+    with pytest.raises(HelmError, match=r"CellguardNoSuchAlert, which is not an alert"):
+        _rule_spec(helm, {"disabled": {"CellguardNoSuchAlert": True}}, tmp_path)
+    with pytest.raises(HelmError, match=r"prometheusRule/disabled"):
+        _rule_spec(helm, {"disabled": {"CellguardScaleRefused": "yes"}}, tmp_path)
+
+
+def test_prometheus_rule_adds_labels_to_every_alert(helm: Helm, tmp_path: Path) -> None:
+    extra = {"team": "platform", "severity": "page"}
+    rules = _spec_rules(_rule_spec(helm, {"additionalRuleLabels": extra}, tmp_path))
+    source = _source_rules()
+    for name, rule in rules.items():
+        if "record" in rule:
+            assert "labels" not in rule, name  # series of recording rules keep their labels
+            continue
+        # the alert's own severity wins
+        assert rule["labels"] == {"team": "platform", **source[name]["labels"]}, name
+        assert rule["labels"]["severity"] != "page"
+    with pytest.raises(HelmError, match=r"invalid propertyName 'team-name'"):
+        _rule_spec(helm, {"additionalRuleLabels": {"team-name": "x"}}, tmp_path)
+
+
+def test_prometheus_rule_points_runbooks_elsewhere(helm: Helm, tmp_path: Path) -> None:
+    base = "https://wiki.example.com/ops/cellguard/v0.1/"
+    rules = _spec_rules(_rule_spec(helm, {"runbookBaseUrl": base}, tmp_path))
+    source = _source_rules()
+    alerts = [name for name in rules if "record" not in rules[name]]
+    assert len(alerts) >= 10
+    for name in alerts:
+        assert rules[name]["annotations"]["runbook_url"] == f"{base}{name}.md"
+        assert source[name]["annotations"]["runbook_url"] == f"{RUNBOOKS}{name}.md"
+        # the Prometheus templates of the other annotations are untouched
+        for key in ("summary", "description"):
+            assert rules[name]["annotations"][key] == source[name]["annotations"][key]
+    with pytest.raises(HelmError, match=r"prometheusRule/runbookBaseUrl"):
+        _rule_spec(helm, {"runbookBaseUrl": "https://wiki.example.com/no-slash"}, tmp_path)
+
+
+def test_prometheus_rule_selects_the_job_it_is_told(helm: Helm, tmp_path: Path) -> None:
+    selector = 'job=~"cellguard|monitoring/cellguard"'
+    rules = _spec_rules(_rule_spec(helm, {"jobSelector": selector}, tmp_path))
+    source = _source_rules()
+    down = rules["CellguardOperatorDown"]
+    assert down["expr"] == f"absent(up{{{selector}}} == 1)"
+    assert selector in down["annotations"]["summary"]
+    text = yaml.safe_dump(rules)
+    assert 'job="cellguard"' not in text
+    # nothing else changed
+    for name, rule in rules.items():
+        if 'job="cellguard"' not in yaml.safe_dump(source[name]):
+            assert _strict(rule) == _strict(source[name]), name
+    with pytest.raises(HelmError, match=r"prometheusRule/jobSelector"):
+        _rule_spec(helm, {"jobSelector": "cellguard"}, tmp_path)
+
+
+def test_prometheus_rule_values_keep_prometheus_templates(helm: Helm, tmp_path: Path) -> None:
+    """All four values at once still give rules promtool accepts, with Prometheus's own
+    `{{ $labels... }}` templates intact (never run through Helm's)."""
+    spec = _rule_spec(
+        helm,
+        {
+            "disabled": {"CellguardThreadModelWrong": True},
+            "additionalRuleLabels": {"team": "platform"},
+            "runbookBaseUrl": "https://wiki.example.com/runbooks/",
+            "jobSelector": 'job="cg"',
+        },
+        tmp_path,
+    )
+    rules = _spec_rules(spec)
+    source = _source_rules()
+    summary = rules["CellguardNodeThreadHeadroomCritical"]["annotations"]["summary"]
+    assert summary == source["CellguardNodeThreadHeadroomCritical"]["annotations"]["summary"]
+    assert "{{ $labels.node }}" in summary
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian's prometheus package)")
+    rule_file = tmp_path / "rendered-rules.yaml"
+    rule_file.write_text(yaml.safe_dump({"groups": spec["groups"]}))
+    result = subprocess.run(
+        [promtool, "check", "rules", str(rule_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_service_monitor_scrapes_the_metrics_service_as_job_cellguard(helm: Helm) -> None:

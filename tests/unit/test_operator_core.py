@@ -269,6 +269,14 @@ def test_the_fleet_reports_nothing_until_synced_and_forgets_deleted_cells() -> N
     report = fleet.fleet_report()
     assert [r.node for r in report.nodes] == ["n1", "n2"]
     assert list(report.cells) == [("ns", "a")]  # the row of a cell not in the cache is gone
+    # each cell with the policy it is budgeted under, and the policies' alert thresholds
+    assert report.cells[("ns", "a")].policy == "default"
+    assert set(report.policies) == {"default"}
+    assert report.policies["default"].warning_headroom_ratio == 0.3
+    # when the budget was observed, as a Unix time
+    assert all(r.budget_observed_timestamp is not None for r in report.nodes)
+    age = {(r.budget_observed_timestamp or 0) + (r.budget_age_seconds or 0) for r in report.nodes}
+    assert age == {NOW.timestamp()}
 
 
 # ---------------------------------------------------------------------- status
