@@ -1259,3 +1259,76 @@ def test_missing_monitoring_files_fail_loudly(helm: Helm, tmp_path: Path) -> Non
 def test_render_output_parses_as_yaml_documents(helm: Helm) -> None:
     text = helm.template_text(values=[_ci("monitoring")])
     assert parse(text)
+
+
+# --------------------------------------------------------------------------- distribution
+
+
+def test_artifact_hub_annotations_say_what_the_chart_ships() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    annotations = chart["annotations"]
+    crds = yaml.safe_load(annotations["artifacthub.io/crds"])
+    generated = [yaml.safe_load(p.read_text()) for p in sorted((REPO / "crds").glob("*.yaml"))]
+    assert sorted((c["name"], c["kind"], c["version"]) for c in crds) == sorted(
+        (g["metadata"]["name"], g["spec"]["names"]["kind"], g["spec"]["versions"][0]["name"])
+        for g in generated
+    )
+    assert all(c["description"] and c["displayName"] == c["kind"] for c in crds)
+    # The examples are the repository's own, as they are.
+    examples = yaml.safe_load(annotations["artifacthub.io/crdsExamples"])
+    assert examples == [
+        yaml.safe_load((REPO / "examples" / name).read_text())
+        for name in ("policy-default.yaml", "ingest-a.yaml")
+    ]
+    for example in examples:  # and valid for the API
+        if example["kind"] == "StreamCell":
+            api.StreamCell.model_validate(example)
+        else:
+            api.ThreadBudgetPolicy.model_validate(example)
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    images = {i["name"]: i["image"] for i in yaml.safe_load(annotations["artifacthub.io/images"])}
+    kubectl = values["kubectl"]["image"]
+    assert images == {
+        "cellguard": f"{values['image']['repository']}:{chart['appVersion']}",
+        "kubectl": f"{kubectl['repository']}:{kubectl['tag']}",
+    }
+    assert annotations["artifacthub.io/license"] == "Apache-2.0"
+    assert chart["home"] and chart["sources"]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_chart_works_as_a_subchart(helm: Helm, tmp_path: Path, enabled: bool) -> None:
+    """A parent chart with `condition: cellguard.enabled` and `global` values: the schema
+    accepts both, and the condition switches cellguard on and off."""
+    parent = tmp_path / "platform"
+    parent.mkdir()
+    (parent / "Chart.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v2",
+                "name": "platform",
+                "version": "1.0.0",
+                "dependencies": [
+                    {
+                        "name": "cellguard",
+                        "version": yaml.safe_load((CHART / "Chart.yaml").read_text())["version"],
+                        "repository": f"file://{CHART}",
+                        "condition": "cellguard.enabled",
+                    }
+                ],
+            }
+        )
+    )
+    (parent / "values.yaml").write_text(
+        yaml.safe_dump({"global": {"imageRegistry": "mirror.example.com"}, "cellguard": {}})
+    )
+    helm.run("dependency", "build", str(parent))
+    rendered = helm.template(chart=parent, set_values=[f"cellguard.enabled={str(enabled).lower()}"])
+    ours = [m for m in rendered if m["metadata"].get("labels", {}).get(
+        "app.kubernetes.io/name") == "cellguard"]  # fmt: skip
+    if enabled:
+        assert {"Deployment", "DaemonSet", "ValidatingWebhookConfiguration"} <= {
+            m["kind"] for m in ours
+        }
+    else:
+        assert ours == []
