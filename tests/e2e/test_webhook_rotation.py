@@ -11,19 +11,16 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
-import ssl
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from cellguard import pki
 from cellguard.devcluster.cluster import LocalCluster
+from tls_support import der, presented
 
 from .harness import (
     OperatorOptions,
@@ -66,24 +63,6 @@ def _secret_volume(volume: Path, version: str, ca: pki.KeyPair, serving: pki.Key
     for name in ("tls.crt", "tls.key", "ca.crt"):
         if not (volume / name).is_symlink():
             (volume / name).symlink_to(f"..data/{name}")
-
-
-def _der(path: Path) -> bytes:
-    return x509.load_pem_x509_certificate(path.read_bytes()).public_bytes(
-        serialization.Encoding.DER
-    )
-
-
-def _presented(port: int, ca: pki.KeyPair) -> bytes:
-    """The certificate the operator presents on a new connection, verified against `ca`."""
-    context = ssl.create_default_context(cafile=str(ca.cert_path))
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
-        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
-    ):
-        der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return der
 
 
 def _ca_bundles(cluster: LocalCluster) -> set[str]:
@@ -154,7 +133,7 @@ def test_webhook_certificate_rotates_without_a_restart(
     pid = process.popen.pid
     port = process.webhook_port
     ca_a = pki.KeyPair(tmp / "a" / "cert-a-ca.crt", tmp / "a" / "cert-a-ca.key")
-    assert _presented(port, ca_a) == _der(tmp / "a" / "tls.crt")
+    assert presented(port, ca_a) == der(tmp / "a" / "tls.crt")
     assert _ca_bundles(cluster) == {base64.b64encode(ca_a.cert_path.read_bytes()).decode()}
 
     # Threads per pod 50 + 2000 per peer, three nodes at 26,214 allowed each (1,000 in use):
@@ -168,7 +147,7 @@ def test_webhook_certificate_rotates_without_a_restart(
         # ---- rotate: a new CA and serving certificate, then the caBundle.
         ca_b, serving_b = _issue(tmp / "b", "cert-b")
         _secret_volume(tmp / "webhook", "2026_12_01_00_00_00.2", ca_b, serving_b)
-        assert _presented(port, ca_b) == _der(serving_b.cert_path)  # the next handshake
+        assert presented(port, ca_b) == der(serving_b.cert_path)  # the next handshake
         _patch_ca_bundle(cluster, ca_b)
         assert _ca_bundles(cluster) == {base64.b64encode(ca_b.cert_path.read_bytes()).decode()}
 
@@ -184,7 +163,7 @@ def test_webhook_certificate_rotates_without_a_restart(
             timeout=60,
             what="the admitted scale-up to reach the Deployment",
         )
-        assert _presented(port, ca_b) == _der(serving_b.cert_path)
+        assert presented(port, ca_b) == der(serving_b.cert_path)
 
     # The same process all along: started once, reloaded once.
     assert process.running and process.popen.pid == pid

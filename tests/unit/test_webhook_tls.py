@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from cellguard import pki
 from cellguard.runtime.tls import ReloadingCertificate, ReloadingWebhookServer
+from tls_support import der, presented
 
 
 def _pair(directory: Path, name: str) -> tuple[pki.KeyPair, pki.KeyPair]:
@@ -32,25 +31,6 @@ def _pair(directory: Path, name: str) -> tuple[pki.KeyPair, pki.KeyPair]:
         server=True,
     )  # fmt: skip
     return ca, serving
-
-
-def _der(path: Path) -> bytes:
-    return x509.load_pem_x509_certificate(path.read_bytes()).public_bytes(
-        serialization.Encoding.DER
-    )
-
-
-def _presented(port: int, ca: pki.KeyPair) -> bytes:
-    """The certificate the server presents, verified against `ca`, connecting by IP (no SNI,
-    as the API server does for an IP address in a webhook URL)."""
-    client = ssl.create_default_context(cafile=str(ca.cert_path))
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
-        client.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
-    ):
-        der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return der
 
 
 @pytest.fixture
@@ -105,13 +85,13 @@ def test_plain_file_replacement_is_served_at_the_next_handshake(
 ) -> None:
     certificate, port, tmp = served
     ca_a = pki.KeyPair(tmp / "a" / "ca-cert-a.crt", tmp / "a" / "ca-cert-a.key")
-    assert _presented(port, ca_a) == _der(tmp / "a" / "tls.crt")
+    assert presented(port, ca_a) == der(tmp / "a" / "tls.crt")
     ca_b, b = _pair(tmp / "b", "cert-b")
     _replace(b, tmp / "live")
-    assert _presented(port, ca_b) == _der(b.cert_path)
+    assert presented(port, ca_b) == der(b.cert_path)
     assert certificate.reloads == 1
     # Unchanged files: no reload on later handshakes.
-    assert _presented(port, ca_b) == _der(b.cert_path)
+    assert presented(port, ca_b) == der(b.cert_path)
     assert certificate.reloads == 1
 
 
@@ -120,7 +100,7 @@ def test_in_place_rewrite_is_served_too(served: tuple[ReloadingCertificate, int,
     ca_b, b = _pair(tmp / "b", "cert-b")
     (tmp / "live" / "tls.key").write_bytes(b.key_path.read_bytes())
     (tmp / "live" / "tls.crt").write_bytes(b.cert_path.read_bytes())
-    assert _presented(port, ca_b) == _der(b.cert_path)
+    assert presented(port, ca_b) == der(b.cert_path)
 
 
 def test_half_replaced_pair_keeps_serving_the_old_one_until_complete(
@@ -130,10 +110,10 @@ def test_half_replaced_pair_keeps_serving_the_old_one_until_complete(
     ca_a = pki.KeyPair(tmp / "a" / "ca-cert-a.crt", tmp / "a" / "ca-cert-a.key")
     ca_b, b = _pair(tmp / "b", "cert-b")
     _replace(b, tmp / "live", key=False)  # B's certificate, A's key: not a pair
-    assert _presented(port, ca_a) == _der(tmp / "a" / "tls.crt")
+    assert presented(port, ca_a) == der(tmp / "a" / "tls.crt")
     assert certificate.reloads == 0
     _replace(b, tmp / "live")
-    assert _presented(port, ca_b) == _der(b.cert_path)
+    assert presented(port, ca_b) == der(b.cert_path)
     assert certificate.reloads == 1
 
 
@@ -194,11 +174,11 @@ def test_kopf_server_follows_a_secret_volume_swap_without_restarting(tmp_path: P
         configs = _kopf_serving(server)
         config = await anext(configs)
         assert config["url"] == f"https://127.0.0.1:{port}"
-        assert await asyncio.to_thread(_presented, port, ca_a) == _der(a.cert_path)
+        assert await asyncio.to_thread(presented, port, ca_a) == der(a.cert_path)
         answer = await asyncio.to_thread(_post, port, ca_a)
         assert answer["response"]["allowed"] is True
         _secret_volume(volume, "2026_02_01_00_00_00.2", b)
-        assert await asyncio.to_thread(_presented, port, ca_b) == _der(b.cert_path)
+        assert await asyncio.to_thread(presented, port, ca_b) == der(b.cert_path)
         answer = await asyncio.to_thread(_post, port, ca_b)
         assert answer["response"]["allowed"] is True
         # kopf did not restart its listener: its generator has not moved on.
