@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the real control plane cellguard is tested against, from Go modules only:
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok and helm, and
-# the kubelet and the two tiny programs of its local images (cellguard-pause, cellguard-threads)
-# for the optional real node (cellguard.devcluster.realnode).
+# the kubelet, kube-proxy and the tiny programs of its local images (cellguard-pause,
+# cellguard-threads, cellguard-peers) for the optional real node (cellguard.devcluster.realnode).
 # Each component is a wrapper module beside this script (go.mod + go.sum committed).
 # Binaries land in a cache outside the repo, keyed by a hash of what decides their bytes (the
 # wrapper module, the Go version, the flags and packages), so a warm run rebuilds nothing.
@@ -47,7 +47,7 @@ duration() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
 declare -A cold_seconds=(
 	[etcd]=70 [kwok]=90 [helm]=100
 	[kube-apiserver]=240 [kube-controller-manager]=60 [kube-scheduler]=20 [kubectl]=30
-	[kubelet]=90 [cellguard-pause]=5 [cellguard-threads]=5
+	[kubelet]=90 [kube-proxy]=30 [cellguard-pause]=5 [cellguard-threads]=5 [cellguard-peers]=10
 )
 
 # Every binary in build order, as COMPONENT|LDFLAGS|NAME=PACKAGE (filled below).
@@ -124,8 +124,9 @@ plan kubernetes "$k8s_ldflags" \
 	kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager \
 	kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler \
 	kubectl=k8s.io/kubernetes/cmd/kubectl \
-	kubelet=k8s.io/kubernetes/cmd/kubelet
-plan images "-s -w" cellguard-pause=./pause cellguard-threads=./threads
+	kubelet=k8s.io/kubernetes/cmd/kubelet \
+	kube-proxy=k8s.io/kubernetes/cmd/kube-proxy
+plan images "-s -w" cellguard-pause=./pause cellguard-threads=./threads cellguard-peers=./peers
 
 # Which components need building, and how long that may take from a cold Go cache.
 declare -A to_build=()

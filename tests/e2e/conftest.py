@@ -9,7 +9,12 @@ from collections.abc import Iterator
 import pytest
 
 from cellguard.devcluster.cluster import LocalCluster
-from cellguard.devcluster.realnode import RealNode, RealNodeConfig, supports_real_node
+from cellguard.devcluster.realnode import (
+    RealNode,
+    RealNodeConfig,
+    kube_proxy_missing,
+    supports_real_node,
+)
 from cellguard.devcluster.toolchain import ensure_binaries
 
 from .harness import OperatorOptions, OperatorProcess, apply_policy, install_cellguard
@@ -39,7 +44,9 @@ def operator(cellguard_operator: OperatorProcess) -> Iterator[OperatorProcess]:
 
 
 # The real node's PID limits: small and unusual, so a test sees they come from here.
-REAL_NODE_CONFIG = RealNodeConfig(name="real-0", pod_pids_limit=321, system_reserved_pids=1000)
+REAL_NODE_CONFIG = RealNodeConfig(
+    name="real-0", pod_pids_limit=321, system_reserved_pids=1000, kube_proxy=True
+)
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +60,7 @@ def real_node() -> Iterator[RealNode]:
     At session end it asserts that nothing is left behind.
     """
     bin_dir = ensure_binaries(progress=lambda m: print(m, flush=True))
-    reason = supports_real_node(bin_dir)
+    reason = supports_real_node(bin_dir) or kube_proxy_missing(bin_dir)
     if reason is not None:
         pytest.skip(f"no real node on this machine: {reason}")
     started = time.monotonic()

@@ -136,6 +136,8 @@ class LocalCluster:
         self.etcd_port = 0
         self.ca: pki.KeyPair | None = None
         self.admin: pki.KeyPair | None = None
+        # With a real node its pods must reach the API server (see _start_apiserver).
+        self.node_ip: str | None = None
         self._stopped = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -155,6 +157,10 @@ class LocalCluster:
         atexit.register(self.stop)
         started = time.monotonic()
         try:
+            if self.real_node_configs:
+                from cellguard.devcluster.realnode import default_route_address
+
+                self.node_ip = default_route_address()
             self._make_pki()
             self._start_etcd()
             self._start_apiserver()
@@ -292,7 +298,7 @@ class LocalCluster:
                 "kubernetes.default.svc",
                 "kubernetes.default.svc.cluster.local",
             ),
-            ip_addresses=("127.0.0.1", "10.96.0.1"),
+            ip_addresses=("127.0.0.1", "10.96.0.1", *([self.node_ip] if self.node_ip else [])),
             server=True,
         )
         self.admin = pki.issue(
@@ -404,13 +410,33 @@ class LocalCluster:
     def _start_apiserver(self) -> None:
         assert self.ca is not None
         issuer = "https://kubernetes.default.svc.cluster.local"
+        if self.node_ip:
+            # A real node's pods reach the API server as in a real cluster: at the
+            # `kubernetes` Service's ClusterIP (kube-proxy on the node), whose endpoint the
+            # API server keeps at its advertised address - the node IP, as loopback is no
+            # valid endpoint - so it listens there too (client certificates or tokens still
+            # required). Webhooks behind a Service are called at the Service's endpoints (pod
+            # IPs, routed to the node's bridge) rather than its ClusterIP, as on clusters
+            # whose control plane runs off the pod network.
+            network = [
+                "--bind-address=0.0.0.0",
+                f"--advertise-address={self.node_ip}",
+                "--endpoint-reconciler-type=lease",
+                "--enable-aggregator-routing=true",
+            ]
+        else:
+            network = [
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                # No real network behind the fake nodes: nothing to reconcile endpoints to.
+                "--endpoint-reconciler-type=none",
+            ]
         self._spawn(
             "kube-apiserver",
             [
                 self._bin("kube-apiserver"),
                 f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                *network,
                 f"--secure-port={self.apiserver_port}",
                 f"--cert-dir={self.workdir / 'apiserver-certs'}",
                 f"--tls-cert-file={self.apiserver_serving.cert_path}",
@@ -434,8 +460,6 @@ class LocalCluster:
                 f"--kubelet-client-key={self.kubelet_client.key_path}",
                 "--authorization-mode=Node,RBAC",
                 "--allow-privileged=true",
-                # No real network behind the fake nodes: nothing to reconcile endpoints to.
-                "--endpoint-reconciler-type=none",
                 # One small machine under test load: don't let APF queue the test's own bursts.
                 "--enable-priority-and-fairness=false",
                 "--max-requests-inflight=2000",

@@ -23,6 +23,15 @@ sysctls the kubelet and the bridge plugin change (restored to the values read at
 behind (their shims outlive containerd): a marker in /run says what, and the next start()
 on the machine cleans it up first (`recover_abandoned_node`).
 
+With `RealNodeConfig(kube_proxy=True)` kube-proxy (iptables mode, built by the toolchain)
+runs beside the kubelet, so pods reach Services by ClusterIP - the API server too: with a
+real node, `LocalCluster` has the API server listen on the node IP as well, advertise it as
+the `kubernetes` Service's endpoint, and call webhooks at their Service's endpoints (pod IPs
+on the node's bridge). That is what an in-cluster client (`KUBERNETES_SERVICE_HOST`, the
+ClusterIP) and a chart's Service-backed webhook need, as on a real cluster. There is no
+cluster DNS: pods fall back to the host's resolver (the kubelet says MissingClusterDNS).
+stop() also removes every KUBE-* iptables chain (the kubelet's and kube-proxy's).
+
 Needs root, containerd + runc + the CNI plugins (Debian: containerd, runc,
 containernetworking-plugins; `scripts/ensure-debian-packages.sh`), a cgroup pids controller
 and the kubelet built by `toolchain/build.sh`; `supports_real_node()` names what is missing.
@@ -36,6 +45,7 @@ import contextlib
 import ctypes
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -56,16 +66,32 @@ if TYPE_CHECKING:
     from cellguard.devcluster.cluster import LocalCluster
 
 PAUSE_IMAGE = "localhost/cellguard-pause:local"
-# The test image: /pause (its entrypoint: runs until SIGTERM) and /threads N (holds N OS
-# threads; past the pod's PID limit it dies with "failed to create new OS thread").
+# The test image: /pause (its entrypoint: runs until SIGTERM), /threads N (holds N OS
+# threads; past the pod's PID limit it dies with "failed to create new OS thread") and
+# /peers SERVICE BASE PER_PEER (holds BASE + PER_PEER threads for every other endpoint of
+# its Service, read from the API with its ServiceAccount every second).
 TEST_IMAGE = "localhost/cellguard-test:local"
-REAL_NODE_BINARIES = ("kubelet", "cellguard-pause", "cellguard-threads")
+REAL_NODE_BINARIES = ("kubelet", "cellguard-pause", "cellguard-threads", "cellguard-peers")
+# With RealNodeConfig(kube_proxy=True): Services' ClusterIPs answer on the node, as pods'
+# in-cluster clients expect (KUBERNETES_SERVICE_HOST is the `kubernetes` Service's ClusterIP).
+KUBE_PROXY_BINARY = "kube-proxy"
 REAL_NODE_LABEL = "cellguard.io/real-node"
 CNI_BIN_DIR = Path("/usr/lib/cni")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # The kubelet sets the first three at start (unless protectKernelDefaults); the CNI bridge
-# plugin, as a gateway, turns on forwarding. All are restored by stop().
-SYSCTLS = ("vm.overcommit_memory", "kernel.panic", "kernel.panic_on_oops", "net.ipv4.ip_forward")
+# plugin, as a gateway, turns on forwarding; kube-proxy is told to leave route_localnet (and
+# conntrack's settings) alone, but it is restored all the same. All are restored by stop().
+SYSCTLS = (
+    "vm.overcommit_memory",
+    "kernel.panic",
+    "kernel.panic_on_oops",
+    "net.ipv4.ip_forward",
+    "net.ipv4.conf.all.route_localnet",
+)
+# The kubelet (KUBE-FIREWALL, KUBE-KUBELET-CANARY, KUBE-IPTABLES-HINT) and kube-proxy
+# (KUBE-SERVICES, KUBE-SVC-*, KUBE-SEP-*, ...) name every iptables chain they add KUBE-*;
+# stop() removes them all (v4 and v6), with the rules that jump to them.
+IPTABLES_CHAIN_PREFIX = "KUBE-"
 # Machine-wide: which process runs the real node, where, and the sysctls to restore; lets
 # the next start clean up after a process that died without stop(). /run: gone at reboot.
 MARKER = Path("/run/cellguard-realnode.json")
@@ -92,6 +118,9 @@ class RealNodeConfig:
     pod_subnet: str = "10.88.0.0/24"
     bridge: str = "cellguard0"
     labels: dict[str, str] = field(default_factory=dict)
+    # Run kube-proxy (iptables mode) beside the kubelet: pods reach Services, and the API
+    # server, by ClusterIP. Needs `iptables`; its rules are removed again by stop().
+    kube_proxy: bool = False
 
 
 def _die_with_parent() -> None:
@@ -240,6 +269,8 @@ class RealNode:
             raise RealNodeError(f"real node {self.name} is running already")
         recover_abandoned_node(self.progress)
         reason = supports_real_node(self.cluster.bin_dir)
+        if reason is None and self.config.kube_proxy:
+            reason = kube_proxy_missing(self.cluster.bin_dir)
         if reason is not None:
             raise RealNodeError(f"cannot start real node {self.name}: {reason}")
         longest = self.kubelet_root / "device-plugins" / "kubelet.sock"
@@ -271,6 +302,8 @@ class RealNode:
             self._start_containerd()
             self._import_images()
             self._start_kubelet()
+            if self.config.kube_proxy:
+                self._start_kube_proxy()
             self._wait_ready(deadline=started + timeout)
         except BaseException:
             self.progress(f"real node {self.name} failed to start; logs follow")
@@ -410,10 +443,11 @@ state = {q(self.workdir / "containerd-state")}
         t0 = time.monotonic()
         pause = ImageFile("pause", source=self.cluster.bin_dir / "cellguard-pause")
         threads = ImageFile("threads", source=self.cluster.bin_dir / "cellguard-threads")
+        peers = ImageFile("peers", source=self.cluster.bin_dir / "cellguard-peers")
         images = self.workdir / "images"
         for reference, archive, files in (
             (PAUSE_IMAGE, "pause.tar", [pause]),
-            (TEST_IMAGE, "test.tar", [pause, threads]),
+            (TEST_IMAGE, "test.tar", [pause, threads, peers]),
         ):
             image = pack_image(images / archive, reference, files, ["/pause"])
             import_image(image, self.socket)
@@ -492,6 +526,37 @@ state = {q(self.workdir / "containerd-state")}
             ],
         )
 
+    def _start_kube_proxy(self) -> None:
+        """kube-proxy in iptables mode for this node, changing nothing else on the host:
+        conntrack's sysctls stay as they are and localhost node ports are off (no
+        route_localnet). Its chains are removed by stop() (`remove_kube_iptables`)."""
+        kubeconfig = self.cluster.user_kubeconfig("system:kube-proxy")  # system:node-proxier
+        config = {
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+            "kind": "KubeProxyConfiguration",
+            "clientConnection": {"kubeconfig": str(kubeconfig)},
+            "mode": "iptables",
+            "hostnameOverride": self.name,
+            "clusterCIDR": self.config.pod_subnet,
+            "bindAddress": self.node_ip,
+            "healthzBindAddress": f"127.0.0.1:{free_port()}",
+            "metricsBindAddress": f"127.0.0.1:{free_port()}",
+            "iptables": {"localhostNodePorts": False, "syncPeriod": "10s"},
+            # 0: leave the kernel's conntrack table size and timeouts as they are.
+            "conntrack": {
+                "maxPerCore": 0,
+                "min": 0,
+                "tcpEstablishedTimeout": "0s",
+                "tcpCloseWaitTimeout": "0s",
+            },
+        }
+        path = self.workdir / "kube-proxy-config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        self._spawn(
+            "kube-proxy",
+            [str(self.cluster.bin_dir / KUBE_PROXY_BINARY), f"--config={path}", "--v=1"],
+        )
+
     def _wait_ready(self, deadline: float) -> None:
         self.progress(f"waiting for real node {self.name} to be Ready ...")
         while time.monotonic() < deadline:
@@ -543,6 +608,7 @@ state = {q(self.workdir / "containerd-state")}
         if Path("/sys/class/net", self.config.bridge).exists():
             left.append(f"bridge {self.config.bridge}")
         left += [f"cgroup {path}" for path in kubepods_cgroups()]
+        left += [f"iptables chain {chain}" for chain in kube_iptables_chains()]
         left += [f"mount {path}" for path in self.mounts()]
         if self._started:
             now = read_sysctls()
@@ -563,6 +629,7 @@ state = {q(self.workdir / "containerd-state")}
         t0 = time.monotonic()
         steps: list[tuple[str, Callable[[], None]]] = [
             ("drain the node's pods", self._drain),
+            ("stop kube-proxy", lambda: self._terminate("kube-proxy", grace=5)),
             ("stop the kubelet", lambda: self._terminate("kubelet", grace=10)),
             ("remove containers", self._remove_containers),
             ("stop containerd", lambda: self._terminate("containerd", grace=10)),
@@ -570,6 +637,7 @@ state = {q(self.workdir / "containerd-state")}
             ("unmount", self._unmount),
             ("delete the bridge", self._delete_bridge),
             ("remove kubepods cgroups", self._remove_cgroups),
+            ("remove KUBE-* iptables chains", remove_kube_iptables),
             ("restore sysctls", self._restore_sysctls),
             ("remove runtime state", self._remove_state),
             ("delete the Node object", self._delete_node_object),
@@ -767,6 +835,70 @@ def _delete_link(name: str) -> None:
         subprocess.run(["ip", "link", "delete", name], capture_output=True, check=True, timeout=10)
 
 
+def kube_proxy_missing(bin_dir: Path) -> str | None:
+    """None when kube-proxy can run beside a real node here, else what is missing."""
+    if not (bin_dir / KUBE_PROXY_BINARY).is_file():
+        return f"no {KUBE_PROXY_BINARY} in {bin_dir}: run toolchain/build.sh"
+    if not (shutil.which("iptables") or Path("/usr/sbin/iptables").is_file()):
+        return "kube-proxy needs iptables (apt-get install iptables)"
+    return None
+
+
+def _iptables_tools() -> list[tuple[str, str]]:
+    """(save, edit) command pairs present on this machine: IPv4 and IPv6."""
+    found = []
+    for family in ("iptables", "ip6tables"):
+        save = shutil.which(f"{family}-save") or f"/usr/sbin/{family}-save"
+        edit = shutil.which(family) or f"/usr/sbin/{family}"
+        if Path(save).is_file() and Path(edit).is_file():
+            found.append((save, edit))
+    return found
+
+
+def kube_iptables_chains() -> list[str]:
+    """`family table chain` of every KUBE-* iptables chain on the machine."""
+    chains = []
+    for save, _edit in _iptables_tools():
+        family = Path(save).name.removesuffix("-save")
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            text = subprocess.run(
+                [save], capture_output=True, text=True, timeout=20, check=False
+            ).stdout
+            table = ""
+            for line in text.splitlines():
+                if line.startswith("*"):
+                    table = line[1:]
+                elif line.startswith(":" + IPTABLES_CHAIN_PREFIX):
+                    chains.append(f"{family} {table} {line[1:].split()[0]}")
+    return chains
+
+
+def remove_kube_iptables() -> None:
+    """Delete the rules that jump to KUBE-* chains, then flush and delete those chains
+    (what the kubelet and kube-proxy add; nothing else is touched)."""
+    for save, edit in _iptables_tools():
+        text = subprocess.run([save], capture_output=True, text=True, timeout=20, check=True).stdout
+        table, jumps, chains = "", [], []
+        for line in text.splitlines():
+            if line.startswith("*"):
+                table = line[1:]
+            elif line.startswith(":" + IPTABLES_CHAIN_PREFIX):
+                chains.append((table, line[1:].split()[0]))
+            elif line.startswith("-A ") and not line.startswith("-A " + IPTABLES_CHAIN_PREFIX):
+                words = shlex.split(line)
+                if any(w.startswith(IPTABLES_CHAIN_PREFIX) for w in words[2:]):
+                    jumps.append((table, ["-D", *words[1:]]))
+        for table, rule in jumps:
+            subprocess.run([edit, "-w", "-t", table, *rule], capture_output=True, check=False)
+        for table, chain in chains:
+            subprocess.run([edit, "-w", "-t", table, "-F", chain], capture_output=True, check=False)
+        for table, chain in chains:
+            subprocess.run([edit, "-w", "-t", table, "-X", chain], capture_output=True, check=False)
+    left = kube_iptables_chains()
+    if left:
+        raise RealNodeError(f"iptables chains left: {', '.join(left[:5])}")
+
+
 def _remove_kubepods() -> None:
     """rmdir the kubepods trees, deepest first, killing any process still inside."""
     for _attempt in range(20):
@@ -836,6 +968,7 @@ def recover_abandoned_node(progress: Callable[[str], None] = lambda _msg: None) 
     steps: list[tuple[str, Callable[[], None]]] = [
         ("kill shims", lambda: _kill_shims(Path(marker["socket"]))),
         ("remove kubepods cgroups", _remove_kubepods),
+        ("remove KUBE-* iptables chains", remove_kube_iptables),
         ("unmount", lambda: _unmount(workdir)),
         ("delete the bridge", lambda: _delete_link(marker["bridge"])),
         ("restore sysctls", lambda: _restore_sysctls(marker["sysctls"])),

@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+# build.sh also builds the real node's kubelet and the programs of its local images
+# (realnode.REAL_NODE_BINARIES); supports_real_node() checks for those where one starts.
 CONTROL_PLANE_BINARIES = (
     "etcd",
     "kube-apiserver",
