@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the real control plane cellguard is tested against, from Go modules only:
-# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok and helm, and
-# the kubelet, kube-proxy and the tiny programs of its local images (cellguard-pause,
-# cellguard-threads, cellguard-peers) for the optional real node (cellguard.devcluster.realnode).
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok and helm, the
+# kubelet, kube-proxy and the tiny programs of its local images (cellguard-pause,
+# cellguard-threads, cellguard-peers) for the optional real node (cellguard.devcluster.realnode),
+# and helm-docs, which generates helm/cellguard/README.md from values.yaml's comments.
 # Each component is a wrapper module beside this script (go.mod + go.sum committed).
 # Binaries land in a cache outside the repo, keyed by a hash of what decides their bytes (the
 # wrapper module, the Go version, the flags and packages), so a warm run rebuilds nothing.
@@ -45,7 +46,7 @@ duration() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
 # later binaries of one module reuse the packages the first compiled. Rough figures from
 # the development machine (the kubelet alone, cold: 3-4 min); scaled by the core count.
 declare -A cold_seconds=(
-	[etcd]=70 [kwok]=90 [helm]=100
+	[etcd]=70 [kwok]=90 [helm]=100 [helm-docs]=40
 	[kube-apiserver]=240 [kube-controller-manager]=60 [kube-scheduler]=20 [kubectl]=30
 	[kubelet]=90 [kube-proxy]=30 [cellguard-pause]=5 [cellguard-threads]=5 [cellguard-peers]=10
 )
@@ -115,10 +116,12 @@ done
 
 kwok_version=$(module_version kwok sigs.k8s.io/kwok)
 helm_version=$(module_version helm helm.sh/helm/v3)
+helm_docs_version=$(module_version helm-docs github.com/norwoodj/helm-docs)
 
 plan etcd "-s -w" etcd=go.etcd.io/etcd/server/v3
 plan kwok "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$kwok_version" kwok=sigs.k8s.io/kwok/cmd/kwok
 plan helm "-s -w -X helm.sh/helm/v3/internal/version.version=$helm_version" helm=helm.sh/helm/v3/cmd/helm
+plan helm-docs "-s -w -X main.version=${helm_docs_version#v}" helm-docs=github.com/norwoodj/helm-docs/cmd/helm-docs
 plan kubernetes "$k8s_ldflags" \
 	kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver \
 	kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager \

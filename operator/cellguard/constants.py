@@ -26,6 +26,10 @@ LABEL_SERVICE: Final = f"{GROUP}/service"
 LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE: Final = "cellguard"
 
+# The leader labels its own pod with this ("true"); the webhook Service selects it, so
+# admission reaches the replica whose caches are live while every replica is Ready.
+LABEL_LEADER: Final = f"{GROUP}/leader"
+
 # Annotations.
 ANNOTATION_THREADS_PER_POD: Final = f"{GROUP}/threads-per-pod"
 ANNOTATION_APPROVED_REPLICAS: Final = f"{GROUP}/approved-replicas"

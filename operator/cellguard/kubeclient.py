@@ -213,6 +213,19 @@ def label_node(
     )
 
 
+def label_pod(
+    api_client: client.ApiClient, namespace: str, name: str, labels: dict[str, str | None]
+) -> dict[str, Any]:
+    """Set (or, with None, remove) labels of a pod with a JSON merge patch."""
+    return request_json(
+        api_client,
+        "PATCH",
+        f"/api/v1/namespaces/{namespace}/pods/{name}",
+        body={"metadata": {"labels": labels}},
+        content_type="application/merge-patch+json",
+    )
+
+
 def describe_api_error(exc: ApiException) -> str:
     """`HTTP 422 Unprocessable Entity: <the Status message>` on one line."""
     summary = f"HTTP {exc.status} {exc.reason or ''}".rstrip()

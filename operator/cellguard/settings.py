@@ -25,6 +25,9 @@ class Settings:
     operator_namespace: str = "cellguard-system"
     identity: str = field(default_factory=socket.gethostname)
     lease_name: str = "cellguard-operator"
+    # The pod this replica runs in, labelled cellguard.io/leader while it leads (in-cluster
+    # service mode: the webhook Service selects that label); None: no pod to label.
+    leader_pod: str | None = None
     webhook_mode: WebhookMode = WebhookMode.SERVICE
     webhook_listen_host: str = "0.0.0.0"
     webhook_port: int = 9443
@@ -65,6 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--identity", default=env("POD_NAME") or socket.gethostname())
     parser.add_argument("--lease-name", default="cellguard-operator")
+    parser.add_argument(
+        "--leader-pod",
+        default=None,
+        help="this replica's pod, labelled cellguard.io/leader=true while it leads",
+    )
     parser.add_argument(
         "--webhook-mode",
         choices=[m.value for m in WebhookMode],
@@ -114,6 +122,7 @@ def from_args(args: argparse.Namespace) -> Settings:
         operator_namespace=args.operator_namespace,
         identity=args.identity,
         lease_name=args.lease_name,
+        leader_pod=args.leader_pod,
         webhook_mode=WebhookMode(args.webhook_mode),
         webhook_listen_host=args.webhook_listen_host,
         webhook_port=args.webhook_port,

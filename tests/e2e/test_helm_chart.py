@@ -299,6 +299,8 @@ def _check_operator_access(
         f"get leases.coordination.k8s.io/cellguard-operator -n {namespace}",
         f"update leases.coordination.k8s.io/cellguard-operator -n {namespace}",
         f"create leases.coordination.k8s.io -n {namespace}",
+        # The leader labels its own pod (the webhook Service selects the label).
+        f"patch pods -n {namespace}",
         "create selfsubjectreviews.authentication.k8s.io",
         "list customresourcedefinitions.apiextensions.k8s.io",
         "watch customresourcedefinitions.apiextensions.k8s.io",
@@ -326,6 +328,7 @@ def _check_operator_access(
         f"delete streamcells.cellguard.io -n {cells_ns}",
         f"create pods -n {cells_ns}",
         f"delete pods -n {cells_ns}",
+        f"patch pods -n {cells_ns}",  # its own namespace's pods only
         "update customresourcedefinitions.apiextensions.k8s.io",
         "create clusterrolebindings.rbac.authorization.k8s.io",
         # Only its own Lease, only in its namespace.

@@ -531,10 +531,10 @@ def test_operator_deployment_is_hardened_and_spread(default_render: list[Manifes
     deployment = find(default_render, "Deployment")
     spec = deployment["spec"]
     assert spec["replicas"] == 2
-    # Only the leader is Ready: a rollout must not wait for new pods to become Ready.
+    # Every replica is Ready once alive: a rollout adds a pod before it stops one.
     assert spec["strategy"] == {
         "type": "RollingUpdate",
-        "rollingUpdate": {"maxSurge": 0, "maxUnavailable": "100%"},
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
     }
     template = spec["template"]
     pod = template["spec"]
@@ -591,7 +591,22 @@ def test_operator_arguments_are_flags_cellguard_run_knows(default_render: list[M
     ]
 
 
-def test_pdb_keeps_the_leader_and_lets_the_standby_go(default_render: list[Manifest]) -> None:
+def test_the_webhook_reaches_the_leader_by_its_label(default_render: list[Manifest]) -> None:
+    service = find(default_render, "Service", "cg-cellguard-webhook")
+    deployment = find(default_render, "Deployment")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    # The operator's pods, and of them the one the leader labelled (not in the template).
+    assert service["spec"]["selector"] == {**deployment["spec"]["selector"]["matchLabels"],
+                                           "cellguard.io/leader": "true"}  # fmt: skip
+    assert "cellguard.io/leader" not in labels
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--leader-pod=$(POD_NAME)" in args
+    # The metrics Service sees every replica.
+    metrics = find(default_render, "Service", "cg-cellguard-metrics")
+    assert "cellguard.io/leader" not in metrics["spec"]["selector"]
+
+
+def test_pdb_lets_a_drain_move_one_replica_at_a_time(default_render: list[Manifest]) -> None:
     pdb = find(default_render, "PodDisruptionBudget")
     deployment = find(default_render, "Deployment")
     assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
@@ -732,6 +747,8 @@ def test_operator_rbac_is_exactly_what_it_needs(default_render: list[Manifest]) 
             "resourceNames": ["cellguard-operator"],
             "verbs": ["get", "update"],
         },
+        # The leader labels its own pod (the webhook Service selects that label).
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]},
     ]
 
 

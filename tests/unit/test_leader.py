@@ -72,6 +72,7 @@ def test_a_follower_takes_over_after_the_lease_stood_still_for_its_duration_by_i
     leases, clock_a, clock_b = FakeLeases(), Clock(), Clock()
     a, b = elector(leases, "a", clock_a), elector(leases, "b", clock_b)
     assert a._try_acquire_or_renew()
+    a.is_leader = True  # as acquire() sets it
     assert not b._try_acquire_or_renew()  # b starts watching the record
     # a dies. Its renewTime says nothing to b: only how long b has seen it unchanged.
     clock_b.now += 15
@@ -94,6 +95,7 @@ def test_a_renewing_leader_keeps_the_lease_whatever_its_clock_says(
     skewed = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=holder_clock_skew)
     monkeypatch.setattr("cellguard.runtime.leader._now", lambda: skewed)
     assert a._try_acquire_or_renew()
+    a.is_leader = True
     for _ in range(20):  # 40 s of renewals every 2 s, each seen by the follower
         clock_a.now += 2
         clock_b.now += 2
@@ -113,3 +115,20 @@ def test_a_released_lease_is_taken_at_once() -> None:
     assert not b._try_acquire_or_renew()
     a.release()
     assert b._try_acquire_or_renew()
+
+
+def test_a_leader_that_restarts_in_its_pod_waits_and_the_standby_takes_over() -> None:
+    """Same identity (the pod's name) after a crash: it does not simply resume the lease."""
+    leases, clock_a, clock_b = FakeLeases(), Clock(), Clock()
+    a, b = elector(leases, "a", clock_a), elector(leases, "b", clock_b)
+    assert a._try_acquire_or_renew()
+    a.is_leader = True
+    assert not b._try_acquire_or_renew()
+    # a's process is killed; a new one starts in the same pod, under the same name.
+    restarted = elector(leases, "a", clock_a)
+    assert not restarted._try_acquire_or_renew()  # not its lease any more: it waits
+    clock_a.now += 10
+    clock_b.now += 16
+    assert b._try_acquire_or_renew()  # the standby, watching longer, expires it first
+    clock_a.now += 6
+    assert not restarted._try_acquire_or_renew()  # b renewed: a changed record again

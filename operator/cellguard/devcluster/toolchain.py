@@ -15,6 +15,7 @@ from pathlib import Path
 
 # build.sh also builds the real node's kubelet and the programs of its local images
 # (realnode.REAL_NODE_BINARIES); supports_real_node() checks for those where one starts.
+# It builds helm-docs too, which only tests/unit/test_chart_readme.py needs (it checks for it).
 CONTROL_PLANE_BINARIES = (
     "etcd",
     "kube-apiserver",

@@ -100,7 +100,12 @@ class LeaderElector:
         holder = spec.holder_identity
         duration = spec.lease_duration_seconds or cfg.lease_seconds
         expired = self._expired(spec, duration)
-        if holder not in (None, "", cfg.identity) and not expired:
+        # Our own name on a live lease counts as ours only while we lead: a process that
+        # restarted in the same pod (same identity) waits for expiry like any candidate,
+        # so the standby - which has watched the lease longer - takes over first, instead of
+        # a leader that just crashed coming back before its caches are even filled.
+        ours = holder == cfg.identity and self.is_leader
+        if holder not in (None, "") and not ours and not expired:
             return False
         if holder != cfg.identity:
             spec.acquire_time = now

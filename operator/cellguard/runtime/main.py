@@ -29,6 +29,7 @@ from cellguard.api.v1alpha1 import RefusalReason
 from cellguard.constants import (
     FIELD_MANAGER_OPERATOR,
     KOPF_PREFIX,
+    LABEL_LEADER,
 )
 from cellguard.listing import list_cluster, node_names
 from cellguard.metrics import OperatorMetrics
@@ -215,17 +216,28 @@ async def run_operator(settings: Settings) -> int:
         ),
     )
 
-    def readiness() -> tuple[bool, str]:
+    def leading() -> tuple[bool, str]:
+        """Whether this replica decides: it leads, its caches are complete, kopf runs."""
         if not elector.is_leader:
             return False, "not the leader"
         if not op.state.synced:
             return False, "caches filling"
         if not kopf_ready.is_set():
             return False, "handlers starting"
-        return True, "ready"
+        return True, "leading"
+
+    def readiness() -> tuple[bool, str]:
+        # Every replica that is alive and, if it leads, synced is Ready: Deployment health
+        # (kstatus, Argo CD, rollout status) sees the release healthy, and a drain may move
+        # the leader. Admission reaches the leader only, through its pod's label - or, with
+        # no pod to label (a local process), only the leader is Ready, as before.
+        decides, why = leading()
+        if decides or (settings.leader_pod is not None and not elector.is_leader):
+            return True, why if decides else "standby, ready to take over"
+        return False, why
 
     def readiness_gauge() -> None:
-        metrics.ready.set(1.0 if readiness()[0] else 0.0)
+        metrics.ready.set(1.0 if leading()[0] else 0.0)
 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -246,8 +258,10 @@ async def run_operator(settings: Settings) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="cellguard-operator-"))
     exit_code = 0
     try:
+        await _mark_leader(api, settings, leads=False)  # a previous life's label goes first
         if not await elector.acquire(stop):
             return 0
+        await _mark_leader(api, settings, leads=True)
         hold = asyncio.create_task(elector.hold(stop), name="lease")
         op.own_username = await asyncio.to_thread(own_username, api)
         log.info("acting as %s", op.own_username)
@@ -306,8 +320,28 @@ async def run_operator(settings: Settings) -> int:
             await hold
         stopper.cancel()
     finally:
+        await _mark_leader(api, settings, leads=False)
         await probes.stop()
     return exit_code
+
+
+async def _mark_leader(api: client.ApiClient, settings: Settings, *, leads: bool) -> None:
+    """Label this replica's pod as the leader (or not): the webhook Service selects it.
+
+    A label left on a pod that no longer leads matters little: its process exited or
+    restarts, so the pod is not Ready and not an endpoint; the new process removes it first.
+    """
+    if settings.leader_pod is None:
+        return
+    labels: dict[str, str | None] = {LABEL_LEADER: "true" if leads else None}
+    try:
+        await asyncio.to_thread(
+            kubeclient.label_pod, api, settings.operator_namespace, settings.leader_pod, labels
+        )
+    except Exception as exc:  # without the label admission cannot reach this replica
+        level = logging.ERROR if leads else logging.WARNING
+        log.log(level, "could not %s the leader label of pod %s: %s",
+                "set" if leads else "remove", settings.leader_pod, exc)  # fmt: skip
 
 
 POOL_TENDING_SECONDS = 5.0
