@@ -1349,3 +1349,22 @@ def test_the_chart_works_as_a_subchart(helm: Helm, tmp_path: Path, enabled: bool
         }
     else:
         assert ours == []
+
+
+def test_the_operator_may_run_on_the_host_network(helm: Helm) -> None:
+    """For clusters whose API server cannot reach the pod network (issue 17 item 6)."""
+    default = find(helm.template(), "Deployment")["spec"]["template"]["spec"]
+    assert "hostNetwork" not in default and "dnsPolicy" not in default
+    host = find(helm.template(set_values=["operator.hostNetwork=true"]), "Deployment")
+    spec = host["spec"]["template"]["spec"]
+    assert spec["hostNetwork"] is True
+    assert spec["dnsPolicy"] == "ClusterFirstWithHostNet"  # in-cluster names still resolve
+    chosen = find(
+        helm.template(set_values=["operator.hostNetwork=true", "operator.dnsPolicy=Default"]),
+        "Deployment",
+    )
+    assert chosen["spec"]["template"]["spec"]["dnsPolicy"] == "Default"
+    refused = helm.run(
+        "template", "cg", str(CHART), "--set", "operator.dnsPolicy=Sometimes", check=False
+    )
+    assert refused.returncode != 0 and "dnsPolicy" in refused.stderr
