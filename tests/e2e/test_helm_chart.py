@@ -485,6 +485,58 @@ def test_the_operator_may_change_pool_labels_of_a_node_and_nothing_else(
             _delete(cluster, chosen)
 
 
+def test_the_operator_may_change_the_leader_label_of_a_pod_and_nothing_else(
+    cluster: LocalCluster, helm: Helm, api_crds: None
+) -> None:
+    """RBAC gives the operator `patch pods` in its namespace (the leader labels its own pod);
+    the chart's ValidatingAdmissionPolicy narrows it to the cellguard.io/leader label."""
+    namespace = _unique("cg-leader")
+    manifests = helm.template(release=namespace, namespace=namespace)
+    kinds = (*RBAC_KINDS, "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
+    chosen = [m for m in manifests if m["kind"] in kinds and not is_hook(m)]
+    operator = _sa_user(namespace, f"{namespace}-cellguard-operator")
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "operator-0", "namespace": namespace, "labels": {"app": "x"}},
+        "spec": {"containers": [{"name": "c", "image": "cellguard:e2e"}]},
+    }
+
+    def label(*args: str) -> subprocess.CompletedProcess[str]:
+        return cluster.kubectl(
+            "label", "pod", "operator-0", "-n", namespace, *args, f"--as={operator}",
+            check=False,
+        )  # fmt: skip
+
+    with _namespaces(cluster, namespace):
+        try:
+            cluster.kubectl("apply", "-f", "-", input_text=_yaml([*chosen, pod]))
+
+            def policy_active() -> bool:
+                probe = label("cellguard-e2e-probe=1")
+                if probe.returncode == 0:
+                    cluster.kubectl(
+                        "label", "pod", "operator-0", "-n", namespace, "cellguard-e2e-probe-"
+                    )
+                    return False
+                return "may only change the cellguard.io/leader label" in probe.stderr
+
+            wait_for(policy_active, timeout=60, what="the leader label policy to be enforced")
+            marked = label("cellguard.io/leader=true")
+            assert marked.returncode == 0, marked.stderr
+            unmarked = label("cellguard.io/leader-")
+            assert unmarked.returncode == 0, unmarked.stderr
+            other = label("app-")
+            assert other.returncode != 0 and "cellguard.io/leader label" in other.stderr
+            annotated = cluster.kubectl(
+                "annotate", "pod", "operator-0", "-n", namespace, "x=1", f"--as={operator}",
+                check=False,
+            )  # fmt: skip
+            assert annotated.returncode != 0 and "may not change" in annotated.stderr
+        finally:
+            _delete(cluster, chosen)
+
+
 # --------------------------------------------------------------------------- a fresh cluster
 
 

@@ -124,11 +124,23 @@ def test_a_leader_that_restarts_in_its_pod_waits_and_the_standby_takes_over() ->
     assert a._try_acquire_or_renew()
     a.is_leader = True
     assert not b._try_acquire_or_renew()
-    # a's process is killed; a new one starts in the same pod, under the same name.
+    # a's process is killed; a new one starts in the same pod, under the same name, and
+    # starts watching the lease only now - while the standby has watched it all along.
     restarted = elector(leases, "a", clock_a)
     assert not restarted._try_acquire_or_renew()  # not its lease any more: it waits
-    clock_a.now += 10
+    clock_a.now += 16
+    assert not restarted._try_acquire_or_renew()  # the lease time and a renew deadline
     clock_b.now += 16
-    assert b._try_acquire_or_renew()  # the standby, watching longer, expires it first
-    clock_a.now += 6
+    assert b._try_acquire_or_renew()  # so the standby takes over first, by a margin
+    b.is_leader = True
+    clock_a.now += 10
     assert not restarted._try_acquire_or_renew()  # b renewed: a changed record again
+
+
+def test_a_lone_replica_that_restarts_takes_its_lease_back_after_the_grace() -> None:
+    leases, clock = FakeLeases(), Clock()
+    assert elector(leases, "a", clock)._try_acquire_or_renew()
+    restarted = elector(leases, "a", clock)
+    assert not restarted._try_acquire_or_renew()
+    clock.now += 15 + 10 + 0.5  # the lease time and the renew deadline
+    assert restarted._try_acquire_or_renew()

@@ -57,7 +57,7 @@ class LeaderElector:
         self._observed: tuple[object, ...] | None = None
         self._observed_at = 0.0
 
-    def _expired(self, spec: client.V1LeaseSpec, duration: int) -> bool:
+    def _expired(self, spec: client.V1LeaseSpec, duration: float) -> bool:
         record = (
             spec.holder_identity,
             spec.renew_time,
@@ -99,12 +99,15 @@ class LeaderElector:
         lease.spec = spec
         holder = spec.holder_identity
         duration = spec.lease_duration_seconds or cfg.lease_seconds
-        expired = self._expired(spec, duration)
-        # Our own name on a live lease counts as ours only while we lead: a process that
-        # restarted in the same pod (same identity) waits for expiry like any candidate,
-        # so the standby - which has watched the lease longer - takes over first, instead of
-        # a leader that just crashed coming back before its caches are even filled.
+        # Our own name on a live lease counts as ours only while we lead. A process that
+        # restarted in the same pod (same identity) waits for expiry - and a renew deadline
+        # longer than any other candidate, since it started watching only when it restarted,
+        # just after the crash: the standby, polling every few seconds, takes over first
+        # instead of a leader that just crashed coming back with its caches still empty.
         ours = holder == cfg.identity and self.is_leader
+        restarted = holder == cfg.identity and not self.is_leader
+        grace = cfg.renew_deadline_seconds if restarted else 0.0
+        expired = self._expired(spec, duration + grace)
         if holder not in (None, "") and not ours and not expired:
             return False
         if holder != cfg.identity:
