@@ -202,25 +202,25 @@ def server_side_apply(
 def label_node(
     api_client: client.ApiClient, name: str, labels: dict[str, str | None]
 ) -> dict[str, Any]:
-    """Set (or, with None, remove) labels of a node with a JSON merge patch; returns the
-    node as stored. Touches nothing but `metadata.labels`."""
-    return request_json(
-        api_client,
-        "PATCH",
-        f"/api/v1/nodes/{name}",
-        body={"metadata": {"labels": labels}},
-        content_type="application/merge-patch+json",
-    )
+    """Set (or, with None, remove) labels of a node; returns the node as stored."""
+    return _merge_labels(api_client, f"/api/v1/nodes/{name}", labels)
 
 
 def label_pod(
     api_client: client.ApiClient, namespace: str, name: str, labels: dict[str, str | None]
 ) -> dict[str, Any]:
-    """Set (or, with None, remove) labels of a pod with a JSON merge patch."""
+    """Set (or, with None, remove) labels of a pod; returns the pod as stored."""
+    return _merge_labels(api_client, f"/api/v1/namespaces/{namespace}/pods/{name}", labels)
+
+
+def _merge_labels(
+    api_client: client.ApiClient, path: str, labels: dict[str, str | None]
+) -> dict[str, Any]:
+    """A JSON merge patch of the object's `metadata.labels` and nothing else."""
     return request_json(
         api_client,
         "PATCH",
-        f"/api/v1/namespaces/{namespace}/pods/{name}",
+        path,
         body={"metadata": {"labels": labels}},
         content_type="application/merge-patch+json",
     )

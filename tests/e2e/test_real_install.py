@@ -112,6 +112,31 @@ def _webhook_endpoints(release: Release) -> set[str]:
     }  # fmt: skip
 
 
+def _real_cell(
+    name: str,
+    namespace: str,
+    service: str,
+    *,
+    replicas: int,
+    threads: tuple[int, int],
+    pod: dict[str, Any],
+) -> dict[str, Any]:
+    """A StreamCell placed on the real node: (base, perPeer) threads, `pod` its pod spec."""
+    base, per_peer = threads
+    return {
+        "apiVersion": "cellguard.io/v1alpha1",
+        "kind": "StreamCell",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "service": service,
+            "replicas": replicas,
+            "threads": {"base": base, "perPeer": per_peer},
+            "placement": {"nodeSelector": {REAL_NODE_LABEL: "true"}},
+            "template": {"spec": pod},
+        },
+    }
+
+
 def _ready(pod: dict[str, Any]) -> bool:
     conditions = pod.get("status", {}).get("conditions") or []
     return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
@@ -253,25 +278,11 @@ def test_the_operator_in_its_pod_refuses_an_unsafe_scale_up(release: Release) ->
 
     # base 100 + perPeer 10: 100 threads a pod at 1 replica; at 20, 290 - more than the
     # kubelet's podPidsLimit (321) less the default policy's 20% margin (256).
-    cell = {
-        "apiVersion": "cellguard.io/v1alpha1",
-        "kind": "StreamCell",
-        "metadata": {"name": "ingest-real", "namespace": CELLS},
-        "spec": {
-            "service": "ingest",
-            "replicas": 1,
-            "threads": {"base": 100, "perPeer": 10},
-            "placement": {"nodeSelector": {REAL_NODE_LABEL: "true"}},
-            "template": {
-                "spec": {
-                    "terminationGracePeriodSeconds": 1,
-                    "containers": [
-                        {"name": "server", "image": TEST_IMAGE, "imagePullPolicy": "Never"}
-                    ],
-                }
-            },
-        },
+    pod_spec = {
+        "terminationGracePeriodSeconds": 1,
+        "containers": [{"name": "server", "image": TEST_IMAGE, "imagePullPolicy": "Never"}],
     }
+    cell = _real_cell("ingest-real", CELLS, "ingest", replicas=1, threads=(100, 10), pod=pod_spec)
     cluster.kubectl("apply", "-f", "-", input_text=yaml.safe_dump(cell))
 
     def cell_pods_running() -> bool:
@@ -584,19 +595,11 @@ def test_with_the_guard_the_same_growth_is_refused(release: Release) -> None:
     cluster, namespace, node = release.cluster, "fleet-guarded", release.node
     _fleet_namespace(cluster, namespace)
     try:
-        cell = {
-            "apiVersion": "cellguard.io/v1alpha1",
-            "kind": "StreamCell",
-            "metadata": {"name": "frontend", "namespace": namespace},
-            "spec": {
-                "service": "frontend",
-                "replicas": FLEET_SIZE,
-                "threads": {"base": FLEET_BASE, "perPeer": FLEET_PER_PEER},
-                "placement": {"nodeSelector": {REAL_NODE_LABEL: "true"}},
-                # The cell's headless Service is named after the cell.
-                "template": {"spec": _fleet_pod_spec("frontend")},
-            },
-        }
+        # The cell's headless Service is named after the cell.
+        cell = _real_cell(
+            "frontend", namespace, "frontend", replicas=FLEET_SIZE,
+            threads=(FLEET_BASE, FLEET_PER_PEER), pod=_fleet_pod_spec("frontend"),
+        )  # fmt: skip
         cluster.kubectl("apply", "-f", "-", input_text=yaml.safe_dump(cell))
         before = _wait_fleet_holding(release, namespace, FLEET_SIZE)
         result = cluster.kubectl(
@@ -652,18 +655,10 @@ def test_every_replica_is_ready_and_the_webhook_follows_the_leader(release: Rele
     assert evicted.returncode == 0, evicted.stderr
 
     # An oversized cell the webhook must refuse: the probe that it decides.
-    oversized = {
-        "apiVersion": "cellguard.io/v1alpha1",
-        "kind": "StreamCell",
-        "metadata": {"name": "failover-probe", "namespace": CELLS},
-        "spec": {
-            "service": "probe",
-            "replicas": 40,
-            "threads": {"base": 100, "perPeer": 10},
-            "placement": {"nodeSelector": {REAL_NODE_LABEL: "true"}},
-            "template": {"spec": {"containers": [{"name": "c", "image": TEST_IMAGE}]}},
-        },
-    }
+    oversized = _real_cell(
+        "failover-probe", CELLS, "probe", replicas=40, threads=(100, 10),
+        pod={"containers": [{"name": "c", "image": TEST_IMAGE}]},
+    )  # fmt: skip
 
     def decided() -> bool:
         answer = cluster.kubectl(

@@ -97,10 +97,26 @@ def _die_with_parent() -> None:
 
 
 @dataclass
-class _Process:
+class Daemon:
+    """A process the cluster (or its real node) started, and where its output goes."""
+
     name: str
     popen: subprocess.Popen[bytes]
     log_path: Path
+
+
+def log_tails(daemons: Iterable[Daemon], lines: int = 30) -> str:
+    """The last `lines` of each daemon's log under a header saying whether it still runs."""
+    parts = []
+    for daemon in daemons:
+        try:
+            tail = daemon.log_path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            tail = ["(no log)"]
+        state = daemon.popen.poll()
+        header = f"----- {daemon.name} ({'running' if state is None else f'exited {state}'})"
+        parts.append("\n".join([header, *tail]))
+    return "\n".join(parts)
 
 
 class LocalCluster:
@@ -131,7 +147,7 @@ class LocalCluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.pki_dir = self.workdir / "pki"
         self.kubeconfig = self.workdir / "admin.kubeconfig"
-        self.processes: dict[str, _Process] = {}
+        self.processes: dict[str, Daemon] = {}
         self.apiserver_port = 0
         self.etcd_port = 0
         self.ca: pki.KeyPair | None = None
@@ -278,7 +294,7 @@ class LocalCluster:
             preexec_fn=_die_with_parent,
         )
         log.close()
-        self.processes[name] = _Process(name, popen, log_path)
+        self.processes[name] = Daemon(name, popen, log_path)
 
     def _bin(self, name: str) -> str:
         return str(self.bin_dir / name)
@@ -700,15 +716,7 @@ class LocalCluster:
         raise ClusterError(f"nodes not Ready after {timeout:.0f} s: {sorted(missing)[:10]}")
 
     def log_tails(self, lines: int = 30) -> str:
-        parts = []
-        for proc in self.processes.values():
-            try:
-                tail = proc.log_path.read_text(errors="replace").splitlines()[-lines:]
-            except OSError:
-                tail = ["(no log)"]
-            state = proc.popen.poll()
-            header = f"----- {proc.name} ({'running' if state is None else f'exited {state}'})"
-            parts.append("\n".join([header, *tail]))
+        parts = [log_tails(self.processes.values(), lines)]
         parts += [node.log_tails(lines) for node in self.real_nodes]
         return "\n".join(parts)
 

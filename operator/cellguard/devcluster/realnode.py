@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from cellguard.devcluster.cluster import ClusterError, free_port
+from cellguard.devcluster.cluster import ClusterError, Daemon, free_port, log_tails
 from cellguard.devcluster.ociimage import ImageFile, PackedImage, import_image, pack_image
 
 if TYPE_CHECKING:
@@ -216,13 +216,6 @@ def supports_real_node(bin_dir: Path | None = None) -> str | None:
     return None
 
 
-@dataclass
-class _Daemon:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-
-
 class RealNode:
     """containerd + kubelet joined to `cluster`. start() / stop(), or a `with` block."""
 
@@ -245,7 +238,7 @@ class RealNode:
         self.kubelet_port = 0
         self.images: dict[str, PackedImage] = {}
         self.saved_sysctls: dict[str, str] = {}
-        self.daemons: dict[str, _Daemon] = {}
+        self.daemons: dict[str, Daemon] = {}
         self.timings: dict[str, float] = {}
         self._started = False
         self._stopped = False
@@ -325,7 +318,7 @@ class RealNode:
                 env={**os.environ, "PATH": f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"},
                 preexec_fn=_die_with_parent,
             )
-        self.daemons[name] = _Daemon(name, popen, log_path)
+        self.daemons[name] = Daemon(name, popen, log_path)
 
     def check_alive(self) -> None:
         """Raise RealNodeError if containerd or the kubelet exited."""
@@ -581,16 +574,7 @@ state = {q(self.workdir / "containerd-state")}
         return None
 
     def log_tails(self, lines: int = 30) -> str:
-        parts = []
-        for daemon in self.daemons.values():
-            try:
-                tail = daemon.log_path.read_text(errors="replace").splitlines()[-lines:]
-            except OSError:
-                tail = ["(no log)"]
-            state = daemon.popen.poll()
-            header = f"----- {daemon.name} ({'running' if state is None else f'exited {state}'})"
-            parts.append("\n".join([header, *tail]))
-        return "\n".join(parts)
+        return log_tails(self.daemons.values(), lines)
 
     def _our_shims(self) -> list[int]:
         return _shims_of(self.socket)
