@@ -341,7 +341,6 @@ def in_process_child(nodes: int, pods_per_node: int) -> dict[str, Any]:
     """Runs in a fresh interpreter: load a synthetic listing as the operator does."""
     import datetime
 
-    from cellguard.runtime.main import load_listing  # the operator's own start-up load
     from cellguard.settings import Settings
 
     def rss() -> float:
@@ -362,7 +361,7 @@ def in_process_child(nodes: int, pods_per_node: int) -> dict[str, Any]:
 
     op = Operator.create(Settings(), OperatorMetrics(), lambda m: m)
     began = time.perf_counter()
-    load_listing(op, listing)
+    op.state.replace_all(**listing)
     load_s = time.perf_counter() - began
     began = time.perf_counter()
     snapshot = op.gate.snapshot()

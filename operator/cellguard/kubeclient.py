@@ -4,6 +4,7 @@ and one-line error descriptions. (The pure core never imports this.)
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 from pathlib import Path
@@ -223,6 +224,55 @@ def _merge_labels(
         path,
         body={"metadata": {"labels": labels}},
         content_type="application/merge-patch+json",
+    )
+
+
+def merge_patch_status(
+    api_client: client.ApiClient, path: str, status: dict[str, Any]
+) -> dict[str, Any]:
+    """A JSON merge patch of an object's status subresource (`path` is the object's)."""
+    return request_json(
+        api_client,
+        "PATCH",
+        f"{path}/status",
+        body={"status": status},
+        content_type=MERGE_PATCH_CONTENT_TYPE,
+    )
+
+
+def post_event(
+    api_client: client.ApiClient,
+    involved: dict[str, str],
+    *,
+    type_: str,
+    reason: str,
+    message: str,
+    component: str,
+    instance: str,
+) -> dict[str, Any]:
+    """A core/v1 Event about `involved` (apiVersion, kind, namespace, name, uid), as
+    `kubectl describe` shows them."""
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    namespace = involved["namespace"]
+    return request_json(
+        api_client,
+        "POST",
+        f"/api/v1/namespaces/{namespace}/events",
+        body={
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{involved['name']}.", "namespace": namespace},
+            "involvedObject": involved,
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],  # the API caps it; say the start of it
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "source": {"component": component},
+            "reportingComponent": component,
+            "reportingInstance": instance,
+        },
     )
 
 

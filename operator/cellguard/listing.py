@@ -8,7 +8,8 @@ listing (so a what-if can be asked of a cluster one cannot reach).
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,52 +25,86 @@ from cellguard.constants import (
     STREAMCELL_PLURAL,
     VERSION,
 )
+from cellguard.state.records import Kind
 
 Listing = dict[str, list[dict[str, Any]]]
-KINDS = ("nodes", "budgets", "cells", "policies", "pods", "deployments")
+KINDS = tuple(kind.value for kind in Kind)
+# Finished pods hold no threads: the API server leaves them out of lists and watches.
+UNFINISHED_PODS = "status.phase!=Succeeded,status.phase!=Failed"
+PAGE_SIZE = 500
 
 
-def _list_all(
-    api: client.ApiClient, path: str, label_selector: str | None = None
-) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
+@dataclass(frozen=True)
+class Source:
+    """Where one kind is listed and watched: a URL path and its selectors."""
+
+    kind: Kind
+    path: str
+    namespace: str | None = None  # None: cluster-scoped, or every namespace
+    label_selector: str | None = None
+    field_selector: str | None = None
+
+    def query(self) -> list[tuple[str, str]]:
+        selectors = [("labelSelector", self.label_selector), ("fieldSelector", self.field_selector)]
+        return [(name, value) for name, value in selectors if value]
+
+
+def sources(namespaces: Iterable[str] = ()) -> list[Source]:
+    """Every kind the operator caches, in `namespaces` (or everywhere) where namespaced."""
+    crd = f"/apis/{GROUP}/{VERSION}"
+    wanted: list[str | None] = list(namespaces) or [None]
+
+    def namespaced(kind: Kind, group_path: str, plural: str, **selectors: str) -> list[Source]:
+        return [
+            Source(
+                kind,
+                f"{group_path}/namespaces/{ns}/{plural}" if ns else f"{group_path}/{plural}",
+                ns,
+                **selectors,
+            )
+            for ns in wanted
+        ]
+
+    return [
+        Source(Kind.BUDGETS, f"{crd}/{NODEBUDGET_PLURAL}"),
+        Source(Kind.NODES, "/api/v1/nodes"),
+        Source(Kind.POLICIES, f"{crd}/{POLICY_PLURAL}"),
+        *namespaced(Kind.CELLS, crd, STREAMCELL_PLURAL),
+        *namespaced(
+            Kind.PODS,
+            "/api/v1",
+            "pods",
+            label_selector=LABEL_CELL,
+            field_selector=UNFINISHED_PODS,
+        ),
+        *namespaced(Kind.DEPLOYMENTS, "/apis/apps/v1", "deployments", label_selector=LABEL_CELL),
+    ]
+
+
+def pages(api: client.ApiClient, source: Source) -> Iterator[dict[str, Any]]:
+    """A consistent listing of `source`, a page at a time (each page's items and metadata;
+    `metadata.resourceVersion` of every page is the listing's)."""
     token = ""
     while True:
-        query = [("limit", "500")]
+        query = [("limit", str(PAGE_SIZE)), *source.query()]
         if token:
             query.append(("continue", token))
-        if label_selector:
-            query.append(("labelSelector", label_selector))
-        page = kubeclient.request_json(api, "GET", path, query=query, timeout=120)
-        items.extend(page.get("items", []))
+        page = kubeclient.request_json(api, "GET", source.path, query=query, timeout=120)
+        yield page
         token = page.get("metadata", {}).get("continue") or ""
         if not token:
-            return items
+            return
 
 
 def list_cluster(api: client.ApiClient, namespaces: Iterable[str] = ()) -> Listing:
     """Every node, NodeBudget, policy, and the cells with their pods and Deployments
-    (in `namespaces`, or everywhere). Blocking: run it in a thread from async code."""
-    crd = f"/apis/{GROUP}/{VERSION}"
-    wanted = list(namespaces)
-
-    def namespaced(group_path: str, plural: str, selector: str | None = None) -> list[Any]:
-        if not wanted:
-            return _list_all(api, f"{group_path}/{plural}", selector)
-        return [
-            item
-            for ns in wanted
-            for item in _list_all(api, f"{group_path}/namespaces/{ns}/{plural}", selector)
-        ]
-
-    return {
-        "nodes": _list_all(api, "/api/v1/nodes"),
-        "budgets": _list_all(api, f"{crd}/{NODEBUDGET_PLURAL}"),
-        "cells": namespaced(crd, STREAMCELL_PLURAL),
-        "policies": _list_all(api, f"{crd}/{POLICY_PLURAL}"),
-        "pods": namespaced("/api/v1", "pods", LABEL_CELL),
-        "deployments": namespaced("/apis/apps/v1", "deployments", LABEL_CELL),
-    }
+    (in `namespaces`, or everywhere), as raw objects. Blocking: run it in a thread from
+    async code."""
+    listing: Listing = {kind: [] for kind in KINDS}
+    for source in sources(namespaces):
+        for page in pages(api, source):
+            listing[source.kind.value].extend(page.get("items", []))
+    return listing
 
 
 def write_snapshot(path: Path, listing: Listing, taken_at: datetime.datetime) -> None:

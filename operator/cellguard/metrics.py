@@ -30,6 +30,7 @@ from cellguard import __version__
 from cellguard.api.v1alpha1 import AllowedReason, NodeBudgetSpec, ThreadBudgetPolicySpec
 from cellguard.budget import BudgetStatus, CellKey, ClusterSnapshot, node_usage, with_policies
 from cellguard.constants import DEFAULT_POLICY_NAME
+from cellguard.state.records import Kind
 
 # Every metric name the operator exports; alert rules and the dashboard may use only these
 # (a test checks it).
@@ -60,6 +61,8 @@ ADMISSION_DURATION = "cellguard_admission_duration_seconds"
 RESERVATIONS = "cellguard_reservations_active"
 OPERATOR_READY = "cellguard_operator_ready"
 BUILD_INFO = "cellguard_build_info"
+RELISTS = "cellguard_cache_relists_total"
+RELIST_REASONS = ("start", "resync", "expired")
 
 EXPORTED_NAMES = frozenset(
     {
@@ -92,6 +95,7 @@ EXPORTED_NAMES = frozenset(
         RESERVATIONS,
         OPERATOR_READY,
         BUILD_INFO,
+        RELISTS,
     }
 )
 
@@ -423,6 +427,16 @@ class OperatorMetrics:
             registry=registry,
         )
         self.build_info.labels(__version__, platform.python_version()).set(1)
+        self.relists = Counter(
+            RELISTS,
+            "Full listings of a kind into the cache, by why: start, resync, or expired (the "
+            "watch could not resume from its resourceVersion).",
+            ["kind", "reason"],
+            registry=registry,
+        )
+        for kind in Kind:  # every series from 0, so that increase() sees the first relist
+            for reason in RELIST_REASONS:
+                self.relists.labels(kind.value, reason)
 
     def precreate_decisions(self, reasons: list[str]) -> None:
         """Start every decision series at 0, so `increase()` sees the first refusal."""

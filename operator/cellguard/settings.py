@@ -42,7 +42,6 @@ class Settings:
     metrics_port: int = 8080
     status_interval_seconds: float = 10.0
     resync_seconds: float = 300.0
-    node_check_seconds: float = 10.0
     log_level: str = "INFO"
 
     @property
@@ -103,13 +102,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--status-interval", dest="status_interval_seconds", type=float, default=10.0
     )
-    parser.add_argument("--resync", dest="resync_seconds", type=float, default=300.0)
     parser.add_argument(
-        "--node-check",
-        dest="node_check_seconds",
+        "--resync",
+        dest="resync_seconds",
         type=float,
-        default=10.0,
-        help="seconds between checks for nodes deleted while a watch was down",
+        default=300.0,
+        help="seconds between full relistings of each kind (a watch that cannot resume "
+        "relists at once)",
     )
     parser.add_argument("--log-level", default=env("CELLGUARD_LOG_LEVEL", "INFO"))
 
@@ -137,6 +136,5 @@ def from_args(args: argparse.Namespace) -> Settings:
         metrics_port=args.metrics_port,
         status_interval_seconds=args.status_interval_seconds,
         resync_seconds=args.resync_seconds,
-        node_check_seconds=args.node_check_seconds,
         log_level=args.log_level,
     )

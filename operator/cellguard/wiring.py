@@ -8,20 +8,30 @@ side apply of a manifest) and the node labeller, so the rest can be driven from 
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cellguard.budget import CellKey
 from cellguard.metrics import Fleet, OperatorMetrics
 from cellguard.settings import Settings
 from cellguard.state.gate import ScaleGate
 from cellguard.state.pools import NodeLabeler, NodePools
 from cellguard.state.reservations import ReservationLedger
-from cellguard.state.store import ClusterState
+from cellguard.state.store import CellRecord, ClusterState
 
 # A manifest -> the object as stored (server-side apply).
 Applier = Callable[[dict[str, Any]], dict[str, Any]]
+# Merge-patch a cell's status subresource with the changed fields.
+StatusPatcher = Callable[[CellRecord, dict[str, Any]], None]
+# Post a Kubernetes Event about a cell: type (Normal/Warning), reason, message.
+EventPoster = Callable[[CellRecord, str, str, str], None]
+
+
+def _not_wired(*_: Any) -> None:
+    raise RuntimeError("this Operator was created without an API client to write with")
 
 
 def utc_now() -> datetime.datetime:
@@ -39,8 +49,12 @@ class Operator:
     pools: NodePools
     fleet: Fleet
     now: Callable[[], datetime.datetime] = utc_now
+    patch_status: StatusPatcher = _not_wired
+    post_event: EventPoster = _not_wired
     # Who the operator is to the API server (its own writes pass its webhooks).
     own_username: str | None = field(default=None)
+    # One lock a cell: its kopf handler and the status loop never converge it at once.
+    _cell_locks: dict[CellKey, asyncio.Lock] = field(default_factory=dict)
 
     @classmethod
     def create(
@@ -51,6 +65,8 @@ class Operator:
         *,
         now: Callable[[], datetime.datetime] = utc_now,
         label_node: NodeLabeler | None = None,
+        patch_status: StatusPatcher = _not_wired,
+        post_event: EventPoster = _not_wired,
     ) -> Operator:
         state = ClusterState(clock=now)
         ledger = ReservationLedger()
@@ -65,7 +81,18 @@ class Operator:
             pools=NodePools(state, ledger, gate, label_node, now=now),
             fleet=Fleet(lambda: gate.snapshot() if state.synced else None),
             now=now,
+            patch_status=patch_status,
+            post_event=post_event,
         )
+
+    def cell_lock(self, cell: CellKey) -> asyncio.Lock:
+        return self._cell_locks.setdefault(cell, asyncio.Lock())
+
+    def forget_cell_locks(self) -> None:
+        """Drop the locks of cells that are gone (and not held)."""
+        for cell in [c for c, lock in self._cell_locks.items() if not lock.locked()]:
+            if cell not in self.state.cells:
+                del self._cell_locks[cell]
 
     def is_own_request(self, userinfo: Mapping[str, Any]) -> bool:
         """True for the operator's own writes (it alone may change a cell's Deployment)."""

@@ -213,13 +213,16 @@ def _delete_in_etcd(cluster: LocalCluster, key: str) -> None:
         assert json.loads(response.read()).get("deleted") == "1"
 
 
-def test_node_deleted_while_the_api_server_was_away_is_forgotten(
+def test_a_watch_gap_that_deleted_a_node_a_budget_and_a_cell_is_healed(
     cluster: LocalCluster, operator: OperatorProcess
 ) -> None:
-    """A node deleted while the operator's watches were down (here: removed in etcd while
-    the API server restarts) must not be counted as a place for new pods afterwards."""
+    """A node, another node's NodeBudget and a cell deleted while the operator's watches
+    were down (here: removed in etcd while the API server restarts, so no watcher is ever
+    told) are forgotten once the watches come back: the API server cannot resume them from
+    their old resourceVersion, so each kind is listed again and the listing replaces it."""
     ns = "e2e-ghost"
     ensure_namespace(cluster, ns)
+    relisted_before = _relists(operator, "expired")
     with node_pool(cluster, "ghost", 3) as pool:
         # 8,000 threads a pod: 3 pods fit a node (25,000 of 26,214), 4 do not.
         manifest = cell_manifest(
@@ -227,27 +230,58 @@ def test_node_deleted_while_the_api_server_was_away_is_forgotten(
         )
         manifest["spec"]["isolation"] = "Shared"
         apply_admitted(cluster, manifest)
+        idle = cell_manifest(ns, "idle", service="idle", replicas=0, base=10, per_peer=0, pool=pool)
+        apply_admitted(cluster, idle)
         wait_cell_pods(cluster, ns, "fat", 3)
-        ghost = pool.nodes[2]
-        cluster.restart_apiserver(
-            down_seconds=0.5,
-            while_down=lambda: _delete_in_etcd(cluster, f"/registry/minions/{ghost}"),
+        wait_for(
+            lambda: 'cell="idle"' in operator.metrics(), timeout=30, what="the idle cell's figures"
         )
+        ghost, unbudgeted = pool.nodes[2], pool.nodes[1]
+
+        def delete_behind_every_watch() -> None:
+            _delete_in_etcd(cluster, f"/registry/minions/{ghost}")
+            _delete_in_etcd(cluster, f"/registry/cellguard.io/nodebudgets/{unbudgeted}")
+            _delete_in_etcd(cluster, f"/registry/cellguard.io/streamcells/{ns}/idle")
+
+        cluster.restart_apiserver(down_seconds=0.5, while_down=delete_behind_every_watch)
         operator.wait_ready(timeout=60)
         assert ghost not in cluster.ready_nodes()
         try:
-            # Two nodes are left: at most 6 replicas fit. With the ghost counted, 9 do.
             wait_for(
-                lambda: f'node="{ghost}"' not in operator.metrics(),
-                timeout=30,
-                what="the operator to forget the deleted node",
+                lambda: (
+                    f'node="{ghost}"' not in operator.metrics()
+                    and f'{{node="{unbudgeted}"}} 0.0' in _known_lines(operator)
+                    and 'cell="idle"' not in operator.metrics()
+                ),
+                timeout=60,
+                what="the operator to forget the deleted node, budget and cell",
             )
-            nine = cluster.kubectl(
-                "scale", "streamcell/fat", "-n", ns, "--replicas=9", "--dry-run=server", check=False
+            assert _relists(operator, "expired") > relisted_before
+            # One node with a budget is left: 3 replicas fit, 4 do not. With the ghost and
+            # the lost budget still counted, 9 would.
+            four = cluster.kubectl(
+                "scale", "streamcell/fat", "-n", ns, "--replicas=4", "--dry-run=server", check=False
             )
-            assert nine.returncode != 0, "9 replicas admitted onto 2 nodes that fit 6"
+            assert four.returncode != 0, "4 replicas admitted onto the one budgeted node left"
         finally:
             cluster.kubectl("delete", "streamcell", "fat", "-n", ns, "--wait=false")
+
+
+def _known_lines(operator: OperatorProcess) -> str:
+    return "\n".join(
+        line
+        for line in operator.metrics().splitlines()
+        if line.startswith("cellguard_node_budget_known")
+    )
+
+
+def _relists(operator: OperatorProcess, reason: str) -> float:
+    """Relistings of every kind for `reason`, from the operator's counter."""
+    total = 0.0
+    for line in operator.metrics().splitlines():
+        if line.startswith("cellguard_cache_relists_total{") and f'reason="{reason}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 INVALID_NS = "e2e-invalid"

@@ -14,11 +14,15 @@ from cellguard.admission.handlers import replicaset_cell
 from cellguard.api.v1alpha1 import StreamCellSpec
 from cellguard.budget.pools import pool_label_key
 from cellguard.budget.snapshot import CellKey, Reservation
+from cellguard.constants import LABEL_CELL
 from cellguard.metrics import CellFiguresRow, Fleet, FleetReport, OperatorMetrics, node_figures
 from cellguard.reconcile import status as status_model
+from cellguard.reconcile.refresh import StatusLoop
 from cellguard.resources import webhook
 from cellguard.settings import Settings
+from cellguard.state.feed import CacheFeed
 from cellguard.state.gate import BackstopAnswer, CellFigures, Refusal, ScaleGate
+from cellguard.state.records import Kind, PodRecord, key_of, parse
 from cellguard.state.reservations import ReservationLedger
 from cellguard.state.settling import releasable_pool_labels, release_if_placed
 from cellguard.state.store import ClusterState
@@ -469,17 +473,55 @@ def test_snapshot_rebuilds_for_structure_at_once_and_for_budgets_at_most_every_s
     assert gate.snapshot().nodes["n2"].budget.threads_in_use == 5_000  # type: ignore[union-attr]
 
 
-def test_a_node_deleted_during_a_watch_gap_is_forgotten_unless_an_event_is_newer() -> None:
-    state = two_node_state()
-    before = state.node_events
-    # A name listing taken now lacks n2 (deleted while the watch was down) ...
-    assert state.forget_absent_nodes({"n1"}, before) == ["n2"]
+def test_a_relisting_forgets_what_a_watch_gap_deleted_and_only_in_its_scope() -> None:
+    state = two_node_state(a={"replicas": 2}, b={"replicas": 1})
+    ledger = ReservationLedger()
+    gate = ScaleGate(state, ledger, Counter(), now=lambda: NOW)
+    feed = CacheFeed(state, ledger, gate)
+    later = NOW + datetime.timedelta(hours=1)
+    ledger.hold(Reservation(CellKey("ns", "b"), {"n2": 100}, later, target_replicas=3))
+    state.upsert_cell(cell("other", "c", replicas=1))
+    # While the watches were away, node n2, n1's budget and cell ns/b were deleted.
+    feed.replaced(Kind.NODES, {"n1": parse(Kind.NODES, node("n1"))}, None)
+    feed.replaced(Kind.BUDGETS, {"n2": parse(Kind.BUDGETS, budget("n2"))}, None)
+    raw_a = cell("ns", "a", replicas=2)
+    feed.replaced(Kind.CELLS, {key_of(Kind.CELLS, raw_a): parse(Kind.CELLS, raw_a)}, "ns")
     assert set(state.nodes) == {"n1"}
-    # ... but a node whose event came after the listing began is the newer truth.
-    listed_at = state.node_events
-    state.upsert_node(node("n3"))
-    assert state.forget_absent_nodes({"n1"}, listed_at) == []
-    assert "n3" in state.nodes
+    assert set(state.budgets) == {"n2"} and state.nodes["n1"].budget is None
+    # The namespace listed lost b; another namespace's cell is not its listing's to drop.
+    assert set(state.cells) == {CellKey("ns", "a"), CellKey("other", "c")}
+    # A deleted cell's reservation goes with it.
+    assert ledger.get(("ns", "b")) is None
+    # Every kind listed once: the cache is complete.
+    assert state.synced
+
+
+def test_watch_events_reach_the_cache_and_let_a_placed_reservation_go() -> None:
+    state = two_node_state(a={"replicas": 1})
+    ledger = ReservationLedger()
+    gate = ScaleGate(state, ledger, Counter(), now=lambda: NOW)
+    feed = CacheFeed(state, ledger, gate)
+    key = CellKey("ns", "a")
+    ledger.hold(Reservation(key, {"n1": 100}, NOW + datetime.timedelta(hours=1), 1))
+    state.note_deployment(
+        {"metadata": {"namespace": "ns", "labels": {LABEL_CELL: "a"}}, "spec": {"replicas": 1}}
+    )
+    raw = pod("ns", "a-1", "a", "n1")
+    feed.changed(Kind.PODS, "ADDED", key_of(Kind.PODS, raw), parse(Kind.PODS, raw))
+    assert state.placement[key] == {"n1": 1}
+    assert ledger.get(key) is None  # its one pod is bound: nothing is still to come
+    feed.changed(Kind.PODS, "DELETED", key_of(Kind.PODS, raw), parse(Kind.PODS, raw))
+    assert key not in state.placement
+    feed.changed(Kind.CELLS, "DELETED", key, parse(Kind.CELLS, cell("ns", "a", replicas=1)))
+    assert key not in state.cells
+
+
+def test_records_share_repeated_names() -> None:
+    first = parse(Kind.PODS, pod("n" + "s", "a-1", "a", "n" + "1"))
+    second = parse(Kind.PODS, pod("".join(["n", "s"]), "a-2", "a", "".join(["n", "1"])))
+    assert isinstance(first, PodRecord) and isinstance(second, PodRecord)
+    assert first.cell.namespace is second.cell.namespace
+    assert first.node is second.node
 
 
 def test_status_only_cell_events_leave_the_snapshot_alone() -> None:
@@ -775,3 +817,82 @@ def test_a_resync_forgets_a_budget_deleted_during_a_watch_gap() -> None:
     )
     assert set(state.budgets) == {"n1"} and "n2" not in state.budget_received
     assert state.nodes["n2"].budget is None
+
+
+# ---------------------------------------------------------------------- the status loop
+
+
+def _loop_operator(
+    patched: list[tuple[str, dict[str, Any]]], events: list[tuple[str, str]], applied: list[int]
+) -> Operator:
+    def apply(manifest: dict[str, Any]) -> dict[str, Any]:
+        if manifest["kind"] == "Deployment":
+            applied.append(manifest["spec"]["replicas"])
+        return manifest
+
+    op = Operator.create(
+        Settings(),
+        OperatorMetrics(CollectorRegistry()),
+        apply,
+        now=lambda: NOW,
+        patch_status=lambda record, status: patched.append((record.name, status)),
+        post_event=lambda record, type_, reason, message: events.append((record.name, reason)),
+    )
+    op.state.replace_all(
+        nodes=[node("n1"), node("n2")],
+        budgets=[budget("n1"), budget("n2")],
+        cells=[cell("ns", "a", replicas=2), cell("ns", "b", replicas=1)],
+        policies=[{"metadata": {"name": "default"}, "spec": {"safetyMargin": 0.2}}],
+        pods=[
+            pod("ns", "a-1", "a", "n1"),
+            pod("ns", "a-2", "a", "n2"),
+            pod("ns", "b-1", "b", "n1"),
+        ],
+    )
+    op.state.note_applied(CellKey("ns", "a"), 2)
+    op.state.note_applied(CellKey("ns", "b"), 1)
+    return op
+
+
+def test_the_status_loop_patches_only_cells_whose_status_changed() -> None:
+    patched: list[tuple[str, dict[str, Any]]] = []
+    events: list[tuple[str, str]] = []
+    applied: list[int] = []
+    op = _loop_operator(patched, events, applied)
+    loop = StatusLoop(op)
+    assert asyncio.run(loop.round()) == 2  # first figures for both cells
+    assert {name for name, _ in patched} == {"a", "b"}
+    assert all("maxSafeReplicas" in status for _, status in patched)
+    assert applied == []  # both at their size: nothing applied
+    patched.clear()
+    # Nothing moved: nothing written, although the watch has not brought the writes back.
+    assert asyncio.run(loop.round()) == 0
+    # n1 fills up: both cells' figures change (a's max safe size falls: an Event says so).
+    op.state.upsert_budget(budget("n1", in_use=20_000))
+    op.gate.snapshots.budget_refresh_seconds = 0.0
+    assert asyncio.run(loop.round()) == 2
+    assert ("a", "BudgetChanged") in events
+    # Only what changed is written: the generation seen is the same.
+    assert all("observedGeneration" not in status for _, status in patched)
+    assert applied == []
+
+
+def test_the_status_loop_and_a_spec_change_never_interleave_on_one_cell() -> None:
+    patched: list[tuple[str, dict[str, Any]]] = []
+    applied: list[int] = []
+    op = _loop_operator(patched, [], applied)
+    key = CellKey("ns", "b")
+
+    async def scenario() -> None:
+        async with op.cell_lock(key):
+            refresh = asyncio.create_task(StatusLoop(op).refresh(key))
+            await asyncio.sleep(0.01)
+            assert not refresh.done()  # it waits for the handler's converge
+            # The handler's spec change lands while it holds the lock.
+            op.state.upsert_cell(cell("ns", "b", replicas=1, base=3_001))
+        await refresh
+
+    asyncio.run(scenario())
+    # The refresh converged the newest spec, not the one it started with.
+    [(name, status)] = patched
+    assert name == "b" and status["threadsPerPod"] == 3_001

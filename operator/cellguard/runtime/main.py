@@ -12,10 +12,13 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import gc
 import logging
 import os
 import signal
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +31,24 @@ from cellguard.admission import handlers as admission_handlers
 from cellguard.api.v1alpha1 import RefusalReason
 from cellguard.constants import (
     FIELD_MANAGER_OPERATOR,
+    GROUP,
     KOPF_PREFIX,
     LABEL_LEADER,
+    STREAMCELL_PLURAL,
+    VERSION,
 )
-from cellguard.listing import list_cluster, node_names
+from cellguard.listing import sources
 from cellguard.metrics import OperatorMetrics
 from cellguard.reconcile import handlers as reconcile_handlers
+from cellguard.reconcile.refresh import StatusLoop
 from cellguard.resources import webhook as webhook_config
+from cellguard.runtime.informer import start_informers
 from cellguard.runtime.leader import LeaderElector, LeaseConfig
 from cellguard.runtime.probes import ProbeServer
 from cellguard.runtime.tls import ReloadingCertificate, ReloadingWebhookServer
 from cellguard.settings import Settings, WebhookMode
+from cellguard.state.feed import CacheFeed
+from cellguard.state.store import CellRecord
 from cellguard.wiring import Operator
 
 log = logging.getLogger("cellguard")
@@ -61,19 +71,7 @@ def run(args: argparse.Namespace) -> int:
     return asyncio.run(run_operator(settings))
 
 
-# ---------------------------------------------------------------------- listing
-
-
-def load_listing(op: Operator, listing: dict[str, list[Any]]) -> None:
-    op.state.replace_all(
-        nodes=listing["nodes"],
-        budgets=listing["budgets"],
-        cells=listing["cells"],
-        policies=listing["policies"],
-        pods=listing["pods"],
-    )
-    for deployment in listing["deployments"]:
-        op.state.note_deployment(deployment)
+# ---------------------------------------------------------------------- identity
 
 
 def own_username(api: client.ApiClient) -> str:
@@ -90,7 +88,7 @@ def own_username(api: client.ApiClient) -> str:
 # ---------------------------------------------------------------------- webhook
 
 
-def webhook_server(settings: Settings, workdir: Path) -> tuple[kopf.WebhookServer, bytes]:
+def webhook_server(settings: Settings, workdir: Path) -> tuple[ReloadingWebhookServer, bytes]:
     """The webhook server and the CA bundle the API server must trust."""
     if settings.webhook_cert and settings.webhook_key:
         certfile, keyfile = settings.webhook_cert, settings.webhook_key
@@ -176,7 +174,9 @@ def connection_info(api: client.ApiClient) -> kopf.ConnectionInfo:
     )
 
 
-def build_registry(op: Operator, api: client.ApiClient) -> kopf.OperatorRegistry:
+def build_registry(
+    op: Operator, api: client.ApiClient, statuses: StatusLoop
+) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
@@ -184,7 +184,7 @@ def build_registry(op: Operator, api: client.ApiClient) -> kopf.OperatorRegistry
         return connection_info(api)
 
     admission_handlers.register(registry, op)
-    reconcile_handlers.register(registry, op)
+    reconcile_handlers.register(registry, op, statuses)
     return registry
 
 
@@ -202,10 +202,43 @@ async def run_operator(settings: Settings) -> int:
     def label_node(name: str, labels: dict[str, str | None]) -> dict[str, Any]:
         return kubeclient.label_node(api, name, labels)
 
-    op = Operator.create(settings, metrics, apply, label_node=label_node)
+    def cell_path(record: CellRecord) -> str:
+        plural = f"/apis/{GROUP}/{VERSION}/namespaces/{record.namespace}/{STREAMCELL_PLURAL}"
+        return f"{plural}/{record.name}"
+
+    def patch_status(record: CellRecord, status: dict[str, Any]) -> None:
+        kubeclient.merge_patch_status(api, cell_path(record), status)
+
+    def post_event(record: CellRecord, type_: str, reason: str, message: str) -> None:
+        involved = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "StreamCell",
+            "namespace": record.namespace,
+            "name": record.name,
+            "uid": record.uid,
+        }
+        kubeclient.post_event(
+            api,
+            involved,
+            type_=type_,
+            reason=reason,
+            message=message,
+            component="cellguard",
+            instance=settings.identity,
+        )
+
+    op = Operator.create(
+        settings,
+        metrics,
+        apply,
+        label_node=label_node,
+        patch_status=patch_status,
+        post_event=post_event,
+    )
     metrics.attach_fleet(op.fleet)
     stop = asyncio.Event()
     kopf_ready = asyncio.Event()
+    served: list[ReloadingWebhookServer] = []  # the webhook server, once made
     kopf_stop = asyncio.Event()
     elector = LeaderElector(
         api,
@@ -222,7 +255,7 @@ async def run_operator(settings: Settings) -> int:
             return False, "not the leader"
         if not op.state.synced:
             return False, "caches filling"
-        if not kopf_ready.is_set():
+        if not kopf_ready.is_set() or not (served and served[0].listening.is_set()):
             return False, "handlers starting"
         return True, "leading"
 
@@ -256,6 +289,7 @@ async def run_operator(settings: Settings) -> int:
         settings.metrics_port,
     )
     workdir = Path(tempfile.mkdtemp(prefix="cellguard-operator-"))
+    informers_stop = threading.Event()
     exit_code = 0
     try:
         await _mark_leader(api, settings, leads=False)  # a previous life's label goes first
@@ -265,18 +299,38 @@ async def run_operator(settings: Settings) -> int:
         hold = asyncio.create_task(elector.hold(stop), name="lease")
         op.own_username = await asyncio.to_thread(own_username, api)
         log.info("acting as %s", op.own_username)
-        load_listing(op, await asyncio.to_thread(list_cluster, api, settings.namespaces))
+        listed_at = time.monotonic()
+        # The start-up listing only adds long-lived objects (no cycles): collections while it
+        # runs would walk the growing heap again and again for nothing.
+        gc.disable()
+        start_informers(
+            api,
+            sources(settings.namespaces),
+            CacheFeed(op.state, op.ledger, op.gate),
+            resync_seconds=settings.resync_seconds,
+            stop=informers_stop,
+            on_relist=lambda source, why: metrics.relists.labels(source.kind.value, why).inc(),
+        )
+        synced = await _cache_synced(op, stop)
+        gc.enable()
+        if not synced:
+            return 0
         log.info(
-            "cache synced: %d nodes, %d budgets, %d cells, %d cell pods",
+            "cache synced in %.1f s: %d nodes, %d budgets, %d cells, %d cell pods",
+            time.monotonic() - listed_at,
             len(op.state.nodes),
             len(op.state.budgets),
             len(op.state.cells),
             len(op.state.pods),
         )
+        gc.collect()
+        gc.freeze()  # what the listing left is long-lived: later collections skip it
         server, ca_bundle = webhook_server(settings, workdir)
+        served.append(server)
         if settings.webhook_mode is WebhookMode.URL:
             await asyncio.to_thread(register_url_webhook, api, settings, ca_bundle)
-        registry = build_registry(op, api)
+        status_loop = StatusLoop(op)
+        registry = build_registry(op, api, status_loop)
         operator_task = asyncio.create_task(
             kopf.operator(
                 registry=registry,
@@ -289,9 +343,8 @@ async def run_operator(settings: Settings) -> int:
             name="kopf",
         )
         housekeeping = asyncio.create_task(_housekeeping(op, stop, readiness_gauge))
-        resync = asyncio.create_task(_resync(api, op, stop))
-        node_check = asyncio.create_task(_forget_deleted_nodes(api, op, stop))
         pools = asyncio.create_task(_tend_pools(op, stop))
+        statuses = asyncio.create_task(status_loop.run(stop), name="status")
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait(
             {hold, operator_task, stopper}, return_when=asyncio.FIRST_COMPLETED
@@ -311,18 +364,28 @@ async def run_operator(settings: Settings) -> int:
         stop.set()
         kopf_stop.set()
         housekeeping.cancel()
-        resync.cancel()
-        node_check.cancel()
         pools.cancel()
+        statuses.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(operator_task, timeout=30)
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await hold
         stopper.cancel()
     finally:
+        informers_stop.set()
         await _mark_leader(api, settings, leads=False)
         await probes.stop()
     return exit_code
+
+
+async def _cache_synced(op: Operator, stop: asyncio.Event) -> bool:
+    """Wait until every kind has been listed into the cache (False: stopped first)."""
+    while not op.state.synced:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=0.1)
+        if stop.is_set():
+            return False
+    return True
 
 
 async def _mark_leader(api: client.ApiClient, settings: Settings, *, leads: bool) -> None:
@@ -367,45 +430,3 @@ async def _tend_pools(op: Operator, stop: asyncio.Event) -> None:
             log.warning("tending node pools failed: %s", exc)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=POOL_TENDING_SECONDS)
-
-
-async def _resync(api: client.ApiClient, op: Operator, stop: asyncio.Event) -> None:
-    """Relist everything now and then: a missed watch event cannot linger for long.
-
-    A listing taken while events changed the cache would be older than the cache, so it is
-    only loaded when no event arrived while it was being taken.
-    """
-    interval = op.settings.resync_seconds
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=interval)
-        if stop.is_set():
-            return
-        version = op.state.version
-        try:
-            listing = await asyncio.to_thread(list_cluster, api, op.settings.namespaces)
-        except Exception as exc:  # the API server may be away: the next round retries
-            log.warning("resync listing failed: %s", exc)
-            continue
-        if op.state.version == version:
-            load_listing(op, listing)
-        else:
-            log.debug("resync skipped: the cache changed while listing")
-
-
-async def _forget_deleted_nodes(api: client.ApiClient, op: Operator, stop: asyncio.Event) -> None:
-    """Every few seconds, drop nodes deleted while a watch was down (see
-    ClusterState.forget_absent_nodes): a ghost node would be budgeted as free room."""
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=op.settings.node_check_seconds)
-        if stop.is_set():
-            return
-        events = op.state.node_events
-        try:
-            names = await asyncio.to_thread(node_names, api)
-        except Exception as exc:  # the API server may be away: the next round retries
-            log.debug("node name listing failed: %s", exc)
-            continue
-        for name in op.state.forget_absent_nodes(names, events):
-            log.warning("node %s was deleted while a watch was down: forgotten", name)

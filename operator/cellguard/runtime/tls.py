@@ -22,10 +22,12 @@ in which the API server's calls are refused) and only every `file_check_interval
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import ssl
 import threading
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,6 +158,13 @@ class ReloadingWebhookServer(kopf.WebhookServer):
     ) -> None:
         super().__init__(addr=addr, port=port, host=host, cadata=ca_bundle)
         self.certificate = certificate
+        # Set once the listener is bound: readiness waits for it (kopf's ready flag does not).
+        self.listening = asyncio.Event()
 
     def _build_ssl(self) -> tuple[bytes | None, ssl.SSLContext | None]:
         return self.cadata, self.certificate.context
+
+    async def __call__(self, fn: kopf.WebhookFn) -> AsyncIterator[kopf.WebhookClientConfig]:
+        async for client_config in super().__call__(fn):
+            self.listening.set()  # kopf yields the client config once its site started
+            yield client_config

@@ -1,86 +1,43 @@
 """What the operator knows of the cluster: nodes, budgets, cells, policies, cell pods and
 the cells' Deployments.
 
-Fed with raw Kubernetes objects (dicts) from the initial listing and then from watch
-events; answers with parsed, typed records. Pure: no client, no kopf. Pod counts per
-(node, cell) are kept incrementally so that a decision never walks every pod.
+Fed with records (`state.records`) from each kind's list and watch, or with raw objects
+(dicts) by the CLI and the tests; answers with parsed, typed records. Pure: no client, no
+kopf. Pod counts per (node, cell) are kept incrementally so that a decision never walks
+every pod. A kind's listing replaces what the cache holds of it (within the namespace
+listed): what a watch gap hid - a node, a budget, a cell deleted meanwhile - is forgotten.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
-
-from cellguard.api.v1alpha1 import (
-    NodeBudgetSpec,
-    StreamCell,
-    StreamCellSpec,
-    ThreadBudgetPolicySpec,
+from cellguard.api.v1alpha1 import NodeBudgetSpec, ThreadBudgetPolicySpec
+from cellguard.budget import CellKey, NodeView, ObservedThreads
+from cellguard.state.records import (
+    CellRecord,
+    DeploymentSeen,
+    Invalid,
+    Key,
+    Kind,
+    Parsed,
+    PodKey,
+    PodRecord,
+    intern_uid,
+    key_of,
+    parse,
+    parse_pod,
 )
-from cellguard.budget import CellKey, CellView, NodeView, ObservedThreads
-from cellguard.constants import LABEL_CELL
 
-PodKey = tuple[str, str]
+__all__ = ["CellRecord", "ClusterState", "DeploymentSeen", "PodKey", "PodRecord", "utc_now"]
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class CellRecord:
-    namespace: str
-    name: str
-    uid: str
-    generation: int
-    spec: StreamCellSpec
-    view: CellView
-
-    @property
-    def key(self) -> CellKey:
-        return CellKey(self.namespace, self.name)
-
-
-@dataclass(frozen=True)
-class DeploymentSeen:
-    """What a cell's Deployment asks for and has, as last seen (listing, event, or apply)."""
-
-    replicas: int  # spec.replicas
-    existing: int = 0  # status.replicas
-    ready: int = 0  # status.readyReplicas
-
-
-@dataclass(frozen=True)
-class PodRecord:
-    cell: CellKey
-    node: str | None
-    terminating: bool
-    uid: str = ""
-
-
-def parse_pod(raw: Mapping[str, Any]) -> tuple[PodKey, PodRecord] | None:
-    """A cell pod's record, or None for pods that are not a cell's or are finished."""
-    metadata = raw.get("metadata", {})
-    cell_name = (metadata.get("labels", {}) or {}).get(LABEL_CELL)
-    if not cell_name:
-        return None
-    phase = (raw.get("status", {}) or {}).get("phase")
-    if phase in ("Succeeded", "Failed"):
-        return None  # a finished pod holds no threads
-    namespace = metadata["namespace"]
-    node = (raw.get("spec", {}) or {}).get("nodeName") or None
-    record = PodRecord(
-        cell=CellKey(namespace, cell_name),
-        node=node,
-        terminating=metadata.get("deletionTimestamp") is not None,
-        uid=metadata.get("uid", ""),
-    )
-    return (namespace, metadata["name"]), record
 
 
 class ClusterState:
@@ -112,46 +69,102 @@ class ClusterState:
         self.pod_threads: dict[str, dict[str, int]] = {}
         # cell -> its Deployment as last seen.
         self.deployments: dict[CellKey, DeploymentSeen] = {}
-        self.synced = False
+        # The kinds listed at least once: the cache is complete when every kind is.
+        self.listed: set[Kind] = set()
         self.version = 0  # bumped on every change that can move a decision
         # What changed, by kind, so the gate rebuilds only what it must.
         self.node_version = 0
-        # Node events seen, and the count at each node's last one: a listing taken when
-        # the count was lower is older than what the cache knows of that node.
-        self.node_events = 0
-        self.node_touched: dict[str, int] = {}
         self.budget_version = 0
         self.cell_version = 0
         self.pod_version = 0
 
+    @property
+    def synced(self) -> bool:
+        return self.listed >= set(Kind)
+
+    # ------------------------------------------------------------------ by kind
+
+    def put(self, kind: Kind, key: Key, parsed: Parsed) -> None:
+        """An object of `kind` as listed or watched (ADDED or MODIFIED), already parsed."""
+        if kind is Kind.NODES:
+            assert isinstance(key, str) and isinstance(parsed, NodeView)
+            self._put_node(parsed)
+        elif kind is Kind.BUDGETS:
+            assert isinstance(key, str) and isinstance(parsed, NodeBudgetSpec | Invalid)
+            self._put_budget(key, parsed)
+        elif kind is Kind.POLICIES:
+            assert isinstance(key, str)
+            assert isinstance(parsed, ThreadBudgetPolicySpec | Invalid)
+            self._put_policy(key, parsed)
+        elif kind is Kind.CELLS:
+            assert isinstance(parsed, CellRecord | Invalid)
+            self._put_cell(CellKey(*key), parsed)
+        elif kind is Kind.PODS:
+            assert isinstance(key, tuple) and isinstance(parsed, PodRecord | None)
+            self._put_pod(key, parsed)
+        else:
+            assert isinstance(parsed, DeploymentSeen)
+            self.deployments[CellKey(*key)] = parsed
+
+    def remove(self, kind: Kind, key: Key) -> None:
+        """An object of `kind` is gone (a DELETED event, or absent from a new listing)."""
+        if kind is Kind.NODES:
+            self.delete_node(str(key))
+        elif kind is Kind.BUDGETS:
+            self.delete_budget(str(key))
+        elif kind is Kind.POLICIES:
+            self.delete_policy(str(key))
+        elif kind is Kind.CELLS:
+            self.delete_cell(CellKey(*key))
+        elif kind is Kind.PODS:
+            assert isinstance(key, tuple)
+            self.delete_pod(key)
+        else:
+            self.forget_deployment(CellKey(*key))
+
+    def keys(self, kind: Kind) -> list[Key]:
+        """The keys the cache holds of `kind` (invalid objects included)."""
+        if kind is Kind.NODES:
+            return list(self.nodes)
+        if kind is Kind.BUDGETS:
+            return [*self.budgets, *self.budget_errors]
+        if kind is Kind.POLICIES:
+            return list(self.policies)
+        if kind is Kind.CELLS:
+            return [*self.cells, *self.cell_errors]
+        if kind is Kind.PODS:
+            return list(self.pods)
+        return list(self.deployments)
+
+    def replace(
+        self, kind: Kind, items: Mapping[Key, Parsed], namespace: str | None = None
+    ) -> None:
+        """A complete listing of `kind` (in `namespace`, or everywhere): what it lacks is
+        forgotten, what it has is put. A report seen before keeps when it was received,
+        so a relisting does not make an old budget fresh again."""
+        for key in self.keys(kind):
+            if key not in items and (namespace is None or key[0] == namespace):
+                self.remove(kind, key)
+        for key, parsed in items.items():
+            self.put(kind, key, parsed)
+        self.listed.add(kind)
+
     # ------------------------------------------------------------------ nodes and budgets
 
     def upsert_node(self, raw: Mapping[str, Any]) -> None:
-        name = raw["metadata"]["name"]
-        view = NodeView.from_manifest(raw, self.budgets.get(name), self.budget_received.get(name))
-        self.node_events += 1
-        self.node_touched[name] = self.node_events
+        self.put(Kind.NODES, key_of(Kind.NODES, raw), parse(Kind.NODES, raw))
+
+    def _put_node(self, parsed: NodeView) -> None:
+        name = parsed.name
+        view = replace(
+            parsed,
+            budget=self.budgets.get(name),
+            budget_received_at=self.budget_received.get(name),
+        )
         if self.nodes.get(name) != view:
             self.nodes[name] = view
             self.version += 1
             self.node_version += 1
-
-    def forget_absent_nodes(self, listed: set[str], events_before_listing: int) -> list[str]:
-        """Drop nodes a listing no longer has, unless an event about them came after it.
-
-        A watch that broke (an API server restart) is resumed by re-listing, which replays
-        what exists but says nothing of what was deleted in the gap: a deleted node would
-        stay here as a place for new pods - an unsafe ghost. A cheap name listing, taken
-        often, settles it.
-        """
-        gone = [
-            name
-            for name in self.nodes
-            if name not in listed and self.node_touched.get(name, 0) <= events_before_listing
-        ]
-        for name in gone:
-            self.delete_node(name)
-        return gone
 
     def _attach_budget(self, name: str) -> None:
         view = self.nodes.get(name)
@@ -163,25 +176,29 @@ class ClusterState:
             )
 
     def delete_node(self, name: str) -> None:
-        self.node_events += 1
-        self.node_touched[name] = self.node_events
         if self.nodes.pop(name, None) is not None:
             self.version += 1
             self.node_version += 1
 
     def upsert_budget(self, raw: Mapping[str, Any]) -> None:
-        name = raw["metadata"]["name"]
-        try:
-            spec = NodeBudgetSpec.model_validate(raw.get("spec", {}))
-        except ValidationError as error:
+        self.put(Kind.BUDGETS, key_of(Kind.BUDGETS, raw), parse(Kind.BUDGETS, raw))
+
+    def _put_budget(self, name: str, parsed: NodeBudgetSpec | Invalid) -> None:
+        if isinstance(parsed, Invalid):
             # An unreadable budget is an unknown budget: the planner fails closed on it.
             self.budgets.pop(name, None)
-            self.budget_errors[name] = _first_error(error)
+            self.budget_errors[name] = parsed.error
+            self.pod_threads.pop(name, None)
         else:
-            self._note_receipt(name, spec)
-            self.budgets[name] = spec
+            self._note_receipt(name, parsed)
+            # The per-pod readings are kept once, as uid -> threads, not as models.
+            if parsed.pods:
+                self.pod_threads[name] = {intern_uid(pod.uid): pod.threads for pod in parsed.pods}
+                parsed = parsed.model_copy(update={"pods": []})
+            else:
+                self.pod_threads.pop(name, None)
+            self.budgets[name] = parsed
             self.budget_errors.pop(name, None)
-        self._note_pod_threads(name)
         self._attach_budget(name)
         self.version += 1
         self.budget_version += 1
@@ -198,18 +215,11 @@ class ClusterState:
         observed = observed if observed.tzinfo is not None else observed.replace(tzinfo=UTC)
         self.budget_received[name] = now if previous is not None else min(observed, now)
 
-    def _note_pod_threads(self, name: str) -> None:
-        budget = self.budgets.get(name)
-        if budget is None or not budget.pods:
-            self.pod_threads.pop(name, None)
-        else:
-            self.pod_threads[name] = {pod.uid: pod.threads for pod in budget.pods}
-
     def delete_budget(self, name: str) -> None:
         self.budgets.pop(name, None)
         self.budget_received.pop(name, None)
         self.budget_errors.pop(name, None)
-        self._note_pod_threads(name)
+        self.pod_threads.pop(name, None)
         self._attach_budget(name)
         self.version += 1
         self.budget_version += 1
@@ -217,39 +227,27 @@ class ClusterState:
     # ------------------------------------------------------------------ cells and policies
 
     def upsert_cell(self, raw: Mapping[str, Any]) -> CellRecord | None:
-        metadata = raw["metadata"]
-        key = CellKey(metadata["namespace"], metadata["name"])
-        try:
-            cell = StreamCell.model_validate(
-                {
-                    "metadata": {"name": key.name, "namespace": key.namespace},
-                    "spec": raw.get("spec", {}),
-                }
-            )
-        except ValidationError as error:
+        key = key_of(Kind.CELLS, raw)
+        parsed = parse(Kind.CELLS, raw)
+        self.put(Kind.CELLS, key, parsed)
+        return parsed if isinstance(parsed, CellRecord) else None
+
+    def _put_cell(self, key: CellKey, parsed: CellRecord | Invalid) -> None:
+        if isinstance(parsed, Invalid):
             self.cells.pop(key, None)
-            self.cell_errors[key] = _first_error(error)
+            self.cell_errors[key] = parsed.error
             self.version += 1
             self.cell_version += 1
-            return None
-        record = CellRecord(
-            namespace=key[0],
-            name=key[1],
-            uid=metadata.get("uid", ""),
-            generation=int(metadata.get("generation", 0)),
-            spec=cell.spec,
-            view=CellView.from_streamcell(cell),
-        )
+            return
         previous = self.cells.get(key)
-        self.cells[key] = record
+        self.cells[key] = parsed
         self.cell_errors.pop(key, None)
         # Most cell events are the operator's own status patches and kopf's annotations:
         # the decision's inputs did not move, so neither do the versions (a bump would
         # make the gate rebuild its whole planner snapshot for nothing).
-        if previous is None or previous.view != record.view or previous.uid != record.uid:
+        if previous is None or previous.view != parsed.view or previous.uid != parsed.uid:
             self.version += 1
             self.cell_version += 1
-        return record
 
     def delete_cell(self, key: CellKey) -> None:
         self.cells.pop(key, None)
@@ -258,11 +256,13 @@ class ClusterState:
         self.cell_version += 1
 
     def upsert_policy(self, raw: Mapping[str, Any]) -> None:
-        name = raw["metadata"]["name"]
-        try:
-            self.policies[name] = ThreadBudgetPolicySpec.model_validate(raw.get("spec", {}) or {})
-        except ValidationError:
+        self.put(Kind.POLICIES, key_of(Kind.POLICIES, raw), parse(Kind.POLICIES, raw))
+
+    def _put_policy(self, name: str, parsed: ThreadBudgetPolicySpec | Invalid) -> None:
+        if isinstance(parsed, Invalid):
             self.policies.pop(name, None)  # a broken policy is a missing one: cells refuse
+        else:
+            self.policies[name] = parsed
         self.version += 1
         self.cell_version += 1
 
@@ -274,13 +274,14 @@ class ClusterState:
     # ------------------------------------------------------------------ pods
 
     def upsert_pod(self, raw: Mapping[str, Any]) -> None:
-        parsed = parse_pod(raw)
-        metadata = raw.get("metadata", {})
-        key = (metadata.get("namespace", ""), metadata.get("name", ""))
-        if parsed is None:
+        key = key_of(Kind.PODS, raw)
+        assert isinstance(key, tuple)
+        self._put_pod(key, parse_pod(raw))
+
+    def _put_pod(self, key: PodKey, record: PodRecord | None) -> None:
+        if record is None:
             self.delete_pod(key)
             return
-        key, record = parsed
         previous = self.pods.get(key)
         if previous == record:
             return
@@ -338,14 +339,7 @@ class ClusterState:
 
     def note_deployment(self, raw: Mapping[str, Any]) -> None:
         """Remember what a cell's Deployment asks for and has (from a listing or an event)."""
-        metadata = raw.get("metadata", {})
-        key = CellKey(metadata.get("namespace", ""), metadata.get("labels", {}).get(LABEL_CELL, ""))
-        status = raw.get("status", {}) or {}
-        self.deployments[key] = DeploymentSeen(
-            replicas=int((raw.get("spec", {}) or {}).get("replicas", 0) or 0),
-            existing=int(status.get("replicas", 0) or 0),
-            ready=int(status.get("readyReplicas", 0) or 0),
-        )
+        self.put(Kind.DEPLOYMENTS, key_of(Kind.DEPLOYMENTS, raw), parse(Kind.DEPLOYMENTS, raw))
 
     def note_applied(self, key: CellKey, replicas: int) -> None:
         """The operator applied the cell's Deployment at `replicas` (before the watch says)."""
@@ -384,47 +378,20 @@ class ClusterState:
         cells: Iterable[Mapping[str, Any]],
         policies: Iterable[Mapping[str, Any]],
         pods: Iterable[Mapping[str, Any]],
+        deployments: Iterable[Mapping[str, Any]] = (),
     ) -> None:
-        """Load a complete listing (start-up and periodic resync); then the cache is synced."""
-        fresh = ClusterState(self.clock)
-        # A report already seen keeps when it was received: a resync must not make an old
-        # report new again.
-        known = {name: spec for name, spec in self.budgets.items()}
-        fresh.budgets, fresh.budget_received = known, dict(self.budget_received)
-        listed = []
-        for raw in budgets:
-            fresh.upsert_budget(raw)
-            listed.append(raw["metadata"]["name"])
-        for name in set(known).difference(listed):  # deleted during a watch gap
-            fresh.delete_budget(name)
-        for raw in nodes:
-            fresh.upsert_node(raw)
-        for raw in cells:
-            fresh.upsert_cell(raw)
-        for raw in policies:
-            fresh.upsert_policy(raw)
-        for raw in pods:
-            fresh.upsert_pod(raw)
-        self.nodes, self.budgets, self.budget_errors = (
-            fresh.nodes,
-            fresh.budgets,
-            fresh.budget_errors,
-        )
-        self.budget_received = fresh.budget_received
-        self.cells, self.cell_errors, self.policies = fresh.cells, fresh.cell_errors, fresh.policies
-        self.pods, self.placement, self.pods_by_cell = (
-            fresh.pods,
-            fresh.placement,
-            fresh.pods_by_cell,
-        )
-        self.running_uids, self.pod_threads = fresh.running_uids, fresh.pod_threads
-        self.terminating = fresh.terminating
-        self.version += 1
-        self.node_version += 1
-        self.budget_version += 1
-        self.cell_version += 1
-        self.pod_version += 1
-        self.synced = True
+        """Load a complete listing of raw objects (the CLI, a snapshot file); then the
+        cache is synced. Budgets before nodes, so that each node gets its budget at once."""
+        listing = {
+            Kind.BUDGETS: budgets,
+            Kind.NODES: nodes,
+            Kind.POLICIES: policies,
+            Kind.CELLS: cells,
+            Kind.PODS: pods,
+            Kind.DEPLOYMENTS: deployments,
+        }
+        for kind, objects in listing.items():
+            self.replace(kind, {key_of(kind, raw): parse(kind, raw) for raw in objects})
 
     def cells_of_service(self, namespace: str, service: str) -> list[CellRecord]:
         return [
@@ -439,9 +406,3 @@ def _add(table: dict[CellKey, dict[str, int]], cell: CellKey, node: str, delta: 
         del per_node[node]
     if not per_node:
         del table[cell]
-
-
-def _first_error(error: ValidationError) -> str:
-    first = error.errors()[0]
-    location = ".".join(str(p) for p in first.get("loc", ()))
-    return f"{location}: {first.get('msg', 'invalid')}" if location else str(first.get("msg"))
