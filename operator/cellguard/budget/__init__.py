@@ -17,6 +17,7 @@ from cellguard.budget.changes import (
     with_policies,
     with_reservation,
     with_reservations,
+    with_reserved,
     without_reservation,
 )
 from cellguard.budget.decisions import decide, max_safe_replicas, project
@@ -24,6 +25,7 @@ from cellguard.budget.eligibility import eligible_nodes
 from cellguard.budget.explain import headroom_text
 from cellguard.budget.fit import ThreadFit, fit_thread_model, suggested_model
 from cellguard.budget.limits import BudgetStatus, NodeLimits, allowed_threads, node_limits
+from cellguard.budget.pending import admitted_spec_seen, may_receive, still_needed
 from cellguard.budget.planner import CellPlan, plan_for
 from cellguard.budget.pools import is_pool_label, pool_label_key, pool_label_value
 from cellguard.budget.results import (
@@ -51,7 +53,7 @@ from cellguard.budget.status import (
     check_thread_model,
 )
 from cellguard.budget.threads import threads_for, threads_per_pod
-from cellguard.budget.usage import NodeUsage, node_usage
+from cellguard.budget.usage import NodeUsage, Reserved, empty_reserved, node_usage
 
 __all__ = [
     "AllowedReason",
@@ -72,18 +74,22 @@ __all__ = [
     "Projection",
     "Reservation",
     "ReservationLike",
+    "Reserved",
     "Taint",
     "ThreadFit",
     "ThreadModelCheck",
+    "admitted_spec_seen",
     "allowed_threads",
     "cell_status",
     "check_thread_model",
     "decide",
     "eligible_nodes",
+    "empty_reserved",
     "fit_thread_model",
     "headroom_text",
     "is_pool_label",
     "max_safe_replicas",
+    "may_receive",
     "node_limits",
     "node_usage",
     "plan_for",
@@ -91,6 +97,7 @@ __all__ = [
     "pool_label_value",
     "project",
     "seen_at",
+    "still_needed",
     "suggested_model",
     "threads_for",
     "threads_per_pod",
@@ -100,5 +107,6 @@ __all__ = [
     "with_policies",
     "with_reservation",
     "with_reservations",
+    "with_reserved",
     "without_reservation",
 ]

@@ -68,6 +68,27 @@ def with_reservations(
     return snapshot.replaced({Input.RESERVATIONS}, reservations=tuple(reservations))
 
 
+def with_reserved(
+    snapshot: ClusterSnapshot, held: Iterable[ReservationLike], reserved: Reserved
+) -> ClusterSnapshot:
+    """The snapshot with the live ones of `held` and their figures as the caller keeps
+    them: `reserved` must count every one of `held` (expired or not), as the operator's
+    reservation ledger does, adjusting them on each change. O(len(held)) plus the nodes
+    the figures changed on since the snapshot's own (when they share a history): the
+    per-node totals are neither re-summed nor copied."""
+    everything = tuple(held)
+    now = snapshot.now
+    live = tuple(r for r in everything if r.expires_at > now)
+    reserved, _ = reserved.expired(everything, now)
+    child = snapshot.replaced({Input.RESERVATIONS}, reservations=live)
+    child.seed(RESERVED, reserved)
+    before = snapshot.peek(RESERVED)
+    delta = before.total.delta_to(reserved.total) if before is not None else None
+    if delta is not None:
+        _carry_slack(snapshot, child, dict.fromkeys(snapshot.policies, delta), sign=-1)
+    return child
+
+
 def with_reservation(snapshot: ClusterSnapshot, reservation: ReservationLike) -> ClusterSnapshot:
     """The snapshot with `reservation` replacing any other of the same cell."""
     return _replace_reservations(snapshot, CellKey(*reservation.cell), (reservation,))
@@ -113,39 +134,13 @@ def _carry_reservation_change(
     held = parent.peek(RESERVED)
     if held is None:
         return
-    live_removed = [r for r in removed if r.expires_at > parent.now]
-    live_added = [r for r in added if r.expires_at > parent.now]
-    delta: dict[str, int]  # node -> change of threads held
-    if not live_removed and len(live_added) == 1:
-        delta = dict(live_added[0].threads_by_node)  # the common case: a copy, in C
-    else:
-        delta = {}
-        for sign, reservations in ((-1, live_removed), (1, live_added)):
-            for reservation in reservations:
-                for node, threads in reservation.threads_by_node.items():
-                    delta[node] = delta.get(node, 0) + sign * threads
-    total = dict(held.total)
-    get = total.get
-    # Comprehensions rather than loops of statements: this runs over thousands of nodes.
-    total.update({node: get(node, 0) + change for node, change in delta.items()})
-    for node in [node for node in delta if not total[node]]:
-        del total[node]  # as a fresh count would have it
-    by_cell = dict(held.by_cell)
-    for cell in {CellKey(*r.cell) for r in (*live_removed, *live_added)}:
-        mine = [
-            r.threads_by_node
-            for r in child.reservations
-            if CellKey(*r.cell) == cell and r.expires_at > child.now
-        ]
-        own: dict[str, int] = dict(mine[0]) if len(mine) == 1 else {}
-        for threads_by_node in mine if len(mine) > 1 else ():
-            for node, threads in threads_by_node.items():
-                own[node] = own.get(node, 0) + threads
-        if own:
-            by_cell[cell] = own
-        else:
-            by_cell.pop(cell, None)
-    child.seed(RESERVED, Reserved(total, by_cell))
+    now = parent.now
+    changed, delta = held.changed(
+        [r for r in removed if r.expires_at > now],
+        [r for r in added if r.expires_at > now],
+        whole=[r for r in child.reservations if r.expires_at > now],
+    )
+    child.seed(RESERVED, changed)
     # More held on a node is less free there, under every policy alike.
     _carry_slack(parent, child, dict.fromkeys(parent.policies, delta), sign=-1)
 
@@ -186,15 +181,17 @@ def _carry_time_change(parent: ClusterSnapshot, child: ClusterSnapshot) -> None:
 
     Time matters in two places only: budgets turn stale, reservations expire. When neither
     happened between the two moments, every figure stands (the operator asks for the same
-    snapshot "now" before each decision, and must not pay a rebuild for it).
+    snapshot "now" before each decision, and must not pay a rebuild for it); reservations
+    that expired are taken off the figures, on the nodes they covered.
     """
     if child.now < parent.now:
         return  # time went back: rebuild everything on use
     held = parent.peek(RESERVED)
-    reservations_stand = held is not None and not any(
-        parent.now < r.expires_at <= child.now for r in parent.reservations
-    )
-    if held is not None and reservations_stand:
+    delta: dict[str, int] = {}
+    if held is not None:
+        if held.next_expiry is not None and held.next_expiry <= child.now:  # else O(1)
+            live_then = [r for r in parent.reservations if r.expires_at > parent.now]
+            held, delta = held.expired(live_then, child.now)
         child.seed(RESERVED, held)
     for policy_name in parent.policies:
         nodes = parent.peek(POLICY_NODES.of(policy_name))
@@ -202,8 +199,16 @@ def _carry_time_change(parent: ClusterSnapshot, child: ClusterSnapshot) -> None:
             continue
         child.seed(POLICY_NODES.of(policy_name), nodes)
         free = parent.peek(SLACK.of(policy_name))
-        if free is not None and reservations_stand:
-            child.seed(SLACK.of(policy_name), free)
+        if free is None or held is None:
+            continue
+        child.seed(SLACK.of(policy_name), _less(free, delta) if delta else free)
+
+
+def _less(free: dict[str, int], held_more: Mapping[str, int]) -> dict[str, int]:
+    """Free threads with `held_more` (node -> more threads held) taken off."""
+    updated = dict(free)
+    updated.update({node: free[node] - held_more[node] for node in held_more if node in free})
+    return updated
 
 
 def _carry_slack(

@@ -63,8 +63,9 @@ def decide(snapshot: ClusterSnapshot, cell_key: tuple[str, str], target_replicas
     if projection.fits:
         message = explain.fits(change, plan, projection, max_safe)
         reservation = MappingProxyType(plan.reservation(target_replicas))
+        arrivals = MappingProxyType(plan.arrivals(target_replicas))
         return _decision(
-            plan, projection, max_safe, AllowedReason.WITHIN_BUDGET, message, reservation
+            plan, projection, max_safe, AllowedReason.WITHIN_BUDGET, message, reservation, arrivals
         )
     assert projection.reason is not None
     message = explain.refusal(change, plan, projection, max_safe)
@@ -78,6 +79,7 @@ def _decision(
     reason: DecisionReason,
     message: str,
     reservation: Mapping[str, int] = _EMPTY,
+    new_pods: Mapping[str, int] | None = None,
 ) -> Decision:
     return Decision(
         allowed=isinstance(reason, AllowedReason),
@@ -96,6 +98,7 @@ def _decision(
         reservation=reservation,
         message=message,
         claimed_nodes=projection.claimed_nodes,
+        new_pods=new_pods,
     )
 
 

@@ -417,6 +417,19 @@ class CellPlan:
                 held[host.name] = add
         return held
 
+    def arrivals(self, replicas: int) -> dict[str, int]:
+        """node -> new pods of the cell at `replicas` the node may receive at worst: the
+        nodes `reservation` holds new pods' threads on (its pods still to come land there
+        and nowhere else)."""
+        level = self.level(replicas)
+        if not level:
+            return {}
+        found = dict.fromkeys(self.empty.union(self.claimed(replicas) - self.adopt), level)
+        for host in self.hosts:
+            if host.eligible and level > host.live:
+                found[host.name] = level - host.live
+        return found
+
     def project(self, replicas: int) -> Projection:
         refusal = self.refusal(replicas)
         rows = tuple(self.rows(replicas))

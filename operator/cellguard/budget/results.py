@@ -84,6 +84,9 @@ class Decision:
     message: str
     # Nodes to label into the cell's pool before its pods can land (NodeExclusive cells).
     claimed_nodes: frozenset[str] = frozenset()
+    # node -> new pods it may receive at worst (allowed scale-ups): where the pods the
+    # reservation holds threads for may land.
+    new_pods: Mapping[str, int] | None = None
 
     # The limiting node's figures, as the webhook, the CLI and the status show them.
     @property
@@ -106,12 +109,17 @@ class Decision:
     def headroom(self) -> float | None:
         return self.limiting.headroom if self.limiting else None
 
-    def reservation_until(self, expires_at: datetime) -> Reservation:
-        """The reservation the operator holds for this (allowed) change."""
+    def reservation_until(
+        self, expires_at: datetime, *, generation: int | None = None
+    ) -> Reservation:
+        """The reservation the operator holds for this (allowed) change; `generation`: the
+        cell's generation from which the cache holds the spec it was admitted for."""
         return Reservation(
             cell=self.cell,
             threads_by_node=self.reservation,
             expires_at=expires_at,
             target_replicas=self.to_replicas,
             claimed_nodes=self.claimed_nodes,
+            generation=generation,
+            new_pods=self.new_pods,
         )

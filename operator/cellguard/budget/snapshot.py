@@ -173,6 +173,14 @@ class Reservation:
     # Free nodes the change takes into the cell's pool (NodeExclusive cells): no other
     # cell of the service may take them while the reservation holds.
     claimed_nodes: frozenset[str] = frozenset()
+    # The cell's generation from which its spec in the operator's cache is the one this
+    # change was admitted for (None: not known, taken as seen). Until then the cache still
+    # counts the cell's pods at the old size, and the reservation holds all it has.
+    generation: int | None = None
+    # node -> new pods of the change the node may receive at worst: the only nodes its
+    # pods still to come can land on (None: not known; the reservation is then held
+    # whole until the change is in place). See `pending.still_needed`.
+    new_pods: Mapping[str, int] | None = None
 
 
 @dataclass(frozen=True)

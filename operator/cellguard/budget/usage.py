@@ -6,14 +6,16 @@ a decision only looks up figures, whatever the size of the cluster.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from fractions import Fraction
 
 from cellguard.api.v1alpha1 import ThreadBudgetPolicySpec
 from cellguard.budget.limits import BudgetStatus, NodeLimits, margin_fraction, node_limits
-from cellguard.budget.snapshot import CellKey, ClusterSnapshot, Index, Input
+from cellguard.budget.snapshot import CellKey, ClusterSnapshot, Index, Input, ReservationLike
 from cellguard.budget.threads import threads_for
+from cellguard.budget.versioned import Totals, Versioned
 
 
 def modelled_threads(snapshot: ClusterSnapshot) -> dict[str, int]:
@@ -43,31 +45,129 @@ MODELLED: Index[dict[str, int]] = Index("usage.modelled", frozenset({Input.CELLS
 
 @dataclass(frozen=True, slots=True)
 class Reserved:
-    """Threads held by admitted changes that are not applied yet (expired ones dropped)."""
+    """Threads held by admitted changes that are not applied yet (expired ones dropped).
 
-    total: dict[str, int]  # node -> threads, every cell
-    by_cell: dict[CellKey, dict[str, int]]  # cell -> node -> threads
+    Both maps are persistent (`versioned`): a change of one reservation makes a new
+    `Reserved` in O(nodes it covers), and this one stays as it was for whoever still reads
+    it. The operator's ledger keeps one up to date on every hold and release, so a
+    decision never re-sums the reservations.
+    """
+
+    total: Totals  # node -> threads, every cell
+    by_cell: Versioned[CellKey, Mapping[str, int]]  # cell -> node -> threads
+    # No reservation counted here expires before this moment (None: none is counted). A
+    # lower bound: after a release it may be earlier than the earliest left.
+    next_expiry: datetime | None = field(default=None, compare=False)
 
     def others(self, cell: CellKey, node: str) -> int:
         """Threads other cells hold on the node (a cell's own reservation is replaced)."""
         own = self.by_cell.get(cell)
         return self.total.get(node, 0) - (own.get(node, 0) if own else 0)
 
+    def changed(
+        self,
+        removed: Iterable[ReservationLike],
+        added: Iterable[ReservationLike],
+        *,
+        whole: Iterable[ReservationLike],
+    ) -> tuple[Reserved, dict[str, int]]:
+        """These figures with `removed` (counted here) dropped and `added` held, and
+        node -> the change of threads held: O(nodes they cover). `whole` is every
+        reservation counted after the change (to rebuild the entry of a cell holding
+        several)."""
+        dropped, held_now = list(removed), list(added)
+        delta: dict[str, int]
+        if len(held_now) == 1:
+            delta = dict(held_now[0].threads_by_node)  # the common case: a copy, in C
+        else:
+            delta = {}
+            for reservation in held_now:
+                for node, threads in reservation.threads_by_node.items():
+                    delta[node] = delta.get(node, 0) + threads
+        get = delta.get
+        for reservation in dropped:
+            for node, threads in reservation.threads_by_node.items():
+                delta[node] = get(node, 0) - threads
+        cells = {CellKey(*r.cell) for r in (*dropped, *held_now)}
+        if not cells:
+            return self, {}
+        values: dict[CellKey, Mapping[str, int]] = {}
+        gone: list[CellKey] = []
+        mine: dict[CellKey, list[Mapping[str, int]]] = {cell: [] for cell in cells}
+        for reservation in whole:
+            found = mine.get(CellKey(*reservation.cell))
+            if found is not None:
+                found.append(reservation.threads_by_node)
+        for cell, held in mine.items():
+            if len(held) == 1:
+                values[cell] = held[0]
+            elif held:
+                own: dict[str, int] = {}
+                for threads_by_node in held:
+                    for node, threads in threads_by_node.items():
+                        own[node] = own.get(node, 0) + threads
+                values[cell] = own
+            else:
+                gone.append(cell)
+        expiries = [r.expires_at for r in held_now]
+        if self.next_expiry is not None:
+            expiries.append(self.next_expiry)
+        changed = Reserved(
+            self.total.plus(delta), self.by_cell.updated(values, gone), min(expiries, default=None)
+        )
+        return changed, delta
+
+    def expired(
+        self, everything: Iterable[ReservationLike], now: datetime
+    ) -> tuple[Reserved, dict[str, int]]:
+        """These figures (of `everything`) at `now`: the expired ones dropped, and node ->
+        the change of threads held. O(1) when none expired (see `next_expiry`)."""
+        if self.next_expiry is None or self.next_expiry > now:
+            return self, {}
+        gone: list[ReservationLike] = []
+        live: list[ReservationLike] = []
+        for reservation in everything:
+            (live if reservation.expires_at > now else gone).append(reservation)
+        changed, delta = self.changed(gone, (), whole=live)
+        next_expiry = min((r.expires_at for r in live), default=None)
+        return replace(changed, next_expiry=next_expiry), delta
+
+
+def empty_reserved() -> Reserved:
+    """No reservation: the start of a ledger's figures."""
+    return Reserved(Totals(), Versioned(), None)
+
+
+def reserved_of(reservations: Iterable[ReservationLike], now: datetime) -> Reserved:
+    """The figures of `reservations` at `now`, summed from scratch."""
+    total: dict[str, int] = {}
+    by_cell: dict[CellKey, Mapping[str, int]] = {}
+    next_expiry: datetime | None = None
+    for reservation in reservations:
+        if reservation.expires_at <= now:
+            continue
+        if next_expiry is None or reservation.expires_at < next_expiry:
+            next_expiry = reservation.expires_at
+        key = CellKey(*reservation.cell)
+        threads_by_node = reservation.threads_by_node
+        if key in by_cell:  # several of one cell: summed
+            own = dict(by_cell[key])
+            for node, threads in threads_by_node.items():
+                own[node] = own.get(node, 0) + threads
+            by_cell[key] = own
+        else:
+            by_cell[key] = threads_by_node
+        for node, threads in threads_by_node.items():
+            total[node] = total.get(node, 0) + threads
+    return Reserved(
+        Totals({node: threads for node, threads in total.items() if threads}),
+        Versioned(by_cell),
+        next_expiry,
+    )
+
 
 def reserved_threads(snapshot: ClusterSnapshot) -> Reserved:
-    def compute() -> Reserved:
-        total: dict[str, int] = {}
-        by_cell: dict[CellKey, dict[str, int]] = {}
-        for reservation in snapshot.reservations:
-            if reservation.expires_at <= snapshot.now:
-                continue
-            own = by_cell.setdefault(CellKey(*reservation.cell), {})
-            for node, threads in reservation.threads_by_node.items():
-                total[node] = total.get(node, 0) + threads
-                own[node] = own.get(node, 0) + threads
-        return Reserved(total, by_cell)
-
-    return snapshot.derived(RESERVED, compute)
+    return snapshot.derived(RESERVED, lambda: reserved_of(snapshot.reservations, snapshot.now))
 
 
 RESERVED: Index[Reserved] = Index("usage.reserved", frozenset({Input.RESERVATIONS, Input.NOW}))
@@ -165,7 +265,7 @@ def slack(snapshot: ClusterSnapshot, policy_name: str) -> dict[str, int]:
     def compute() -> dict[str, int]:
         nodes = policy_nodes(snapshot, policy_name)
         modelled = modelled_threads(snapshot)
-        reserved = reserved_threads(snapshot).total
+        reserved = reserved_threads(snapshot).total.as_dict()
         free: dict[str, int] = {}
         for name, figures in nodes.limits.items():
             if figures.allowed is None:
@@ -195,7 +295,7 @@ def node_usage(snapshot: ClusterSnapshot, policy_name: str) -> list[NodeUsage]:
     """Every node of the snapshot, by name (KeyError when there is no such policy)."""
     nodes = policy_nodes(snapshot, policy_name)
     modelled = modelled_threads(snapshot)
-    reserved = reserved_threads(snapshot).total
+    reserved = reserved_threads(snapshot).total.as_dict()
     rows = []
     for name in sorted(snapshot.nodes):
         figures = nodes.limits[name]

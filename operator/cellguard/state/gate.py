@@ -232,9 +232,17 @@ class ScaleGate:
             decision=decision,
         )
 
-    def _reserve(self, decision: Decision, policy_name: str) -> None:
+    def _reserve(self, decision: Decision, policy_name: str, *, seen: bool = False) -> None:
+        """Hold the decision's reservation. `seen`: the cache already holds the spec it is
+        for (the reconciler's backstop); else (admission) from the next generation on."""
         if decision.reservation:
-            self.ledger.hold(decision.reservation_until(self.now() + self._ttl(policy_name)))
+            record = self.state.cells.get(decision.cell)
+            generation = (record.generation if seen else record.generation + 1) if record else 1
+            self.ledger.hold(
+                decision.reservation_until(
+                    self.now() + self._ttl(policy_name), generation=generation
+                )
+            )
 
     def _settle(self, cell: CellKey, target: int, answer: GateAnswer, dry_run: bool) -> GateAnswer:
         """Record a real (not dry-run) answer: metrics, and the cell's last refusal."""
@@ -289,18 +297,15 @@ class ScaleGate:
                     True, "ScaleDown", "", desired, per_pod_desired, decision.claimed_nodes
                 )
             held = self.ledger.get(record.key)
-            if (
-                decision.allowed
-                and decision.claimed_nodes
-                and (
-                    held is None
-                    or held.target_replicas != desired
-                    or held.claimed_nodes != decision.claimed_nodes
-                )
+            if decision.allowed and (
+                held is None
+                or held.target_replicas != desired
+                or (decision.claimed_nodes and held.claimed_nodes != decision.claimed_nodes)
             ):
-                # Hold the claims (and threads) until the pods are placed: the admission's
-                # reservation may be gone (a restart, an expiry, a bypassed webhook).
-                self._reserve(decision, record.spec.policy_ref)
+                # Hold the threads (and claims) until the pods are placed: the admission's
+                # reservation may be gone (a restart, an expiry, a bypassed webhook) or be
+                # for another size (changes admitted faster than the cache saw them).
+                self._reserve(decision, record.spec.policy_ref, seen=True)
         if decision.allowed:
             return BackstopAnswer(
                 True,

@@ -1,44 +1,91 @@
-"""When a cell's change has landed: its reservation can go, its spare pool nodes can leave.
+"""When a cell's change has landed: its reservation shrinks and goes, its spare pool nodes
+can leave.
 
 A reservation holds threads for pods still to come; releasing it early lets another cell
 spend them (an overcommit). Releasing it late only refuses more than needed for a moment.
-So "landed" is judged strictly, from the cache alone.
+So what is still to come is judged strictly, from the cache alone.
 """
 
 from __future__ import annotations
 
 import datetime
+from dataclasses import replace
 
 from cellguard.api.v1alpha1 import Isolation
-from cellguard.budget import CellKey, is_pool_label, pool_label_key, pool_label_value
+from cellguard.budget import (
+    CellKey,
+    admitted_spec_seen,
+    is_pool_label,
+    may_receive,
+    pool_label_key,
+    pool_label_value,
+    still_needed,
+    threads_for,
+)
 from cellguard.state.reservations import ReservationLedger
 from cellguard.state.store import ClusterState
 
 
 def release_if_placed(state: ClusterState, ledger: ReservationLedger, cell: CellKey) -> bool:
-    """Drop the cell's reservation once nothing it holds threads for is still to come.
+    """Shrink the cell's reservation to what its pods still to come may need, and drop it
+    once nothing it holds threads for is still to come. True when it was dropped.
 
-    That is when the cell's pods are all bound, none is terminating, at least the reserved
-    size (or the smaller size the cell asks for now) of them run, and the Deployment asks
-    for at least that many. Counting bound pods alone is not enough: after 8 -> 2 -> 5 the
+    Called after every pod event of the cell. Nothing shrinks before the cache holds the
+    cell's spec at the admitted change (`Reservation.generation`): until then the cache
+    counts the cell's pods at the old size and the reservation holds their growth. Then,
+    as pods are bound, the reservation keeps on each node only the worst case of the pods
+    still to come (`budget.still_needed`): the bound ones count where they are.
+
+    It is dropped when the cell heads for F = min(reserved size, spec size) pods and at
+    least F (no more than the spec asks for) run, all bound and none terminating, with the
+    Deployment at F or more. Counting bound pods alone is not enough: after 8 -> 2 -> 5 the
     terminating pods of the scale-down make 8 bound while 3 new pods are still to come, and
-    a release then would let another cell spend their threads (seen as an overcommit in
-    the concurrent scale-up test).
+    a release then would let another cell spend their threads (seen as an overcommit in the
+    concurrent scale-up test); nor are more bound pods than the spec asks for: until the
+    cache sees those of a scale-down terminating, what comes after them is not known.
     """
     held = ledger.get(cell)
     if held is None:
         return False
     record = state.cells.get(cell)
-    target = held.target_replicas
-    if record is not None:
-        target = min(target, record.spec.replicas)
     placed = state.pods_in_place(cell)
-    settled = (
-        placed is not None and placed >= target and (state.deployment_replicas(cell) or 0) >= target
-    )
-    if settled:
+    deployed = state.deployment_replicas(cell) or 0
+    if record is None:  # gone, or unreadable: nothing to shrink by; its pods as they were
+        target = held.target_replicas
+        if placed is not None and placed >= target and deployed >= target:
+            ledger.release(cell)
+            return True
+        return False
+    if not admitted_spec_seen(held, record.generation, record.spec.replicas):
+        return False  # the cache still counts the cell's pods at the old size
+    target = min(held.target_replicas, record.spec.replicas)
+    if placed is not None and target <= placed <= record.spec.replicas and deployed >= target:
         ledger.release(cell)
-    return settled
+        return True
+    terminating = state.terminating.get(cell) or {}
+    live = {
+        node: count - terminating.get(node, 0)
+        for node, count in (state.placement.get(cell) or {}).items()
+    }
+    # Most pod events move no pod (created, started, Ready): judged already. (Nodes and
+    # observations changing in between only delay a shrink: holding more is safe.)
+    basis = (record.generation, record.spec.replicas, frozenset(live.items()))
+    if ledger.judged(cell) == basis:
+        return False
+    view = replace(record.view, observed=state.observation(cell))
+    nodes, receives = state.nodes, may_receive(view)
+    shrunk = still_needed(
+        held,
+        generation=record.generation,
+        spec_replicas=record.spec.replicas,
+        live=live,
+        threads_per_pod=lambda size: threads_for(view, size),
+        may_receive=lambda node: receives(nodes.get(node)),
+    )
+    if shrunk is not held:
+        ledger.hold(shrunk)
+    ledger.note_judged(cell, basis)
+    return False
 
 
 def is_settled(

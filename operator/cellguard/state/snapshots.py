@@ -17,7 +17,7 @@ from cellguard.budget import (
     PodPlacement,
     seen_at,
     with_pods,
-    with_reservations,
+    with_reserved,
 )
 from cellguard.state.reservations import ReservationLedger
 from cellguard.state.store import CellRecord, ClusterState
@@ -37,14 +37,14 @@ def build_snapshot(
     state: ClusterState, ledger: ReservationLedger, now: datetime.datetime
 ) -> ClusterSnapshot:
     """A fresh snapshot of the cache and the live reservations, at `now`."""
-    return ClusterSnapshot.build(
+    bare = ClusterSnapshot.build(
         nodes=state.nodes.values(),
         cells=[_observed_view(state, record) for record in state.cells.values()],
         pods=_placement(state),
         policies=state.policies,
         now=now,
-        reservations=ledger.live(now),
     )
+    return with_reserved(bare, ledger.held(), ledger.reserved)
 
 
 def _observed_view(state: ClusterState, record: CellRecord) -> CellView:
@@ -112,7 +112,8 @@ class SnapshotCache:
             snapshot = with_pods(snapshot, _placement(state))
             built.pod_version = state.pod_version
         if built.ledger_version != self.ledger.version:
-            snapshot = with_reservations(snapshot, self.ledger.live(now))
+            # The ledger's own figures, as they are now: nothing re-summed or copied.
+            snapshot = with_reserved(snapshot, self.ledger.held(), self.ledger.reserved)
             built.ledger_version = self.ledger.version
         built.snapshot = snapshot
         return seen_at(snapshot, now)
