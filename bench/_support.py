@@ -117,12 +117,13 @@ def add_pool(
 
 @contextlib.contextmanager
 def cellguard_cluster(
-    progress: bool = True, policy: dict[str, Any] | None = None
+    progress: bool = True, policy: dict[str, Any] | None = None, **cluster_options: Any
 ) -> Iterator[tuple[LocalCluster, Path]]:
     """A fresh control plane with cellguard's CRDs, RBAC and default policy installed.
 
     Yields the cluster and the operator's kubeconfig; the operator is started by the
-    benchmark (so it can measure the start).
+    benchmark (so it can measure the start). `cluster_options` go to LocalCluster (its
+    opt-in `extra_flags` and `kwok_options`).
     """
     say = (
         (lambda m: print(f"  [{time.strftime('%H:%M:%S')}] {m}", flush=True))
@@ -130,7 +131,7 @@ def cellguard_cluster(
         else (lambda _m: None)
     )
     bin_dir = ensure_binaries(progress=say)
-    cluster = LocalCluster(bin_dir, progress=say)
+    cluster = LocalCluster(bin_dir, progress=say, **cluster_options)
     cluster.start()
     try:
         kubeconfig = install_cellguard(cluster)
@@ -162,3 +163,60 @@ def start_operator(
 
 def say(message: str) -> None:
     print(f"  [{time.strftime('%H:%M:%S')}] {message}  (load {load()[0]})", flush=True)
+
+
+def control_plane_memory(cluster: LocalCluster) -> dict[str, float]:
+    """RSS of each control-plane process and the size of etcd's data directory (on tmpfs
+    it is memory too), in MiB. The processes' RSS leaves out shared-memory pages (RssShmem:
+    etcd's memory map of its database on tmpfs), which the data directory counts."""
+    figures: dict[str, float] = {}
+    for name, daemon in cluster.processes.items():
+        if daemon.popen.poll() is None:
+            with contextlib.suppress(OSError, KeyError, ValueError):
+                status = Path(f"/proc/{daemon.popen.pid}/status").read_text().splitlines()
+                fields = {
+                    key: int(value.split()[0])
+                    for key, _, value in (line.partition(":") for line in status)
+                    if key in ("RssAnon", "RssFile")
+                }
+                figures[name] = round((fields["RssAnon"] + fields["RssFile"]) / 1024, 1)
+    etcd_data = getattr(cluster, "etcd_data", None)
+    if etcd_data is not None:
+        size = sum(f.stat().st_size for f in Path(etcd_data).rglob("*") if f.is_file())
+        figures["etcd_data_dir"] = round(size / 1024 / 1024, 1)
+    figures["total"] = round(sum(figures.values()), 1)
+    # What of the API server's RSS is live heap (the rest is garbage not yet collected,
+    # and memory the Go runtime has not handed back): from its own /metrics.
+    with contextlib.suppress(OSError, ValueError):
+        code, body = cluster.api_get("/metrics", timeout=30)
+        if code == 200:
+            for line in body.decode(errors="replace").splitlines():
+                name, _, value = line.partition(" ")
+                if name in ("go_memstats_heap_inuse_bytes", "go_memstats_heap_alloc_bytes"):
+                    key = "kube-apiserver_" + name.removeprefix("go_memstats_").removesuffix(
+                        "_bytes"
+                    )
+                    figures[key] = round(float(value) / 1024 / 1024, 1)
+    return figures
+
+
+def control_plane_cpu(cluster: LocalCluster) -> dict[str, float]:
+    """CPU seconds (user + system) each running control-plane process has used so far."""
+    figures: dict[str, float] = {}
+    for name, daemon in cluster.processes.items():
+        with contextlib.suppress(OSError, IndexError):
+            stat = Path(f"/proc/{daemon.popen.pid}/stat").read_text()
+            fields = stat.rsplit(")", 1)[1].split()
+            figures[name] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return figures
+
+
+def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds per process between two `control_plane_cpu` readings (a process started
+    in between counts from its start)."""
+    return {
+        name: round(
+            seconds - before.get(name, 0.0) if seconds >= before.get(name, 0.0) else seconds, 1
+        )
+        for name, seconds in after.items()
+    }

@@ -7,16 +7,26 @@ each service's cells land on distinct nodes) are created at once from 16 client 
 each through the admission webhook. Polled every second: pods Running (what the control
 plane and kwok deliver) and cells whose Ready condition is True (what the operator reports).
 
-Target: all 1,000 Ready within 60 s of the first create.
+In the same run, first, the baseline: as many plain one-replica Deployments with the same
+pod template (the one the operator writes into a cell's Deployment, taken from a probe
+cell, with cellguard's label and annotation keys renamed so that the operator takes no
+notice of them) created the same way on the same nodes, polled every second until each is
+Available with its replica available; then deleted (and their pods gone) before the cells.
+
+Targets: all 1,000 Ready within 60 s of the first create; and within 1.5x the time the
+baseline's Deployments took to all be Available.
 
     .venv/bin/python bench/cells_ready.py [--cells 1000] [--nodes 120] [--status-interval 10]
+        [--skip-baseline]
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +43,18 @@ from _support import (
     summary_ms,
     write_result,
 )
-from cellguard.constants import GROUP, LABEL_CELL, STREAMCELL_PLURAL, VERSION
-from cellguard.devcluster.cells import cell_manifest, ensure_namespace
+from cellguard.constants import GROUP, STREAMCELL_PLURAL, VERSION
+from cellguard.devcluster.cells import cell_manifest, ensure_namespace, get_json
+from cellguard.devcluster.cluster import LocalCluster
+from cellguard.devcluster.pools import NodePool
+from cellguard.devcluster.scenarios import load as load_helpers
 
 NS = "bench-ready"
+BASE_NS = "bench-ready-base"
+PROBE_NS = "bench-ready-probe"
+PROBE_CELL, PROBE_SERVICE = "zzprobecell", "zzprobesvc"
+BASE_LABELS = "baseline.cellguard.test/"
+CELL_POOL_PREFIX = "cellpool.cellguard.io/"
 
 
 def is_ready(cell: dict[str, Any]) -> bool:
@@ -46,6 +64,204 @@ def is_ready(cell: dict[str, Any]) -> bool:
     )
 
 
+def is_available(deployment: dict[str, Any]) -> bool:
+    status = deployment.get("status") or {}
+    return (status.get("availableReplicas") or 0) >= 1 and any(
+        c.get("type") == "Available" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+
+
+def create_with_retries(
+    create: Callable[[dict[str, Any]], object],
+    manifest: dict[str, Any],
+    created_at: dict[str, float],
+    refused: list[str],
+) -> None:
+    """Refusals while earlier cells' reservations are held (worst case on every node, until
+    their pods are bound) are retried for up to two minutes."""
+    name = manifest["metadata"]["name"]
+    for _attempt in range(240):
+        try:
+            create(manifest)
+            created_at[name] = time.monotonic()
+            return
+        except ApiException as exc:
+            if exc.status == 409:
+                created_at[name] = time.monotonic()
+                return
+            if exc.status not in (403, 429, 500, 503, 504):
+                raise
+            time.sleep(0.5)
+    refused.append(name)
+
+
+def probe_template(
+    cluster: LocalCluster, pool: NodePool, base: int, per_peer: int
+) -> dict[str, Any]:
+    """The Deployment the operator writes for a cell shaped like the benchmark's (a probe
+    cell in a namespace of its own, deleted again): its template and rollout settings."""
+    ensure_namespace(cluster, PROBE_NS)
+    manifest = cell_manifest(
+        PROBE_NS,
+        PROBE_CELL,
+        service=PROBE_SERVICE,
+        replicas=1,
+        base=base,
+        per_peer=per_peer,
+        pool=pool,
+    )
+    api = client.CustomObjectsApi(cluster.api_client())
+    create_with_retries(
+        lambda m: api.create_namespaced_custom_object(
+            GROUP, VERSION, PROBE_NS, STREAMCELL_PLURAL, m, _request_timeout=60
+        ),
+        manifest,
+        {},
+        [],
+    )
+    deadline = time.monotonic() + 120
+    while True:
+        found = cluster.kubectl(
+            "get", "deployment", PROBE_CELL, "-n", PROBE_NS, "-o", "json", check=False
+        )
+        if found.returncode == 0:
+            deployment: dict[str, Any] = json.loads(found.stdout)
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError("the probe cell's Deployment never appeared")
+        time.sleep(0.5)
+    cluster.kubectl("delete", "streamcell", PROBE_CELL, "-n", PROBE_NS, "--wait=false")
+    spec = deployment["spec"]
+    return {
+        key: spec[key]
+        for key in ("template", "strategy", "minReadySeconds", "progressDeadlineSeconds")
+        if key in spec
+    }
+
+
+def without_cell_pools(probe: dict[str, Any]) -> dict[str, Any]:
+    """The probe's Deployment spec less the node labels only the operator sets: a cell's
+    pods are pinned (nodeSelector or node affinity on cellpool.cellguard.io/<service>) to
+    the nodes the operator has labelled for its service, which a plain Deployment's are
+    not. Every other constraint (pool, tolerations, spread, anti-affinity) stays."""
+    spec: dict[str, Any] = json.loads(json.dumps(probe))
+    pod = spec["template"]["spec"]
+    selector = pod.get("nodeSelector") or {}
+    for key in [k for k in selector if k.startswith(CELL_POOL_PREFIX)]:
+        del selector[key]
+    required = ((pod.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ) or {}
+    for term in required.get("nodeSelectorTerms") or []:
+        term["matchExpressions"] = [
+            e
+            for e in term.get("matchExpressions") or []
+            if not e["key"].startswith(CELL_POOL_PREFIX)
+        ]
+    if required and not any(
+        t.get("matchExpressions") or t.get("matchFields") for t in required["nodeSelectorTerms"]
+    ):
+        del pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    return spec
+
+
+def baseline_manifest(probe: dict[str, Any], name: str, service: str) -> dict[str, Any]:
+    """A plain Deployment of one replica with the probe's pod template (see
+    `without_cell_pools`), its cell and service names replaced and cellguard's label keys
+    and managed-by value renamed (so the operator, which watches pods labelled
+    cellguard.io/cell, never sees its pods)."""
+    text = (
+        json.dumps(without_cell_pools(probe))
+        .replace(
+            '"app.kubernetes.io/managed-by": "cellguard"', '"app.kubernetes.io/managed-by": "bench"'
+        )
+        .replace("cellguard.io/", BASE_LABELS)
+        .replace(PROBE_CELL, name)
+        .replace(PROBE_SERVICE, service)
+    )
+    spec = json.loads(text)
+    labels = spec["template"]["metadata"]["labels"]
+    selector = {k: v for k, v in labels.items() if v == name} or labels
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": BASE_NS, "labels": {"app": service}},
+        "spec": {"replicas": 1, "selector": {"matchLabels": selector}, **spec},
+    }
+
+
+def run_baseline(
+    cluster: LocalCluster, probe: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any]:
+    """The plain Deployments: created from 16 threads, polled until all Available."""
+    apps = client.AppsV1Api(cluster.api_client())
+    ensure_namespace(cluster, BASE_NS)
+    manifests = [
+        baseline_manifest(probe, f"base-{i:04d}", f"bsvc-{i // args.cells_per_service:03d}")
+        for i in range(args.cells)
+    ]
+    created_at: dict[str, float] = {}
+    refused: list[str] = []
+    available_at: dict[str, float] = {}
+    timeline: list[tuple[float, int, int]] = []
+    pods_running_at: float | None = None
+    say(f"baseline: creating {args.cells} plain Deployments of 1 replica")
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool_exec:
+        submitting = [
+            pool_exec.submit(
+                create_with_retries,
+                lambda m: apps.create_namespaced_deployment(
+                    BASE_NS,
+                    m,  # type: ignore[arg-type]  # dicts are accepted
+                    _request_timeout=60,
+                ),
+                m,
+                created_at,
+                refused,
+            )
+            for m in manifests
+        ]
+        while time.monotonic() - started < args.timeout:
+            if all(f.done() for f in submitting) and len(available_at) >= len(created_at):
+                break
+            time.sleep(1.0)
+            now = time.monotonic()
+            for item in get_json(cluster, "deployments", "-n", BASE_NS)["items"]:
+                name = item["metadata"]["name"]
+                if name not in available_at and is_available(item):
+                    available_at[name] = now
+            running = load_helpers.count_pods(cluster, BASE_NS, "status.phase=Running")
+            timeline.append((round(now - started, 1), running, len(available_at)))
+            if pods_running_at is None and running >= args.cells:
+                pods_running_at = now
+            if int(now - started) % 10 == 0:
+                say(f"baseline: {running} pods running, {len(available_at)} Available")
+        for future in submitting:
+            future.result()
+    all_available = (
+        max(available_at.values()) - started if len(available_at) == args.cells else None
+    )
+    latencies = [available_at[n] - created_at[n] for n in available_at if n in created_at]
+    result = {
+        "deployments": args.cells,
+        "submit_all_s": round(max(created_at.values()) - started, 1) if created_at else None,
+        "pods_all_running_s": round(pods_running_at - started, 1) if pods_running_at else None,
+        "all_available_s": round(all_available, 1) if all_available is not None else None,
+        "available": len(available_at),
+        "create_to_available": summary_ms(latencies),
+        "load_average": load(),
+        "timeline_s_running_available": timeline,
+    }
+    say("baseline: deleting the Deployments and waiting for their pods to go")
+    cluster.kubectl("delete", "deployments", "--all", "-n", BASE_NS, "--wait=false")
+    deadline = time.monotonic() + 600
+    while load_helpers.count_pods(cluster, BASE_NS) and time.monotonic() < deadline:
+        time.sleep(2.0)
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cells", type=int, default=1_000)
@@ -53,9 +269,11 @@ def main() -> int:
     parser.add_argument("--cells-per-service", type=int, default=10)
     parser.add_argument("--status-interval", type=float, default=10.0)
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--profile", type=Path, help="cProfile the operator into this file")
     args = parser.parse_args()
 
+    baseline: dict[str, Any] | None = None
     with cellguard_cluster() as (cluster, kubeconfig):
         operator = start_operator(
             cluster, kubeconfig, status_interval=args.status_interval, profile=args.profile
@@ -64,8 +282,10 @@ def main() -> int:
             ensure_namespace(cluster, NS)
             pool = add_pool(cluster, "rdy", args.nodes)
             time.sleep(2)  # the operator folds budget reports in at most once a second
+            if not args.skip_baseline:
+                probe = probe_template(cluster, pool, base=50, per_peer=0)
+                baseline = run_baseline(cluster, probe, args)
             api = client.CustomObjectsApi(cluster.api_client())
-            core = client.CoreV1Api(cluster.api_client())
             names = [f"cell-{i:04d}" for i in range(args.cells)]
             manifests = [
                 cell_manifest(
@@ -83,29 +303,17 @@ def main() -> int:
             refused: list[str] = []
 
             def create(manifest: dict[str, Any]) -> None:
-                name = manifest["metadata"]["name"]
-                # Refusals while earlier cells' reservations are held (worst case on every
-                # node, until their pods are bound) are retried for up to two minutes.
-                for _attempt in range(240):
-                    try:
-                        api.create_namespaced_custom_object(
-                            GROUP, VERSION, NS, STREAMCELL_PLURAL, manifest, _request_timeout=60
-                        )
-                        created_at[name] = time.monotonic()
-                        return
-                    except ApiException as exc:
-                        if exc.status == 409:
-                            created_at[name] = time.monotonic()
-                            return
-                        if exc.status not in (403, 429, 500, 503, 504):
-                            raise
-                        time.sleep(0.5)
-                refused.append(name)
+                api.create_namespaced_custom_object(
+                    GROUP, VERSION, NS, STREAMCELL_PLURAL, manifest, _request_timeout=60
+                )
 
             say(f"creating {args.cells} cells on {args.nodes} nodes")
             started = time.monotonic()
             with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool_exec:
-                submitting = [pool_exec.submit(create, m) for m in manifests]
+                submitting = [
+                    pool_exec.submit(create_with_retries, create, m, created_at, refused)
+                    for m in manifests
+                ]
                 ready_at: dict[str, float] = {}
                 pods_running_at: float | None = None
                 timeline: list[tuple[float, int, int]] = []
@@ -122,10 +330,7 @@ def main() -> int:
                         name = item["metadata"]["name"]
                         if name not in ready_at and is_ready(item):
                             ready_at[name] = now
-                    pods = core.list_namespaced_pod(
-                        NS, label_selector=LABEL_CELL, _request_timeout=60
-                    ).items
-                    running = sum(1 for p in pods if p.status and p.status.phase == "Running")
+                    running = load_helpers.count_pods(cluster, NS, "status.phase=Running")
                     timeline.append((round(now - started, 1), running, len(ready_at)))
                     if pods_running_at is None and running >= args.cells:
                         pods_running_at = now
@@ -142,6 +347,8 @@ def main() -> int:
     all_ready = max(ready_at.values()) - started if len(ready_at) == args.cells else None
     latencies = [ready_at[n] - created_at[n] for n in ready_at if n in created_at]
     per_cell = summary_ms(latencies)
+    base_s = baseline["all_available_s"] if baseline else None
+    ratio = all_ready / base_s if all_ready is not None and base_s else None
     result = {
         "cells": args.cells,
         "nodes": args.nodes,
@@ -152,6 +359,8 @@ def main() -> int:
         "cells_ready": len(ready_at),
         "refused_after_retries": refused,
         "create_to_ready": per_cell,
+        "baseline": baseline,
+        "ready_over_baseline_available": round(ratio, 2) if ratio is not None else None,
         "operator_rss_kib": memory,
         "load_average": end_load,
         "timeline_s_running_ready": timeline,
@@ -161,16 +370,29 @@ def main() -> int:
         f"\n{args.cells} cells x 1 replica on {args.nodes} nodes, status interval "
         f"{args.status_interval:g} s (load average 1/5/15 min at end: {end_load})"
     )
-    print(f"{'all created (webhook admitted)':<38} {result['submit_all_s']:>8} s")
-    print(f"{'all pods Running':<38} {result['pods_all_running_s'] or 'never':>8} s")
+    print(f"{'':<38} {'cells':>8} {'baseline':>9}")
+    base = baseline or {}
+    print(f"{'all created':<38} {result['submit_all_s']:>8} {base.get('submit_all_s') or '-':>9} s")
     print(
-        f"{'all cells Ready=True':<38} {result['cells_all_ready_s'] or 'never':>8} s   "
-        "(target <= 60 s)"
+        f"{'all pods Running':<38} {result['pods_all_running_s'] or 'never':>8} "
+        f"{base.get('pods_all_running_s') or '-':>9} s"
     )
+    print(
+        f"{'all Ready=True / all Available':<38} {result['cells_all_ready_s'] or 'never':>8} "
+        f"{base.get('all_available_s') or '-':>9} s   (target <= 60 s)"
+    )
+    if ratio is not None:
+        print(f"{'cells Ready / baseline Available':<38} {ratio:>8.2f}x   (target <= 1.5x)")
     print(
         f"{'per cell, create -> Ready':<38} p50 {per_cell['p50_ms'] / 1000:.1f} s, "
         f"p99 {per_cell['p99_ms'] / 1000:.1f} s, max {per_cell['max_ms'] / 1000:.1f} s"
     )
+    if baseline:
+        per_base = baseline["create_to_available"]
+        print(
+            f"{'per Deployment, create -> Available':<38} p50 {per_base['p50_ms'] / 1000:.1f} s,"
+            f" p99 {per_base['p99_ms'] / 1000:.1f} s, max {per_base['max_ms'] / 1000:.1f} s"
+        )
     print(
         f"{'operator RSS / peak':<38} {memory.get('VmRSS', 0) / 1024:.0f} MiB / "
         f"{memory.get('VmHWM', 0) / 1024:.0f} MiB"

@@ -25,7 +25,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
@@ -131,14 +131,29 @@ class LocalCluster:
         keep_workdir: bool = False,
         progress: Callable[[str], None] = lambda _msg: None,
         real_nodes: int | Sequence[RealNodeConfig] = 0,
+        extra_flags: Mapping[str, Sequence[str]] | None = None,
+        kwok_options: Mapping[str, Any] | None = None,
+        extra_env: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         """`real_nodes`: how many real kubelets to start (named real-0, ...), or their
-        configurations; 0 by default. See `cellguard.devcluster.realnode` (root only)."""
+        configurations; 0 by default. See `cellguard.devcluster.realnode` (root only).
+
+        Opt-in tuning for large benchmark clusters, nothing by default: `extra_flags` are
+        appended to a component's command line, by process name (etcd, kube-apiserver,
+        kube-controller-manager, kube-scheduler, kwok; a flag given again wins over the
+        default); `kwok_options` go into kwok's KwokConfiguration (e.g.
+        podPlayStageParallelism); `extra_env` sets environment variables of a component,
+        by process name (e.g. GOMEMLIMIT). See also `restart_component`."""
         self.bin_dir = bin_dir
         self.initial_nodes = list(nodes)
         if (real_nodes if isinstance(real_nodes, int) else len(real_nodes)) > 1:
             raise ClusterError("one real node per machine: the kubelet's cgroups are machine-wide")
         self.real_node_configs = real_nodes
+        self.extra_flags: dict[str, list[str]] = {
+            name: list(flags) for name, flags in (extra_flags or {}).items()
+        }
+        self.kwok_options = dict(kwok_options or {})
+        self.extra_env = {name: dict(env) for name, env in (extra_env or {}).items()}
         self.real_nodes: list[RealNode] = []
         self.progress = progress
         self._own_workdir = workdir is None
@@ -266,6 +281,62 @@ class LocalCluster:
         self._start_apiserver()
         self._wait_apiserver(deadline=time.monotonic() + timeout)
 
+    def restart_component(
+        self, name: str, extra_flags: Sequence[str] | None = None, timeout: float = 120.0
+    ) -> None:
+        """Stop kube-controller-manager, kube-scheduler or kwok and start it again, with
+        `extra_flags` (when given) replacing the ones it had; returns once it is healthy.
+
+        For benchmarks that build large clusters: e.g. the controller manager restarted
+        with `--controllers=*,-replicaset-controller` while a benchmark writes pods itself,
+        and again without it afterwards. A fresh process lists everything again, as after
+        a crash or an upgrade.
+        """
+        starters = {
+            "kube-controller-manager": self._start_controller_manager,
+            "kube-scheduler": self._start_scheduler,
+            "kwok": self._start_kwok,
+        }
+        if name not in starters:
+            raise ClusterError(f"cannot restart {name}: one of {', '.join(starters)}")
+        old = self.processes[name]
+        if old.popen.poll() is None:
+            old.popen.terminate()
+            try:
+                old.popen.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                old.popen.kill()
+                old.popen.wait()
+        if extra_flags is not None:
+            self.extra_flags[name] = list(extra_flags)
+        starters[name]()
+        if name != "kwok":
+            self._wait_component_health(deadline=time.monotonic() + timeout, only=name)
+
+    def compact_etcd(self, timeout: float = 300.0) -> dict[str, int]:
+        """Compact etcd's history up to its current revision and defragment its database
+        (the API server compacts every 5 minutes by itself, but a database file never
+        shrinks without a defragmentation; on tmpfs its size is memory). For benchmarks
+        after a bulk fill: what the API serves does not change. The database size before
+        and after, in bytes."""
+
+        def call(path: str, body: dict[str, Any]) -> Any:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{self.etcd_port}{path}",
+                data=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return json.loads(response.read())
+
+        before = call("/v3/maintenance/status", {})
+        revision = int(before["header"]["revision"])
+        with contextlib.suppress(urllib.error.HTTPError):  # already compacted that far
+            call("/v3/kv/compaction", {"revision": revision, "physical": True})
+        call("/v3/maintenance/defragment", {})
+        after = call("/v3/maintenance/status", {})
+        return {"before": int(before["dbSize"]), "after": int(after["dbSize"])}
+
     def _start_real_nodes(self) -> None:
         configs = self.real_node_configs
         if isinstance(configs, int) and configs == 0:
@@ -282,6 +353,7 @@ class LocalCluster:
     # ------------------------------------------------------------------ components
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        args = [*args, *self.extra_flags.get(name, ())]
         log_path = self.workdir / f"{name}.log"
         log = log_path.open("ab")
         popen = subprocess.Popen(
@@ -290,7 +362,7 @@ class LocalCluster:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=self.workdir,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **(env or {}), **self.extra_env.get(name, {})},
             preexec_fn=_die_with_parent,
         )
         log.close()
@@ -547,7 +619,15 @@ class LocalCluster:
     def _start_kwok(self) -> None:
         stages = resources.files("cellguard.devcluster").joinpath("kwok-stages.yaml")
         config_path = self.workdir / "kwok.yaml"
-        config_path.write_text(stages.read_text())
+        text = stages.read_text()
+        if self.kwok_options:
+            options = {
+                "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+                "kind": "KwokConfiguration",
+                "options": self.kwok_options,
+            }
+            text += "---\n" + yaml.safe_dump(options)
+        config_path.write_text(text)
         self._spawn(
             "kwok",
             [
@@ -605,8 +685,10 @@ class LocalCluster:
             time.sleep(0.25)
         raise ClusterError(f"kube-apiserver not ready in time: {last_error}")
 
-    def _wait_component_health(self, deadline: float) -> None:
-        self.progress("waiting for kube-controller-manager and kube-scheduler /healthz ...")
+    def _wait_component_health(self, deadline: float, only: str | None = None) -> None:
+        self.progress(
+            f"waiting for {only or 'kube-controller-manager and kube-scheduler'} /healthz ..."
+        )
         insecure = ssl.create_default_context()
         insecure.check_hostname = False
         insecure.verify_mode = ssl.CERT_NONE  # local self-signed serving certs
@@ -614,6 +696,8 @@ class LocalCluster:
             "kube-controller-manager": self.controller_manager_port,
             "kube-scheduler": self.scheduler_port,
         }
+        if only is not None:
+            pending = {only: pending[only]}
         while pending and time.monotonic() < deadline:
             self.check_alive()
             for name, port in list(pending.items()):

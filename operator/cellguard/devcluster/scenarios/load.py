@@ -5,11 +5,16 @@ check against each node's own NodeBudget."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import http.client
 import json
 import random
+import ssl
 import threading
 import time
+import urllib.parse
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -199,3 +204,258 @@ def storm_cell(
         pool=pool,
         isolation="Shared",
     )
+
+
+# ---------------------------------------------------------------------- bulk population
+
+
+class AdminHttp:
+    """JSON over HTTPS to the local API server as the cluster admin, one keep-alive
+    connection per thread: cheap enough per request for bulk writes from one process
+    (the kubernetes client spends several times the API server's own time per object)."""
+
+    def __init__(self, cluster: LocalCluster, timeout: float = 60.0) -> None:
+        assert cluster.ca is not None and cluster.admin is not None
+        self.port = cluster.apiserver_port
+        self.timeout = timeout
+        self.context = ssl.create_default_context(cafile=str(cluster.ca.cert_path))
+        self.context.load_cert_chain(str(cluster.admin.cert_path), str(cluster.admin.key_path))
+        self._local = threading.local()
+
+    def _connection(self) -> http.client.HTTPSConnection:
+        conn: http.client.HTTPSConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = http.client.HTTPSConnection(
+                "127.0.0.1", self.port, context=self.context, timeout=self.timeout
+            )
+            self._local.conn = conn
+        return conn
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        accept: str = "application/json",
+        content_type: str = "application/json",
+    ) -> tuple[int, bytes]:
+        """One request; (status, body). A broken connection is reopened once."""
+        headers = {"Accept": accept}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        for attempt in (1, 2):
+            conn = self._connection()
+            try:
+                conn.request(method, path, body=body, headers=headers)
+                response = conn.getresponse()
+                return response.status, response.read()
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                self._local.conn = None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def get_json(self, path: str) -> Any:
+        status, body = self.request("GET", path)
+        if status != 200:
+            raise RuntimeError(f"GET {path}: {status} {body[:300]!r}")
+        return json.loads(body)
+
+
+def pod_from_replicaset(rs: dict[str, Any], node: str) -> dict[str, Any]:
+    """The pod the ReplicaSet controller would create for `rs` (its GetPodFromTemplate:
+    the template's labels, annotations, finalizers and spec, generateName "<rs>-", the RS as
+    controlling owner), bound to `node` as the scheduler would bind it."""
+    meta = rs["metadata"]
+    template = rs["spec"]["template"]
+    tmeta = template.get("metadata") or {}
+    pod_meta: dict[str, Any] = {
+        "generateName": f"{meta['name']}-",
+        "namespace": meta["namespace"],
+        "labels": dict(tmeta.get("labels") or {}),
+        "ownerReferences": [
+            {
+                "apiVersion": "apps/v1",
+                "kind": "ReplicaSet",
+                "name": meta["name"],
+                "uid": meta["uid"],
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ],
+    }
+    if tmeta.get("annotations"):
+        pod_meta["annotations"] = dict(tmeta["annotations"])
+    if tmeta.get("finalizers"):
+        pod_meta["finalizers"] = list(tmeta["finalizers"])
+    spec = json.loads(json.dumps(template["spec"]))
+    spec["nodeName"] = node
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": pod_meta, "spec": spec}
+
+
+@dataclass
+class BulkResult:
+    created: int = 0
+    retried: int = 0
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+
+def create_bound_pods(
+    cluster: LocalCluster,
+    replicasets: list[dict[str, Any]],
+    nodes: list[str],
+    *,
+    workers: int = 16,
+    field_manager: str = "kube-controller-manager",
+    progress: Any = None,
+) -> BulkResult:
+    """Create every ReplicaSet's spec.replicas pods (see `pod_from_replicaset`) bound to
+    `nodes` round robin: the k-th pod of the whole batch on nodes[k % len(nodes)], so each
+    RS's pods are on distinct nodes (when it has no more replicas than there are nodes) and
+    the nodes end up evenly filled - as the scheduler places them under a hostname spread
+    constraint of maxSkew 1. For a benchmark's population with the ReplicaSet controller
+    off (see LocalCluster.restart_component): when it runs again it finds every RS at its
+    replicas and only writes their status. Retries 429/5xx and broken connections.
+
+    `workers` threads take the pods one by one (bodies are made as they go: 150,000 of
+    them at once would be half a gigabyte)."""
+    http_ = AdminHttp(cluster)
+
+    def bodies() -> Iterator[tuple[str, dict[str, Any], str]]:
+        k = 0
+        for rs in replicasets:
+            path = (
+                f"/api/v1/namespaces/{rs['metadata']['namespace']}/pods"
+                f"?fieldManager={field_manager}"
+            )
+            for _ in range(int(rs["spec"].get("replicas") or 0)):
+                yield path, rs, nodes[k % len(nodes)]
+                k += 1
+
+    total = sum(int(rs["spec"].get("replicas") or 0) for rs in replicasets)
+    work = bodies()
+    result = BulkResult()
+    lock = threading.Lock()
+    started = time.monotonic()
+
+    def one(path: str, body: bytes) -> None:
+        last = ""
+        for attempt in range(30):
+            try:
+                status, answer = http_.request("POST", path, body)
+            except (OSError, http.client.HTTPException) as exc:
+                status, answer = 0, str(exc).encode()
+            if status == 201:
+                with lock:
+                    result.created += 1
+                    result.retried += attempt > 0
+                    if progress is not None and result.created % 10_000 == 0:
+                        progress(f"{result.created}/{total} pods created")
+                return
+            last = f"HTTP {status}: {answer[:300]!r}"
+            if status not in (0, 429, 500, 503, 504):
+                break
+            time.sleep(min(5.0, 0.2 * (attempt + 1)))
+        with lock:
+            result.errors.append(last)
+
+    def worker() -> None:
+        while True:
+            with lock:
+                item = next(work, None)
+            if item is None:
+                return
+            path, rs, node = item
+            one(path, json.dumps(pod_from_replicaset(rs, node)).encode())
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def count_pods(cluster: LocalCluster, namespace: str, field_selector: str = "") -> int:
+    """How many pods of the namespace match `field_selector` (metadata only, from the API
+    server's cache: cheap even for many thousands)."""
+    http_ = AdminHttp(cluster)
+    query = "resourceVersion=0"
+    if field_selector:
+        query += "&fieldSelector=" + urllib.parse.quote(field_selector)
+    status, body = http_.request(
+        "GET",
+        f"/api/v1/namespaces/{namespace}/pods?{query}",
+        accept="application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1",
+    )
+    if status != 200:
+        raise RuntimeError(f"listing pods: {status} {body[:300]!r}")
+    return len(json.loads(body).get("items") or [])
+
+
+def scale_burst(
+    cluster: LocalCluster,
+    namespace: str,
+    plan: list[tuple[str, int]],
+    *,
+    concurrent: bool,
+) -> StormResult:
+    """PATCHes of the cells' /scale (cell, replicas), each answered 200 or refused.
+
+    `concurrent`: every request from its own thread and connection, connected first and
+    released together (a barrier), so all of them are in flight at once; otherwise one
+    at a time in the plan's order, each sent when the last was answered."""
+    http_ = AdminHttp(cluster)
+    result = StormResult(requests=len(plan), seconds=0.0)
+    result.admitted = {name: set() for name, _ in plan}
+    lock = threading.Lock()
+    base = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{STREAMCELL_PLURAL}"
+
+    def send(item: tuple[str, int]) -> None:
+        name, replicas = item
+        body = json.dumps({"spec": {"replicas": replicas}}).encode()
+        started = time.perf_counter()
+        try:
+            status, answer = http_.request(
+                "PATCH", f"{base}/{name}/scale", body, content_type="application/merge-patch+json"
+            )
+            message = _message(answer) if status != 200 else ""
+        except (OSError, http.client.HTTPException) as exc:
+            status, message = 0, f"{type(exc).__name__}: {exc}"
+        elapsed = time.perf_counter() - started
+        with lock:
+            result.statuses[status] += 1
+            result.latencies_s.append(elapsed)
+            if status == 200:
+                result.admitted[name].add(replicas)
+            elif status == 403:
+                result.refusal_messages.append(message)
+            else:
+                result.unexpected.append(f"{name} -> {replicas}: HTTP {status}: {message}")
+
+    if not concurrent:
+        started = time.monotonic()
+        for item in plan:
+            send(item)
+        result.seconds = time.monotonic() - started
+        return result
+    barrier = threading.Barrier(len(plan) + 1)
+
+    def ready_then_send(item: tuple[str, int]) -> None:
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            http_.request("GET", f"{base}/{item[0]}")  # connect (TLS) before the barrier
+        barrier.wait()
+        send(item)
+
+    threads = [threading.Thread(target=ready_then_send, args=(item,)) for item in plan]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    started = time.monotonic()
+    for thread in threads:
+        thread.join()
+    result.seconds = time.monotonic() - started
+    return result
