@@ -2,6 +2,7 @@
 #   make demo   - the main job: a local real control plane with simulated nodes (and, as it
 #                 grows, the operator, sample cells, a refused scale-up and live metrics)
 #   make test   - every check: lint, format, types, layering, unit and end-to-end tests
+# (and `make demo-real-node`: the story with real threads on one real kubelet node; root)
 # Each installs what it needs: the Python venv, the Go-built control plane (cached under
 # ~/.cache/cellguard, so only the first run builds) and Debian packages (prometheus;
 # containerd, runc and the CNI plugins for the optional real node).
@@ -11,10 +12,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup toolchain lint unit e2e crds clean
+.PHONY: demo demo-real-node test setup toolchain lint unit e2e crds clean
 
 demo: setup
 	$(BIN)/cellguard demo
+
+# One real kubelet node on this machine (root; containerd, runc, CNI plugins, buildah):
+# servers holding real threads, the replay refused, then the guard off and every server
+# failing with EAGAIN. Everything it changes on the machine is undone when it stops.
+demo-real-node: setup
+	$(BIN)/cellguard demo --real-node
 
 test: setup
 	bash scripts/test.sh $(PYTEST_ARGS)

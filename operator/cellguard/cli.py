@@ -29,7 +29,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("cellguard.runtime.main", "run the operator: admission webhook and reconciler"),
     "demo": (
         "cellguard.demo.cli",
-        "the whole story on a local real control plane: admitted, refused, alerted",
+        "the whole story, admitted, refused, alerted: locally, on a real node or your cluster",
     ),
     "dev-cluster": (
         "cellguard.devcluster.cli",

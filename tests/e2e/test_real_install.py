@@ -42,13 +42,20 @@ import yaml
 
 from cellguard import __version__
 from cellguard.devcluster.cluster import LocalCluster
-from cellguard.devcluster.images import (
-    BuiltImage,
-    build_cellguard_image,
-    build_kubectl_image,
-    supports_image_build,
+from cellguard.devcluster.fleet import (
+    all_restarted,
+    crash_log,
+    holding_line,
+    import_cellguard_images,
+    last_exit_code,
+    peer_rbac,
+    peers_pod_spec,
+    real_node_chart_values,
+    thread_failure_lines,
 )
-from cellguard.devcluster.ociimage import import_image
+from cellguard.devcluster.fleet import is_ready as _ready
+from cellguard.devcluster.fleet import restarts as _restarts
+from cellguard.devcluster.images import BuiltImage, supports_image_build
 from cellguard.devcluster.realnode import (
     CGROUP_ROOT,
     REAL_NODE_LABEL,
@@ -137,45 +144,6 @@ def _real_cell(
     }
 
 
-def _ready(pod: dict[str, Any]) -> bool:
-    conditions = pod.get("status", {}).get("conditions") or []
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
-
-
-def _restarts(pods: list[dict[str, Any]]) -> int:
-    return sum(
-        status.get("restartCount", 0)
-        for pod in pods
-        for status in pod.get("status", {}).get("containerStatuses") or []
-    )
-
-
-def _values(node: RealNode, images: tuple[BuiltImage, BuiltImage]) -> dict[str, Any]:
-    cellguard, kubectl = images
-    repository, tag = cellguard.reference.rsplit(":", 1)
-    kubectl_repository, kubectl_tag = kubectl.reference.rsplit(":", 1)
-    return {
-        "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
-        "kubectl": {
-            "image": {
-                "repository": kubectl_repository,
-                "tag": kubectl_tag,
-                "pullPolicy": "Never",
-            }
-        },
-        # The real node's kubelet reads its configuration from its working directory. And
-        # kernel.pid_max is per PID namespace on this kernel (6.14 and later): the agent
-        # reads the host's in the host's PID namespace only.
-        "agent": {
-            "hostPID": True,
-            "intervalSeconds": 5,
-            "kubeletConfig": {"hostPath": str(node.workdir / "kubelet-config.yaml")},
-        },
-        "operator": {"statusIntervalSeconds": 2},
-        "tests": {"namespace": CELLS},
-    }
-
-
 def _uninstall(cluster: LocalCluster, helm: Helm) -> None:
     """Everything the release and the tests made, including what the chart keeps. The cells
     go first, while the operator still runs to remove its finalizer from them."""
@@ -209,21 +177,17 @@ def release(real_node: RealNode, tmp_path_factory: pytest.TempPathFactory) -> It
     if reason is not None:
         pytest.skip(f"cannot build the image here: {reason}")
     cluster = real_node.cluster
-    progress = lambda m: print(m, flush=True)  # noqa: E731
-    cellguard = build_cellguard_image(progress=progress)
-    kubectl = build_kubectl_image(cluster.bin_dir / "kubectl", progress=progress)
-    print(
-        f"image {cellguard.reference}: {cellguard.size_bytes / 1e6:.0f} MB, "
-        f"built (or found) in {cellguard.seconds:.1f} s",
-        flush=True,
-    )
-    for built in (cellguard, kubectl):
-        started = time.monotonic()
-        import_image(built.packed(), real_node.socket, timeout=300)
-        print(f"imported {built.reference} in {time.monotonic() - started:.1f} s", flush=True)
+    cellguard, kubectl = import_cellguard_images(real_node, progress=lambda m: print(m, flush=True))
     helm = Helm(cluster.bin_dir / "helm", kubeconfig=cluster.kubeconfig)
     values = tmp_path_factory.mktemp("real-install") / "values.yaml"
-    values.write_text(yaml.safe_dump(_values(real_node, (cellguard, kubectl))))
+    values.write_text(
+        yaml.safe_dump(
+            {
+                **real_node_chart_values(real_node, (cellguard, kubectl)),
+                "tests": {"namespace": CELLS},
+            }
+        )
+    )
     cluster.kubectl("create", "namespace", CELLS)
     started = time.monotonic()
     try:
@@ -445,45 +409,11 @@ FLEET_BASE, FLEET_PER_PEER, FLEET_SIZE, FLEET_GROWN = 100, 20, 8, 14
 def _fleet_namespace(cluster: LocalCluster, namespace: str) -> None:
     """A namespace whose pods may list EndpointSlices (how cellguard-peers finds its fleet)."""
     cluster.kubectl("create", "namespace", namespace)
-    rbac: list[dict[str, Any]] = [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "peer"}},
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "Role",
-            "metadata": {"name": "peer"},
-            "rules": [
-                {
-                    "apiGroups": ["discovery.k8s.io"],
-                    "resources": ["endpointslices"],
-                    "verbs": ["list"],
-                }
-            ],
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": {"name": "peer"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "peer"},
-            "subjects": [{"kind": "ServiceAccount", "name": "peer", "namespace": namespace}],
-        },
-    ]
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input_text=yaml.safe_dump_all(rbac))
+    cluster.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(peer_rbac(namespace)))
 
 
 def _fleet_pod_spec(service: str) -> dict[str, Any]:
-    return {
-        "serviceAccountName": "peer",
-        "terminationGracePeriodSeconds": 1,
-        "containers": [
-            {
-                "name": "server",
-                "image": TEST_IMAGE,
-                "imagePullPolicy": "Never",
-                "command": ["/peers", service, str(FLEET_BASE), str(FLEET_PER_PEER)],
-                "ports": [{"name": "peer", "containerPort": 7000}],
-            }
-        ],
-    }
+    return peers_pod_spec(service, FLEET_BASE, FLEET_PER_PEER)
 
 
 def _fleet_pods(release: Release, namespace: str) -> list[dict[str, Any]]:
@@ -493,7 +423,7 @@ def _fleet_pods(release: Release, namespace: str) -> list[dict[str, Any]]:
 
 def _wait_fleet_holding(release: Release, namespace: str, count: int) -> list[dict[str, Any]]:
     """Until `count` pods run, each holding its threads for `count - 1` peers."""
-    holding = f"{count - 1} peers, holding {FLEET_BASE + FLEET_PER_PEER * (count - 1)} threads"
+    holding = holding_line(FLEET_BASE, FLEET_PER_PEER, count)
 
     def ready() -> list[dict[str, Any]] | None:
         pods = _fleet_pods(release, namespace)
@@ -557,33 +487,25 @@ def test_without_the_guard_growing_the_fleet_fails_every_server(release: Release
             "scale", "deployment/frontend", "-n", namespace, f"--replicas={FLEET_GROWN}"
         )
 
-        def all_failed() -> bool:
-            pods = {p["metadata"]["name"]: p for p in _fleet_pods(release, namespace)}
-            return all(name in pods and _restarts([pods[name]]) > 0 for name in original)
-
-        wait_for(all_failed, timeout=120, interval=1, what="every original server to fail")
+        wait_for(
+            lambda: all_restarted(_fleet_pods(release, namespace), original),
+            timeout=120, interval=1, what="every original server to fail",
+        )  # fmt: skip
         # Each died as the Go runtime does when clone() fails: exit 2, "failed to create new
         # OS thread ... errno=11" (EAGAIN: the pod's pids.max).
         for pod in _fleet_pods(release, namespace):
             if pod["metadata"]["name"] in original:
-                status = pod["status"]["containerStatuses"][0]
-                last = status.get("lastState", {}).get("terminated") or status["state"].get(
-                    "terminated"
-                )
-                assert last is not None and last["exitCode"] == 2, status
+                assert last_exit_code(pod) == 2, pod["status"]["containerStatuses"]
 
-        def a_crash_log() -> str | None:
-            for name in sorted(original):
-                logs = cluster.kubectl(
-                    "logs", "-n", namespace, name, "--previous", check=False
-                ).stdout
-                if "failed to create new OS thread" in logs:
-                    return logs
-            return None
+        def previous(name: str) -> str:
+            return cluster.kubectl("logs", "-n", namespace, name, "--previous", check=False).stdout
 
-        logs = wait_for(a_crash_log, timeout=60, interval=1, what="a server's crash log")
+        logs = wait_for(
+            lambda: crash_log(previous, original), timeout=60, interval=1,
+            what="a server's crash log",
+        )  # fmt: skip
         assert "errno=11" in logs, logs[-2000:]
-        said = [line for line in logs.splitlines() if "OS thread" in line or "newosproc" in line]
+        said = thread_failure_lines(logs)
         print(f"without the guard: all {len(original)} servers failed: {' / '.join(said)}")
     finally:
         _drop_namespace(cluster, namespace)

@@ -1,5 +1,8 @@
 """`cellguard demo`: the whole story on a local real control plane, narrated.
 
+`--kubeconfig` tells it on an existing cluster instead (demo/existing.py) and `--real-node`
+with real threads on one real kubelet node (demo/realnode.py). Without either:
+
 1. a real control plane with 20 simulated nodes and realistic thread/PID limits
 2. cellguard installed with its Helm chart; the operator running locally
 3. Prometheus with cellguard's alert rules
@@ -24,6 +27,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from cellguard.budget import pool_label_key
+from cellguard.demo.narration import DemoFailure, Narrator
 from cellguard.demo.stack import (
     NAMESPACE,
     SimulatedAgents,
@@ -44,11 +48,32 @@ T = TypeVar("T")
 CELLS_NAMESPACE = "streams"
 
 
-class DemoFailure(RuntimeError):  # noqa: N818 - it reads as what happened
-    """A step's outcome was not what the demo says it is."""
+EPILOG = """\
+where it runs:
+  (default)      a local control plane with simulated nodes, the operator as a local
+                 process and Prometheus; nothing outside its working directory is touched.
+  --kubeconfig   an existing cluster (kind, k3d, any). It reuses a cellguard it finds (and
+                 leaves it), or installs the chart with its node agent DaemonSet (--image,
+                 --image-pull-policy, --set, --values) and waits for the nodes' NodeBudgets;
+                 sizes its cell from the tightest node's real limits; prints the operator's
+                 /metrics through kubectl port-forward (no Prometheus needed). On exit it
+                 removes exactly what it created: its namespace, policy and cells, and the
+                 release (with the CRDs and namespace it created) if it installed it. Exit 2
+                 when the cluster lacks what it needs (access, permissions, CRDs of this
+                 version, pullable image, nodes with budgets), saying what is missing.
+  --real-node    a local control plane with one real kubelet node (root; containerd, runc,
+                 CNI plugins, buildah: scripts/ensure-debian-packages.sh): the image built and
+                 the chart installed in-cluster, the same story with servers holding real
+                 threads, then the guard switched off - every server fails with EAGAIN and
+                 restarts. All it changes on this machine is undone on exit, also on failure
+                 or Ctrl-C (make demo-real-node).
+exit codes: 0 the story as told, 1 a step's outcome differed, 2 cannot run here, 130 Ctrl-C
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--nodes", type=int, default=20, help="simulated nodes (default 20)")
     parser.add_argument(
         "--non-interactive",
@@ -56,9 +81,75 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run every step, check its outcome and exit (no waiting for Ctrl-C)",
     )
     parser.add_argument("--workdir", type=Path, default=None, help="logs and kubeconfig here")
+    where = parser.add_argument_group("where the story runs")
+    where.add_argument(
+        "--kubeconfig", type=Path, help="run on the existing cluster of this kubeconfig"
+    )
+    where.add_argument("--context", help="the kubeconfig's context (default: its current one)")
+    where.add_argument(
+        "--real-node",
+        action="store_true",
+        help="a local control plane with one real kubelet node: real threads (root only)",
+    )
+    install = parser.add_argument_group("installing cellguard (--kubeconfig, when none is found)")
+    install.add_argument("--image", help="operator and agent image (default: the chart's own)")
+    install.add_argument(
+        "--image-pull-policy", choices=("Always", "IfNotPresent", "Never"), default=None
+    )
+    install.add_argument(
+        "--set", dest="set_values", action="append", default=[], metavar="KEY=VALUE",
+        help="a chart value, as with helm --set (repeatable)",
+    )  # fmt: skip
+    install.add_argument(
+        "-f", "--values", dest="values_files", action="append", default=[], type=Path,
+        metavar="FILE", help="a chart values file, as with helm --values (repeatable)",
+    )  # fmt: skip
+    install.add_argument(
+        "--budget-timeout", type=float, default=120.0, metavar="SECONDS",
+        help="how long to wait for the nodes' NodeBudgets (default 120)",
+    )  # fmt: skip
+    install.add_argument(
+        "--install-timeout", type=int, default=300, metavar="SECONDS",
+        help="helm install --wait timeout (default 300)",
+    )  # fmt: skip
 
 
-class Demo:
+def run(args: argparse.Namespace) -> int:
+    installing = bool(args.image or args.image_pull_policy or args.set_values or args.values_files)
+    if args.real_node and (args.kubeconfig or installing):
+        print("error: --real-node makes its own cluster: no --kubeconfig, --image, --set ...")
+        return 2
+    if args.context and not args.kubeconfig:
+        print("error: --context needs --kubeconfig")
+        return 2
+    if args.real_node:
+        from cellguard.demo.realnode import run_real_node
+
+        return run_real_node(
+            args.workdir, interactive=not args.non_interactive, budget_timeout=args.budget_timeout
+        )
+    if args.kubeconfig:
+        from cellguard.demo.existing import run_existing
+        from cellguard.demo.release import InstallOptions
+
+        options = InstallOptions(
+            image=args.image,
+            pull_policy=args.image_pull_policy,
+            values_files=tuple(args.values_files),
+            set_values=tuple(args.set_values),
+            timeout_seconds=args.install_timeout,
+        )
+        return run_existing(
+            args.kubeconfig,
+            args.context,
+            options,
+            interactive=not args.non_interactive,
+            budget_timeout=args.budget_timeout,
+        )
+    return run_local(args)
+
+
+class Demo(Narrator):
     def __init__(
         self,
         console: Console,
@@ -66,26 +157,12 @@ class Demo:
         agents: SimulatedAgents,
         nodes: list[SimulatedNode],
     ) -> None:
+        super().__init__(console, CELLS_NAMESPACE)
         self.nodes = {n.name: n for n in nodes}
-        self.console = console
         self.stack = stack
         self.cluster = stack.cluster
         self.agents = agents
         self.examples = (repo_root() or Path.cwd()) / "examples"
-
-    # ------------------------------------------------------------------ helpers
-
-    def say(self, title: str, text: str) -> None:
-        # Sentences are written across source lines; rich wraps them to the terminal.
-        self.console.print(
-            Panel(" ".join(text.split()), title=f"[bold]{title}", title_align="left")
-        )
-
-    def show(self, command: str, result: subprocess.CompletedProcess[str]) -> None:
-        self.console.print(f"[bold cyan]$ {command}")
-        output = (result.stdout + result.stderr).strip()
-        style = "green" if result.returncode == 0 else "red"
-        self.console.print(f"[{style}]{output}")
 
     def kubectl(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         return self.cluster.kubectl(*args, input_text=stdin, check=False)
@@ -94,34 +171,6 @@ class Demo:
         result = self.kubectl("apply", "-f", str(self.examples / name))
         self.show(f"kubectl apply -f examples/{name}", result)
         return result
-
-    def scale(self, cell: str, replicas: int) -> subprocess.CompletedProcess[str]:
-        result = self.kubectl(
-            "scale", f"streamcell/{cell}", "-n", CELLS_NAMESPACE, f"--replicas={replicas}"
-        )
-        self.show(f"kubectl scale streamcell/{cell} -n streams --replicas={replicas}", result)
-        return result
-
-    def running(self, cell: str) -> int:
-        out = self.kubectl(
-            "get", "pods", "-n", CELLS_NAMESPACE, "-l", f"cellguard.io/cell={cell}", "-o", "json"
-        ).stdout
-        pods = json.loads(out or '{"items": []}')["items"]
-        return sum(1 for p in pods if p["status"].get("phase") == "Running")
-
-    def wait_running(self, cell: str, replicas: int) -> None:
-        with self.console.status(f"waiting for {replicas} pods of {cell} to run ..."):
-            wait_for(
-                lambda: self.running(cell) == replicas,
-                what=f"{replicas} running pods of {cell}",
-                timeout=90,
-                interval=1.0,
-                error=DemoFailure,
-            )
-
-    def cells_table(self) -> None:
-        result = self.kubectl("get", "streamcells", "-n", CELLS_NAMESPACE)
-        self.show("kubectl get streamcells -n streams", result)
 
     # ------------------------------------------------------------------ the story
 
@@ -217,16 +266,6 @@ class Demo:
             else "no refusals counted yet"
         )
 
-    def wait_status(self, cell: str) -> None:
-        def filled() -> bool:
-            out = self.kubectl(
-                "get", "streamcell", cell, "-n", CELLS_NAMESPACE, "-o", "json"
-            ).stdout
-            status = json.loads(out or "{}").get("status", {})
-            return bool(status.get("maxSafeReplicas") is not None and status.get("readyReplicas"))
-
-        wait_for(filled, what=f"the status of {cell}", timeout=90, interval=1.0, error=DemoFailure)
-
     def node_of(self, cell: str) -> str:
         out = self.kubectl(
             "get", "pods", "-n", CELLS_NAMESPACE, "-l", f"cellguard.io/cell={cell}", "-o", "json"
@@ -253,7 +292,7 @@ class Demo:
         return None
 
 
-def run(args: argparse.Namespace) -> int:
+def run_local(args: argparse.Namespace) -> int:
     console = Console()
     stop = threading.Event()
 
