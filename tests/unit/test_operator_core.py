@@ -896,3 +896,25 @@ def test_the_status_loop_and_a_spec_change_never_interleave_on_one_cell() -> Non
     # The refresh converged the newest spec, not the one it started with.
     [(name, status)] = patched
     assert name == "b" and status["threadsPerPod"] == 3_001
+
+
+def test_a_cell_whose_pods_or_deployment_changed_is_refreshed_before_the_next_round() -> None:
+    patched: list[tuple[str, dict[str, Any]]] = []
+    op = _loop_operator(patched, [], [])
+    op.settings = replace(op.settings, status_interval_seconds=60.0)
+    loop = StatusLoop(op)
+    feed = CacheFeed(op.state, op.ledger, op.gate, on_cell_changed=loop.poke)
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        running = asyncio.create_task(loop.run(stop))
+        raw = pod("ns", "a-3", "a", "n2")
+        feed.changed(Kind.PODS, "ADDED", key_of(Kind.PODS, raw), parse(Kind.PODS, raw))
+        await asyncio.sleep(1.5)
+        stop.set()
+        loop.poke(CellKey("ns", "a"))  # wakes the loop so that it sees the stop
+        await running
+
+    asyncio.run(scenario())
+    # a's pod changed: a was refreshed within a second; b waits for the minute's round.
+    assert [name for name, _ in patched] == ["a"]

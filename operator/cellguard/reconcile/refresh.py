@@ -24,35 +24,71 @@ from cellguard.wiring import Operator
 log = logging.getLogger(__name__)
 
 
+# Cells converged at once: their status patches and applies overlap (each waits on the API
+# server in a thread), while one cell is never converged twice at once (its lock).
+CONCURRENCY = 16
+# A poked cell waits this long for others to gather, so a burst costs one pass, not many.
+POKE_DELAY_SECONDS = 0.5
+
+
 class StatusLoop:
     def __init__(self, op: Operator) -> None:
         self.op = op
         # cell -> (the status the cache held when we wrote, what we wrote over it): until
         # the watch brings our write back, compare with what we wrote, not what we saw.
         self._written: dict[CellKey, tuple[Mapping[str, Any], dict[str, Any]]] = {}
+        # Cells whose own pods or Deployment changed since their last refresh.
+        self._poked: set[CellKey] = set()
+        self._woken = asyncio.Event()
+
+    def poke(self, cell: CellKey) -> None:
+        """The cell's pods or Deployment changed: refresh it soon, not at the next round
+        (its Ready condition follows its Deployment's ready pods). Event loop only."""
+        self._poked.add(cell)
+        self._woken.set()
 
     async def run(self, stop: asyncio.Event) -> None:
+        """A full round every interval (nodes, budgets and other cells move every cell's
+        figures), and the poked cells in between."""
         interval = self.op.settings.status_interval_seconds
+        loop = asyncio.get_running_loop()
+        next_round = loop.time() + interval
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=interval)
+                await asyncio.wait_for(self._woken.wait(), timeout=next_round - loop.time())
             if stop.is_set():
                 return
-            await self.round()
+            if loop.time() >= next_round:
+                self._poked.clear()
+                self._woken.clear()
+                await self.round()
+                next_round = loop.time() + interval
+                continue
+            await asyncio.sleep(POKE_DELAY_SECONDS)
+            poked, self._poked = self._poked, set()
+            self._woken.clear()
+            await self._refresh_all([c for c in poked if c in self.op.state.cells])
 
     async def round(self) -> int:
         """Converge every cell once; returns how many statuses were patched."""
-        patched = 0
-        for key in list(self.op.state.cells):
-            try:
-                patched += await self.refresh(key)
-            except Exception as exc:  # one cell's failure must not starve the others
-                log.warning("refreshing %s/%s failed: %s", key.namespace, key.name, exc)
-            await asyncio.sleep(0)  # admission reviews go between cells
+        patched = await self._refresh_all(list(self.op.state.cells))
         for key in set(self._written).difference(self.op.state.cells):
             del self._written[key]
         self.op.forget_cell_locks()
         return patched
+
+    async def _refresh_all(self, keys: list[CellKey]) -> int:
+        slots = asyncio.Semaphore(CONCURRENCY)
+
+        async def one(key: CellKey) -> bool:
+            async with slots:
+                try:
+                    return await self.refresh(key)
+                except Exception as exc:  # one cell's failure must not starve the others
+                    log.warning("refreshing %s/%s failed: %s", key.namespace, key.name, exc)
+                    return False
+
+        return sum(await asyncio.gather(*(one(key) for key in keys)))
 
     async def refresh(self, key: CellKey, *, spec_changed: bool = False) -> bool:
         """Converge the cell and write what changed in its status (True: a patch was sent).

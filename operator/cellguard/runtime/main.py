@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import gc
 import logging
@@ -52,6 +53,7 @@ from cellguard.state.store import CellRecord
 from cellguard.wiring import Operator
 
 log = logging.getLogger("cellguard")
+IO_THREADS = 32
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -192,7 +194,13 @@ def build_registry(
 
 
 async def run_operator(settings: Settings) -> int:
-    api = kubeclient.load_api_client(settings.kubeconfig)
+    # Blocking API calls run in threads (applies, status patches, Events): asyncio's default
+    # pool has min(32, cores + 4) threads - 6 on a small node - and a burst of new cells
+    # would queue behind it; the connection pool matches.
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(IO_THREADS, thread_name_prefix="cellguard-io")
+    )
+    api = kubeclient.load_api_client(settings.kubeconfig, pool_size=IO_THREADS)
     metrics = OperatorMetrics()
     metrics.precreate_decisions([str(reason) for reason in RefusalReason])
 
@@ -299,6 +307,7 @@ async def run_operator(settings: Settings) -> int:
         hold = asyncio.create_task(elector.hold(stop), name="lease")
         op.own_username = await asyncio.to_thread(own_username, api)
         log.info("acting as %s", op.own_username)
+        status_loop = StatusLoop(op)
         listed_at = time.monotonic()
         # The start-up listing only adds long-lived objects (no cycles): collections while it
         # runs would walk the growing heap again and again for nothing.
@@ -306,7 +315,7 @@ async def run_operator(settings: Settings) -> int:
         start_informers(
             api,
             sources(settings.namespaces),
-            CacheFeed(op.state, op.ledger, op.gate),
+            CacheFeed(op.state, op.ledger, op.gate, on_cell_changed=status_loop.poke),
             resync_seconds=settings.resync_seconds,
             stop=informers_stop,
             on_relist=lambda source, why: metrics.relists.labels(source.kind.value, why).inc(),
@@ -329,7 +338,6 @@ async def run_operator(settings: Settings) -> int:
         served.append(server)
         if settings.webhook_mode is WebhookMode.URL:
             await asyncio.to_thread(register_url_webhook, api, settings, ca_bundle)
-        status_loop = StatusLoop(op)
         registry = build_registry(op, api, status_loop)
         operator_task = asyncio.create_task(
             kopf.operator(

@@ -7,7 +7,7 @@ and remembered refusal with it. The lists and watches themselves live at the edg
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from cellguard.budget import CellKey
 from cellguard.state.gate import ScaleGate
@@ -22,10 +22,18 @@ DELETED = "DELETED"
 class CacheFeed:
     """Applies listings and watch events to the cache. Call from the event loop only."""
 
-    def __init__(self, state: ClusterState, ledger: ReservationLedger, gate: ScaleGate) -> None:
+    def __init__(
+        self,
+        state: ClusterState,
+        ledger: ReservationLedger,
+        gate: ScaleGate,
+        on_cell_changed: Callable[[CellKey], None] = lambda _cell: None,
+    ) -> None:
         self.state = state
         self.ledger = ledger
         self.gate = gate
+        # Told of a cell whose pods or Deployment changed (its status may follow).
+        self.on_cell_changed = on_cell_changed
 
     def changed(self, kind: Kind, event_type: str, key: Key, parsed: Parsed) -> None:
         """One watch event (ADDED, MODIFIED or DELETED) of an object of `kind`."""
@@ -37,6 +45,9 @@ class CacheFeed:
             self._forget_cell(CellKey(*key))
         elif kind is Kind.PODS and isinstance(parsed, PodRecord):
             release_if_placed(self.state, self.ledger, parsed.cell)
+            self.on_cell_changed(parsed.cell)
+        elif kind is Kind.DEPLOYMENTS:
+            self.on_cell_changed(CellKey(*key))
 
     def replaced(self, kind: Kind, items: Mapping[Key, Parsed], namespace: str | None) -> None:
         """A complete listing of `kind` (in `namespace`, or everywhere)."""
