@@ -28,7 +28,7 @@ from cellguard.state.settling import releasable_pool_labels, release_if_placed
 from cellguard.state.store import ClusterState
 from cellguard.wiring import Operator
 
-NOW = datetime.datetime(2026, 11, 25, 12, 0, tzinfo=datetime.UTC)
+from .manifests import NOW, budget, node
 
 
 class Counter:
@@ -37,28 +37,6 @@ class Counter:
 
     def count_decision(self, allowed: bool, reason: str) -> None:
         self.counted.append((allowed, reason))
-
-
-def node(name: str, **labels: str) -> dict[str, Any]:
-    return {
-        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, **labels}},
-        "spec": {},
-        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
-    }
-
-
-def budget(name: str, in_use: int = 1_000, observed: datetime.datetime = NOW) -> dict[str, Any]:
-    return {
-        "metadata": {"name": name},
-        "spec": {
-            "nodeName": name,
-            "threadsMax": 32_768,
-            "pidMax": 32_768,
-            "threadsInUse": in_use,
-            "kubepods": {"cgroupVersion": "v2", "unlimited": True},
-            "observedAt": observed.isoformat(),
-        },
-    }
 
 
 def cell_spec(

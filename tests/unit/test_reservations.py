@@ -25,7 +25,8 @@ from cellguard.state.settling import release_if_placed
 from cellguard.state.snapshots import SnapshotCache, build_snapshot
 from cellguard.state.store import ClusterState
 
-NOW = datetime.datetime(2026, 11, 25, 12, 0, tzinfo=datetime.UTC)
+from .manifests import NOW, budget, node
+
 NODES = ["n1", "n2", "n3"]
 CELLS = [CellKey("ns", name) for name in ("a", "b", "c", "d")]
 
@@ -33,28 +34,6 @@ CELLS = [CellKey("ns", name) for name in ("a", "b", "c", "d")]
 class Counter:
     def count_decision(self, allowed: bool, reason: str) -> None:
         pass
-
-
-def node(name: str) -> dict[str, Any]:
-    return {
-        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
-        "spec": {},
-        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
-    }
-
-
-def budget(name: str) -> dict[str, Any]:
-    return {
-        "metadata": {"name": name},
-        "spec": {
-            "nodeName": name,
-            "threadsMax": 32_768,
-            "pidMax": 32_768,
-            "threadsInUse": 1_000,
-            "kubepods": {"cgroupVersion": "v2", "unlimited": True},
-            "observedAt": NOW.isoformat(),
-        },
-    }
 
 
 def cell(name: str, replicas: int, generation: int = 1) -> dict[str, Any]:
