@@ -15,6 +15,8 @@ import yaml
 from cellguard import cli
 from cellguard.budget.pools import pool_label_key, pool_label_value
 
+from .manifests import budget, node
+
 
 @pytest.fixture(autouse=True)
 def _sigpipe_as_it_was() -> Iterator[None]:
@@ -25,28 +27,9 @@ def _sigpipe_as_it_was() -> Iterator[None]:
     signal.signal(signal.SIGPIPE, previous)
 
 
-def _node(name: str, **labels: str) -> dict[str, Any]:
-    return {
-        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, **labels}},
-        "spec": {},
-        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
-    }
-
-
-def _budget(name: str, in_use: int = 1_000) -> dict[str, Any]:
+def _budget(name: str) -> dict[str, Any]:
     # Observed now (when the fixture runs): the plan compares it with the real clock.
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return {
-        "metadata": {"name": name},
-        "spec": {
-            "nodeName": name,
-            "threadsMax": 32_768,
-            "pidMax": 32_768,
-            "threadsInUse": in_use,
-            "kubepods": {"cgroupVersion": "v2", "unlimited": True},
-            "observedAt": now,
-        },
-    }
+    return budget(name, observed=datetime.datetime.now(datetime.UTC))
 
 
 def _cell_spec(replicas: int) -> dict[str, Any]:
@@ -63,8 +46,8 @@ def snapshot(tmp_path: Path) -> Path:
     nodes = [f"n{i}" for i in range(1, 7)]
     listing = {
         # n6, in ingest-a's pool and without a pod of it, has no budget.
-        "nodes": [_node(n) for n in nodes[:-1]]
-        + [_node("n6", **{pool_label_key("ingest"): pool_label_value("prod", "ingest-a")})],
+        "nodes": [node(n) for n in nodes[:-1]]
+        + [node("n6", **{pool_label_key("ingest"): pool_label_value("prod", "ingest-a")})],
         "budgets": [_budget(n) for n in nodes[:-1]],
         "cells": [{"metadata": {"namespace": "prod", "name": "ingest-a"}, "spec": _cell_spec(3)}],
         "policies": [{"metadata": {"name": "default"}, "spec": {"safetyMargin": 0.2}}],
@@ -416,7 +399,7 @@ def api_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, tuple[str
     alpha["status"] = {"threadSamples": [{"replicas": n, "threadsPerPod": t} for n, t in FOLLOWED]}
     beta = {"metadata": {"namespace": "beta-ns", "name": "ingest-b"}, "spec": _cell_spec(2)}
     listing: dict[str, list[dict[str, Any]]] = {
-        "nodes": [_node(n) for n in nodes],
+        "nodes": [node(n) for n in nodes],
         "budgets": [_budget(n) for n in nodes],
         "cells": [alpha, beta],
         "policies": [{"metadata": {"name": "default"}, "spec": {"safetyMargin": 0.2}}],
