@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 from kubernetes import client, config
+from kubernetes.client import rest
 from kubernetes.client.exceptions import ApiException
 
 APPLY_PATCH_CONTENT_TYPE = "application/apply-patch+yaml"
@@ -161,6 +162,42 @@ def request_json(
     timeout: float = 30.0,
 ) -> dict[str, Any]:
     """One raw API request; the response body as JSON. Non-2xx raises ApiException."""
+    response = _send(api_client, method, path, query, body, content_type, accept, timeout)
+    data = response.read()  # type: ignore[no-untyped-call]
+    _raise_unless_ok(response, data)
+    result: dict[str, Any] = json.loads(data) if data else {}
+    return result
+
+
+def open_stream(
+    api_client: client.ApiClient,
+    path: str,
+    query: list[tuple[str, str]],
+    *,
+    read_timeout: float,
+) -> Any:
+    """A streaming GET (a watch): the urllib3 response, its body unread (release its
+    connection when done). Non-2xx raises ApiException, as request_json does."""
+    response = _send(
+        api_client, "GET", path, query, None, "application/json", "application/json",
+        (10, read_timeout),
+    )  # fmt: skip
+    if not 200 <= response.status <= 299:
+        _raise_unless_ok(response, response.read())  # type: ignore[no-untyped-call]
+    return response.response
+
+
+def _send(
+    api_client: client.ApiClient,
+    method: str,
+    path: str,
+    query: list[tuple[str, str]] | None,
+    body: Any,
+    content_type: str,
+    accept: str,
+    timeout: float | tuple[float, float],
+) -> rest.RESTResponse:
+    """The request, authenticated as the client is; the response, its body unread."""
     _method, url, headers, serialized, _post = api_client.param_serialize(
         method=method,
         resource_path=path,
@@ -169,15 +206,15 @@ def request_json(
         body=body,
         auth_settings=["BearerToken"],
     )
-    response = api_client.call_api(
+    return api_client.call_api(
         method, url, header_params=headers, body=serialized, _request_timeout=timeout
     )
-    data = response.read()  # type: ignore[no-untyped-call]
+
+
+def _raise_unless_ok(response: rest.RESTResponse, data: Any) -> None:
     if not 200 <= response.status <= 299:
         text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else str(data)
         raise ApiException.from_response(http_resp=response, body=text, data=None)
-    result: dict[str, Any] = json.loads(data) if data else {}
-    return result
 
 
 def server_side_apply(

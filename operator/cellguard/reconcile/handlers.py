@@ -39,9 +39,7 @@ def register(registry: kopf.OperatorRegistry, op: Operator, statuses: StatusLoop
     @kopf.on.resume(GROUP, VERSION, STREAMCELL_PLURAL, registry=registry)
     @kopf.on.create(GROUP, VERSION, STREAMCELL_PLURAL, registry=registry)
     @kopf.on.update(GROUP, VERSION, STREAMCELL_PLURAL, field="spec", registry=registry)
-    async def reconcile_cell(
-        body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any
-    ) -> None:
+    async def reconcile_cell(body: kopf.Body, **_: Any) -> None:
         key = CellKey(body.metadata.namespace or "", body.metadata.name or "")
         cached = op.state.cells.get(key)
         # kopf's stream and the informer's may be apart: the newer spec wins (a spec change

@@ -62,7 +62,6 @@ class Informer:
         self.resync_seconds = resync_seconds
         self.stop = stop
         self.on_relist = on_relist
-        self.listed = threading.Event()  # the first listing reached the cache
         name = f"informer-{source.kind.value}" + (
             f"-{source.namespace}" if source.namespace else ""
         )
@@ -115,7 +114,6 @@ class Informer:
                 raise Expired from exc
             raise
         self._deliver(self.feed.replaced, kind, items, self.source.namespace)
-        self.listed.set()
         return version
 
     def _watch(self, version: str, relist_at: float) -> str:
@@ -129,7 +127,14 @@ class Informer:
             ("timeoutSeconds", str(remaining)),
             *self.source.query(),
         ]
-        response = _open_stream(self.api, self.source.path, query, read_timeout=remaining + 30)
+        try:
+            response = kubeclient.open_stream(
+                self.api, self.source.path, query, read_timeout=remaining + 30
+            )
+        except ApiException as exc:
+            if exc.status == 410:  # the version to resume from is gone
+                raise Expired from exc
+            raise
         kind = self.source.kind
         try:
             for line in _lines(response):
@@ -153,28 +158,6 @@ class Informer:
 
     def _deliver(self, method: Callable[..., None], *args: Any) -> None:
         self.loop.call_soon_threadsafe(method, *args)
-
-
-def _open_stream(
-    api: client.ApiClient, path: str, query: list[tuple[str, str]], *, read_timeout: float
-) -> Any:
-    """A streaming GET (a watch); the urllib3 response, unread. Non-2xx raises."""
-    _method, url, headers, _body, _post = api.param_serialize(
-        method="GET",
-        resource_path=path,
-        query_params=query,
-        header_params={"Accept": "application/json"},
-        auth_settings=["BearerToken"],
-    )
-    response = api.call_api("GET", url, header_params=headers, _request_timeout=(10, read_timeout))
-    raw = response.response
-    if raw.status == 410:
-        raw.release_conn()
-        raise Expired
-    if not 200 <= raw.status <= 299:
-        text = raw.data.decode("utf-8", errors="replace")
-        raise ApiException(status=raw.status, reason=f"{raw.reason}: {text[:300]}")
-    return raw
 
 
 def _lines(response: Any) -> Any:

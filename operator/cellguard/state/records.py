@@ -104,12 +104,12 @@ def key_of(kind: Kind, raw: Mapping[str, Any]) -> Key:
     (namespace, its cell's name)."""
     metadata = raw.get("metadata") or {}
     if not kind.namespaced:
-        return _intern(metadata.get("name", ""))
-    namespace = _intern(metadata.get("namespace", ""))
+        return intern(metadata.get("name", ""))
+    namespace = intern(metadata.get("namespace", ""))
     if kind is Kind.DEPLOYMENTS:
-        return CellKey(namespace, _intern((metadata.get("labels") or {}).get(LABEL_CELL, "")))
+        return CellKey(namespace, intern((metadata.get("labels") or {}).get(LABEL_CELL, "")))
     if kind is Kind.CELLS:
-        return CellKey(namespace, _intern(metadata.get("name", "")))
+        return CellKey(namespace, intern(metadata.get("name", "")))
     return (namespace, metadata.get("name", ""))
 
 
@@ -130,7 +130,7 @@ def parse(kind: Kind, raw: Mapping[str, Any]) -> Parsed:
 
 def parse_cell(raw: Mapping[str, Any]) -> CellRecord | Invalid:
     metadata = raw["metadata"]
-    key = CellKey(_intern(metadata["namespace"]), _intern(metadata["name"]))
+    key = CellKey(intern(metadata["namespace"]), intern(metadata["name"]))
     try:
         cell = StreamCell.model_validate(
             {
@@ -162,11 +162,11 @@ def parse_pod(raw: Mapping[str, Any]) -> PodRecord | None:
         return None  # a finished pod holds no threads
     node = (raw.get("spec", {}) or {}).get("nodeName") or None
     return PodRecord(
-        cell=CellKey(_intern(metadata["namespace"]), _intern(cell_name)),
-        node=_intern(node) if node else None,
+        cell=CellKey(intern(metadata["namespace"]), intern(cell_name)),
+        node=intern(node) if node else None,
         terminating=metadata.get("deletionTimestamp") is not None,
         # Interned: the node agent's reading of the pod is keyed by the same uid.
-        uid=_intern(metadata.get("uid", "")),
+        uid=intern(metadata.get("uid", "")),
     )
 
 
@@ -194,9 +194,6 @@ def first_error(error: ValidationError) -> str:
     return f"{location}: {first.get('msg', 'invalid')}" if location else str(first.get("msg"))
 
 
-def intern_uid(uid: str) -> str:
-    return sys.intern(uid)
-
-
-def _intern(value: str) -> str:
+def intern(value: str) -> str:
+    """The one copy of a string repeated across records (a name, a uid)."""
     return sys.intern(value)

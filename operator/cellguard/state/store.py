@@ -27,7 +27,7 @@ from cellguard.state.records import (
     Parsed,
     PodKey,
     PodRecord,
-    intern_uid,
+    intern,
     key_of,
     parse,
     parse_pod,
@@ -193,7 +193,7 @@ class ClusterState:
             self._note_receipt(name, parsed)
             # The per-pod readings are kept once, as uid -> threads, not as models.
             if parsed.pods:
-                self.pod_threads[name] = {intern_uid(pod.uid): pod.threads for pod in parsed.pods}
+                self.pod_threads[name] = {intern(pod.uid): pod.threads for pod in parsed.pods}
                 parsed = parsed.model_copy(update={"pods": []})
             else:
                 self.pod_threads.pop(name, None)

@@ -80,6 +80,17 @@ class StormResult:
     def admitted_fraction(self) -> float:
         return self.statuses.get(200, 0) / self.requests if self.requests else 0.0
 
+    def record(self, cell: str, replicas: int, status: int, message: str, seconds: float) -> None:
+        """One request's answer (the caller serialises concurrent calls)."""
+        self.statuses[status] += 1
+        self.latencies_s.append(seconds)
+        if status == 200:
+            self.admitted[cell].add(replicas)
+        elif status == 403:
+            self.refusal_messages.append(message)
+        else:
+            self.unexpected.append(f"{cell} -> {replicas}: HTTP {status}: {message}")
+
 
 def scale_storm(
     cluster: LocalCluster,
@@ -124,14 +135,7 @@ def scale_storm(
             status, message = 0, f"{type(exc).__name__}: {exc}"
         elapsed = time.perf_counter() - started
         with lock:
-            result.statuses[status] += 1
-            result.latencies_s.append(elapsed)
-            if status == 200:
-                result.admitted[name].add(replicas)
-            elif status == 403:
-                result.refusal_messages.append(message)
-            else:
-                result.unexpected.append(f"{name} -> {replicas}: HTTP {status}: {message}")
+            result.record(name, replicas, status, message, elapsed)
 
     started = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
@@ -427,14 +431,7 @@ def scale_burst(
             status, message = 0, f"{type(exc).__name__}: {exc}"
         elapsed = time.perf_counter() - started
         with lock:
-            result.statuses[status] += 1
-            result.latencies_s.append(elapsed)
-            if status == 200:
-                result.admitted[name].add(replicas)
-            elif status == 403:
-                result.refusal_messages.append(message)
-            else:
-                result.unexpected.append(f"{name} -> {replicas}: HTTP {status}: {message}")
+            result.record(name, replicas, status, message, elapsed)
 
     if not concurrent:
         started = time.monotonic()
