@@ -13,11 +13,13 @@ from cellguard.budget.changes import (
     seen_at,
     with_cell,
     with_cell_at,
+    with_node_labels,
     with_pods,
     with_policies,
     with_reservation,
     with_reservations,
     with_reserved,
+    without_cell,
     without_reservation,
 )
 from cellguard.budget.decisions import decide, max_safe_replicas, project
@@ -103,10 +105,12 @@ __all__ = [
     "threads_per_pod",
     "with_cell",
     "with_cell_at",
+    "with_node_labels",
     "with_pods",
     "with_policies",
     "with_reservation",
     "with_reservations",
     "with_reserved",
+    "without_cell",
     "without_reservation",
 ]

@@ -14,6 +14,7 @@ from dataclasses import replace
 from datetime import datetime
 
 from cellguard.api.v1alpha1 import ThreadBudgetPolicySpec
+from cellguard.budget.eligibility import carry_cell_change, carry_label_change, reads_labels
 from cellguard.budget.snapshot import (
     CellKey,
     CellView,
@@ -37,6 +38,34 @@ def with_cell(snapshot: ClusterSnapshot, cell: CellView) -> ClusterSnapshot:
     """The snapshot with one cell added or replaced (e.g. the cell being created)."""
     child = snapshot.replaced({Input.CELLS}, cells={**snapshot.cells, cell.key: cell})
     _carry_cell_change(snapshot, child, cell.key)
+    return child
+
+
+def without_cell(snapshot: ClusterSnapshot, key: tuple[str, str]) -> ClusterSnapshot:
+    """The snapshot without the cell `key` (deleted, or no longer valid)."""
+    key = CellKey(*key)
+    if key not in snapshot.cells:
+        return snapshot
+    cells = {k: v for k, v in snapshot.cells.items() if k != key}
+    child = snapshot.replaced({Input.CELLS}, cells=cells)
+    _carry_cell_change(snapshot, child, key)
+    return child
+
+
+def with_node_labels(
+    snapshot: ClusterSnapshot, name: str, labels: Mapping[str, str]
+) -> ClusterSnapshot:
+    """The snapshot with node `name`'s labels replaced, nothing else of it: only what
+    reads the labels that changed is rebuilt (a node joining a cell's pool moves one
+    label; budgets, taints and every figure stay)."""
+    node = snapshot.nodes[name]
+    before = node.labels
+    changed = {k for k in before.keys() | labels.keys() if before.get(k) != labels.get(k)}
+    if not changed:
+        return snapshot
+    nodes = {**snapshot.nodes, name: replace(node, labels=dict(labels))}
+    child = snapshot.keeping(lambda index: not reads_labels(index, changed), nodes=nodes)
+    carry_label_change(snapshot, child, name, before, labels)
     return child
 
 
@@ -146,7 +175,8 @@ def _carry_reservation_change(
 
 
 def _carry_cell_change(parent: ClusterSnapshot, child: ClusterSnapshot, key: CellKey) -> None:
-    """Seed `child` (= parent with the cell `key` added or replaced) from `parent`."""
+    """Seed `child` (= parent with the cell `key` added, replaced or removed) from `parent`."""
+    carry_cell_change(parent, child, key)
     modelled = parent.peek(MODELLED)
     if modelled is None:
         return
@@ -161,6 +191,8 @@ def _carry_cell_change(parent: ClusterSnapshot, child: ClusterSnapshot, key: Cel
     updated = dict(modelled)
     for node, count in pods.items():
         updated[node] = updated.get(node, 0) + (per_pod_after - per_pod_before) * count
+        if not updated[node]:
+            del updated[node]  # as a fresh sum leaves it
     child.seed(MODELLED, updated)
     changes: dict[str, dict[str, int]] = {}
     for policy_name in parent.policies:
@@ -169,7 +201,7 @@ def _carry_cell_change(parent: ClusterSnapshot, child: ClusterSnapshot, key: Cel
             continue
         changes[policy_name] = {
             node: used_threads(nodes.limits[node], modelled.get(node, 0))
-            - used_threads(nodes.limits[node], updated[node])
+            - used_threads(nodes.limits[node], updated.get(node, 0))
             for node in pods
             if node in nodes.limits
         }

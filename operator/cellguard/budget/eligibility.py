@@ -25,6 +25,9 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
+from datetime import datetime
+from typing import Any
 
 from cellguard.api.v1alpha1 import Isolation, TaintEffect, Toleration, TolerationOperator
 from cellguard.budget.pools import pool_label_key, pool_label_value
@@ -43,8 +46,11 @@ BY_SERVICE: Index[dict[tuple[str, str], tuple[CellView, ...]]] = Index(
 DOMAINS: Index[frozenset[str]] = Index("eligibility.domains", ON_NODES)
 PLACEMENT: Index[frozenset[str]] = Index("eligibility.placement", ON_NODES)
 POOLED: Index[frozenset[str]] = Index("eligibility.pooled", ON_NODES)
-CLAIMS: Index[dict[CellKey, frozenset[str]]] = Index(
-    "eligibility.claims", frozenset({Input.RESERVATIONS, Input.CELLS, Input.NOW})
+# service -> cell -> (expires at, nodes) of each reservation claiming free nodes. Not on
+# NOW: the operator asks for its snapshot "now" before every decision, so an index on the
+# clock would be rebuilt each time; expiry is checked where the claims are read.
+CLAIMS: Index[dict[str, dict[CellKey, tuple[tuple[datetime, frozenset[str]], ...]]]] = Index(
+    "eligibility.claims", frozenset({Input.RESERVATIONS, Input.CELLS})
 )
 
 # Only these effects keep a pod off a node; PreferNoSchedule is a preference.
@@ -230,18 +236,26 @@ def own_pool(snapshot: ClusterSnapshot, cell: CellView) -> frozenset[str]:
 def _claims(snapshot: ClusterSnapshot, service: str) -> dict[CellKey, frozenset[str]]:
     """Cell of `service` -> free nodes its live reservation claims for its pool."""
 
-    def compute() -> dict[CellKey, frozenset[str]]:
-        claims: dict[CellKey, frozenset[str]] = {}
+    def compute() -> dict[str, dict[CellKey, tuple[tuple[datetime, frozenset[str]], ...]]]:
+        claims: dict[str, dict[CellKey, tuple[tuple[datetime, frozenset[str]], ...]]] = {}
         for reservation in snapshot.reservations:
-            if reservation.expires_at <= snapshot.now or not reservation.claimed_nodes:
+            if not reservation.claimed_nodes:
                 continue
             key = CellKey(*reservation.cell)
             owner = snapshot.cells.get(key)
-            if owner is not None and owner.service == service:
-                claims[key] = claims.get(key, frozenset()) | reservation.claimed_nodes
+            if owner is not None:
+                of_service = claims.setdefault(owner.service, {})
+                held = (reservation.expires_at, reservation.claimed_nodes)
+                of_service[key] = (*of_service.get(key, ()), held)
         return claims
 
-    return snapshot.derived(CLAIMS.of(service), compute)
+    now = snapshot.now
+    live: dict[CellKey, frozenset[str]] = {}
+    for key, held in snapshot.derived(CLAIMS, compute).get(service, {}).items():
+        nodes = frozenset().union(*(nodes for expires_at, nodes in held if expires_at > now))
+        if nodes:
+            live[key] = nodes
+    return live
 
 
 def claimed_by_others(snapshot: ClusterSnapshot, cell: CellView) -> frozenset[str]:
@@ -252,6 +266,77 @@ def claimed_by_others(snapshot: ClusterSnapshot, cell: CellView) -> frozenset[st
 
 def own_claims(snapshot: ClusterSnapshot, cell: CellView) -> frozenset[str]:
     return _claims(snapshot, cell.service).get(cell.key, frozenset())
+
+
+# --------------------------------------------------------------------------- carrying over
+
+
+def carry_cell_change(parent: ClusterSnapshot, child: ClusterSnapshot, key: CellKey) -> None:
+    """Seed `child` (= parent with the cell `key` added, replaced or removed) with the
+    cell indexes of `parent`, adjusted for that one cell."""
+    before, after = parent.cells.get(key), child.cells.get(key)
+    services = parent.peek(BY_SERVICE)
+    if services is not None:  # a service's cells in any order: only their union is read
+        updated = dict(services)
+        if before is not None:
+            group = (before.namespace, before.service)
+            rest = tuple(c for c in updated.get(group, ()) if c.key != key)
+            if rest:
+                updated[group] = rest
+            else:
+                updated.pop(group, None)
+        if after is not None:
+            group = (after.namespace, after.service)
+            updated[group] = (*updated.get(group, ()), after)
+        child.seed(BY_SERVICE, updated)
+    claims = parent.peek(CLAIMS)
+    same_service = (before.service if before else None) == (after.service if after else None)
+    if claims is not None and (
+        same_service
+        or not any(r.claimed_nodes for r in parent.reservations if CellKey(*r.cell) == key)
+    ):
+        child.seed(CLAIMS, claims)  # filed under the owner's service, which did not move
+
+
+def reads_labels(index: Index[Any], keys: AbstractSet[str]) -> bool:
+    """Whether the derived index `index` depends on node labels under any of `keys`."""
+    if index.name in (DOMAINS.name, PLACEMENT.name):
+        selector = index.of_what[0] if isinstance(index.of_what, tuple) else ()
+        return any(key in keys for key, _value in selector)
+    if index.name == BY_LABEL.name:
+        return index.of_what in keys
+    if index.name == POOLED.name:
+        return isinstance(index.of_what, str) and pool_label_key(index.of_what) in keys
+    return False
+
+
+def carry_label_change(
+    parent: ClusterSnapshot,
+    child: ClusterSnapshot,
+    name: str,
+    before: Mapping[str, str],
+    after: Mapping[str, str],
+) -> None:
+    """Seed `child` (= parent with node `name` relabelled from `before` to `after`) with
+    parent's label index of each changed key, moved for that node; the indexes built on
+    those labels (placements, pools) are rebuilt on use."""
+    for key in before.keys() | after.keys():
+        if before.get(key) == after.get(key):
+            continue
+        values = parent.peek(BY_LABEL.of(key))
+        if values is None:
+            continue
+        updated = dict(values)
+        old, new = before.get(key), after.get(key)
+        if old is not None:
+            rest = updated.get(old, frozenset()) - {name}
+            if rest:
+                updated[old] = rest
+            else:
+                updated.pop(old, None)
+        if new is not None:
+            updated[new] = updated.get(new, frozenset()) | {name}
+        child.seed(BY_LABEL.of(key), updated)
 
 
 def is_pooled(cell: CellView) -> bool:

@@ -317,7 +317,10 @@ class ClusterSnapshot:
     def replaced(self, changed: AbstractSet[Input], **fields: Any) -> ClusterSnapshot:
         """A new snapshot with `fields` replaced, keeping the derived indexes that depend on
         none of the `changed` inputs."""
-        kept = {
-            index: value for index, value in self._derived.items() if not index.inputs & changed
-        }
+        return self.keeping(lambda index: not index.inputs & changed, **fields)
+
+    def keeping(self, keep: Callable[[Index[Any]], bool], **fields: Any) -> ClusterSnapshot:
+        """A new snapshot with `fields` replaced, keeping the derived indexes `keep` says
+        the change leaves as they are (for changes finer than a whole input)."""
+        kept = {index: value for index, value in self._derived.items() if keep(index)}
         return replace(self, _derived=kept, **fields)

@@ -33,6 +33,8 @@ def modelled_threads(snapshot: ClusterSnapshot) -> dict[str, int]:
             if cell is None:
                 continue  # a cell being deleted: its pods still show in `observed`
             per_pod = threads_for(cell, cell.replicas)
+            if not per_pod:
+                continue  # a node no pod models threads on is absent, not 0
             for node, pods in nodes.items():
                 modelled[node] = get(node, 0) + per_pod * pods
         return modelled

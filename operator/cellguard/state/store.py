@@ -18,6 +18,7 @@ from typing import Any
 
 from cellguard.api.v1alpha1 import NodeBudgetSpec, ThreadBudgetPolicySpec
 from cellguard.budget import CellKey, NodeView, ObservedThreads
+from cellguard.state.journal import ChangeJournal
 from cellguard.state.records import (
     CellRecord,
     DeploymentSeen,
@@ -72,11 +73,21 @@ class ClusterState:
         # The kinds listed at least once: the cache is complete when every kind is.
         self.listed: set[Kind] = set()
         self.version = 0  # bumped on every change that can move a decision
-        # What changed, by kind, so the gate rebuilds only what it must.
-        self.node_version = 0
+        # What changed, by kind, so the gate rebuilds only what it must; for nodes and
+        # cells also which ones, so that it can follow them one by one.
+        self.node_changes: ChangeJournal[str] = ChangeJournal()
+        self.cell_changes: ChangeJournal[CellKey] = ChangeJournal()
         self.budget_version = 0
-        self.cell_version = 0
+        self.policy_version = 0
         self.pod_version = 0
+
+    @property
+    def node_version(self) -> int:
+        return self.node_changes.version
+
+    @property
+    def cell_version(self) -> int:
+        return self.cell_changes.version
 
     @property
     def synced(self) -> bool:
@@ -164,7 +175,7 @@ class ClusterState:
         if self.nodes.get(name) != view:
             self.nodes[name] = view
             self.version += 1
-            self.node_version += 1
+            self.node_changes.bump(name)
 
     def _attach_budget(self, name: str) -> None:
         view = self.nodes.get(name)
@@ -178,7 +189,7 @@ class ClusterState:
     def delete_node(self, name: str) -> None:
         if self.nodes.pop(name, None) is not None:
             self.version += 1
-            self.node_version += 1
+            self.node_changes.bump(name)
 
     def upsert_budget(self, raw: Mapping[str, Any]) -> None:
         self.put(Kind.BUDGETS, key_of(Kind.BUDGETS, raw), parse(Kind.BUDGETS, raw))
@@ -237,7 +248,7 @@ class ClusterState:
             self.cells.pop(key, None)
             self.cell_errors[key] = parsed.error
             self.version += 1
-            self.cell_version += 1
+            self.cell_changes.bump(key)
             return
         previous = self.cells.get(key)
         self.cells[key] = parsed
@@ -247,13 +258,13 @@ class ClusterState:
         # make the gate rebuild its whole planner snapshot for nothing).
         if previous is None or previous.view != parsed.view or previous.uid != parsed.uid:
             self.version += 1
-            self.cell_version += 1
+            self.cell_changes.bump(key)
 
     def delete_cell(self, key: CellKey) -> None:
         self.cells.pop(key, None)
         self.cell_errors.pop(key, None)
         self.version += 1
-        self.cell_version += 1
+        self.cell_changes.bump(key)
 
     def upsert_policy(self, raw: Mapping[str, Any]) -> None:
         self.put(Kind.POLICIES, key_of(Kind.POLICIES, raw), parse(Kind.POLICIES, raw))
@@ -264,12 +275,12 @@ class ClusterState:
         else:
             self.policies[name] = parsed
         self.version += 1
-        self.cell_version += 1
+        self.policy_version += 1
 
     def delete_policy(self, name: str) -> None:
         self.policies.pop(name, None)
         self.version += 1
-        self.cell_version += 1
+        self.policy_version += 1
 
     # ------------------------------------------------------------------ pods
 

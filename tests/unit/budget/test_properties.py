@@ -60,14 +60,21 @@ from cellguard.budget import (
     ReservationLike,
     Taint,
     decide,
+    eligible_nodes,
     max_safe_replicas,
     plan_for,
     project,
     seen_at,
     with_cell,
+    with_node_labels,
     with_reservation,
+    without_cell,
     without_reservation,
 )
+from cellguard.budget.eligibility import BY_LABEL, BY_SERVICE, CLAIMS, spread_domains
+from cellguard.budget.eligibility import _cells_by_service as eligibility_by_service
+from cellguard.budget.eligibility import _claims as claims_of
+from cellguard.budget.eligibility import _label_values as label_values
 from cellguard.budget.pools import pool_label_key, pool_label_value
 from cellguard.budget.snapshot import Index
 from cellguard.budget.usage import MODELLED, POLICY_NODES, RESERVED, SLACK
@@ -778,13 +785,19 @@ def test_scale_down_and_no_change_are_never_refused(world: World, data: st.DataO
 def test_derived_snapshots_carry_the_figures_a_fresh_snapshot_computes(
     world: World, data: st.DataObject
 ) -> None:
-    """with_reservation / with_cell adjust their parent's figures instead of rebuilding
-    them; after any sequence of changes they must equal a snapshot built from scratch."""
+    """with_reservation / with_cell / without_cell / with_node_labels adjust their
+    parent's figures and indexes instead of rebuilding them; after any sequence of changes
+    they must answer as a snapshot built from scratch."""
     current = world.snapshot
-    for _ in range(data.draw(st.integers(1, 4))):
+    for _ in range(data.draw(st.integers(1, 5))):
         project(current, world.cell.key, world.cell.replicas + 1)  # fill the indexes
+        for view in current.cells.values():
+            eligible_nodes(current, view)
         cell = data.draw(st.sampled_from(list(current.cells.values())))
-        change = data.draw(st.sampled_from(["hold", "release", "resize", "wait"]))
+        others = [c for c in current.cells.values() if c.key != world.cell.key]
+        change = data.draw(
+            st.sampled_from(["hold", "release", "resize", "wait", "move", "drop", "relabel"])
+        )
         if change == "hold":
             names = sorted(current.nodes)
             threads = {
@@ -801,6 +814,35 @@ def test_derived_snapshots_carry_the_figures_a_fresh_snapshot_computes(
         elif change == "wait":  # crossing, or not, the 60 s expiry and 300 s staleness
             seconds = data.draw(st.sampled_from([1, 59, 60, 61, 280, 291, 400]))
             current = seen_at(current, current.now + timedelta(seconds=seconds))
+        elif change == "move":  # another service or isolation: its pool, claims and peers
+            current = with_cell(
+                current,
+                replace(
+                    cell,
+                    service=data.draw(st.sampled_from(["s1", "s2", "s3"])),
+                    isolation=data.draw(st.sampled_from(list(Isolation))),
+                ),
+            )
+        elif change == "drop" and others:  # deleted (its pods and reservations may stay)
+            current = without_cell(current, data.draw(st.sampled_from(others)).key)
+        elif change == "relabel":  # a node joins or leaves a pool, or changes zone
+            name = data.draw(st.sampled_from(sorted(current.nodes)))
+            labels = dict(current.nodes[name].labels)
+            key = data.draw(st.sampled_from([pool_label_key("s1"), pool_label_key("s2"), "zone"]))
+            value = data.draw(
+                st.sampled_from(
+                    [
+                        None,
+                        "a",
+                        *(pool_label_value(c.namespace, c.name) for c in current.cells.values()),
+                    ]
+                )
+            )
+            if value is None:
+                labels.pop(key, None)
+            else:
+                labels[key] = value
+            current = with_node_labels(current, name, labels)
         else:
             current = with_cell(current, replace(cell, replicas=data.draw(st.integers(0, 9))))
     fresh = ClusterSnapshot.build(
@@ -815,13 +857,29 @@ def test_derived_snapshots_carry_the_figures_a_fresh_snapshot_computes(
         assert project(current, world.cell.key, replicas) == project(
             fresh, world.cell.key, replicas
         )
+    for view in current.cells.values():
+        assert eligible_nodes(current, view) == eligible_nodes(fresh, view), view.key
+        assert spread_domains(current, view) == spread_domains(fresh, view), view.key
     indexes: list[Index[Any]] = [
         MODELLED,
         RESERVED,
         SLACK.of("default"),
         POLICY_NODES.of("default"),
+        CLAIMS,
+        *(BY_LABEL.of(key) for key in ("zone", pool_label_key("s1"), pool_label_key("s2"))),
     ]
+    for key in ("zone", pool_label_key("s1"), pool_label_key("s2")):
+        label_values(fresh, key)  # the fresh snapshot's own, computed
+    claims_of(fresh, "s1")
     for index in indexes:
         carried = current.peek(index)
-        if carried is not None:
-            assert carried == fresh.peek(index), index
+        expected = fresh.peek(index)
+        if carried is not None and expected is not None:
+            assert carried == expected, index
+    services = current.peek(BY_SERVICE)
+    if services is not None:  # carried in another order: the same cells per service
+
+        def by_key(of_service: dict[Any, Any]) -> dict[Any, Any]:
+            return {s: sorted(v, key=lambda c: c.key) for s, v in of_service.items()}
+
+        assert by_key(services) == by_key(eligibility_by_service(fresh))

@@ -12,12 +12,16 @@ from cellguard.budget import (
     ClusterSnapshot,
     PodPlacement,
     decide,
+    pool_label_key,
+    pool_label_value,
     seen_at,
     with_cell,
+    with_node_labels,
     with_reservation,
+    without_cell,
     without_reservation,
 )
-from cellguard.budget.eligibility import BY_SERVICE, SCHEDULABLE, TAINT_GROUPS
+from cellguard.budget.eligibility import BY_LABEL, BY_SERVICE, SCHEDULABLE, TAINT_GROUPS
 from cellguard.budget.snapshot import Index
 from cellguard.budget.usage import MODELLED, POLICY_NODES, RESERVED, SLACK
 
@@ -72,17 +76,48 @@ def test_with_reservation_keeps_node_indexes_and_answers_like_a_fresh_snapshot()
     assert without_reservation(derived, B.key).reservations == ()
 
 
-def test_with_cell_recomputes_what_depends_on_cells() -> None:
+def test_with_cell_carries_what_depends_on_cells() -> None:
     world = _world()
     decide(world, A.key, 6)
     bigger = replace(A, replicas=6)
     derived = with_cell(world, bigger)
     assert derived.peek(TAINT_GROUPS) is world.peek(TAINT_GROUPS)
-    assert derived.peek(BY_SERVICE) is None  # cells changed: rebuilt on use
+    # The cells by service: carried with the one cell replaced, not rebuilt.
+    assert derived.peek(BY_SERVICE) == {("prod", A.service): (bigger,), ("prod", "billing"): (B,)}
     fresh = snapshot(list(world.nodes.values()), [bigger, B], world.pods.by_cell)
     _same_answers(derived, fresh)
     assert derived.peek(MODELLED) == fresh.peek(MODELLED)
     assert derived.peek(SLACK.of("default")) == fresh.peek(SLACK.of("default"))
+
+
+def test_without_cell_frees_its_nodes_for_the_others() -> None:
+    world = _world()
+    decide(world, A.key, 6)
+    gone = without_cell(world, B.key)
+    assert B.key not in gone.cells and B.key in world.cells
+    assert gone.peek(BY_SERVICE) == {("prod", A.service): (A,)}
+    fresh = snapshot(list(world.nodes.values()), [A], world.pods.by_cell)
+    for target in range(12):
+        assert decide(gone, A.key, target) == decide(fresh, A.key, target)
+    assert gone.peek(MODELLED) == fresh.peek(MODELLED)
+    assert without_cell(gone, B.key) is gone  # nothing to remove
+
+
+def test_a_relabelled_node_keeps_every_figure_and_moves_in_its_label_index() -> None:
+    world = _world()
+    decide(world, A.key, 6)
+    decide(world, B.key, 3)
+    key = pool_label_key(B.service)
+    relabelled = with_node_labels(world, "n0", {key: pool_label_value("prod", "b")})
+    # Budgets, taints and figures do not read labels: kept as they are.
+    for index in (TAINT_GROUPS, POLICY_NODES.of("default"), SLACK.of("default"), MODELLED):
+        assert relabelled.peek(index) is world.peek(index), index
+    assert relabelled.peek(BY_LABEL.of(key)) == {pool_label_value("prod", "b"): frozenset({"n0"})}
+    assert relabelled.nodes["n0"].labels == {key: pool_label_value("prod", "b")}
+    assert world.nodes["n0"].labels == {}
+    fresh = snapshot(list(relabelled.nodes.values()), [A, B], world.pods.by_cell)
+    _same_answers(relabelled, fresh)
+    assert with_node_labels(relabelled, "n0", relabelled.nodes["n0"].labels) is relabelled
 
 
 def test_at_moves_staleness_on() -> None:

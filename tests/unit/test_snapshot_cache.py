@@ -1,0 +1,160 @@
+"""The gate's snapshot follows the cache change by change and answers as a fresh build."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cellguard.budget import CellKey, decide, eligible_nodes, pool_label_key, pool_label_value
+from cellguard.state.journal import ChangeJournal
+from cellguard.state.reservations import ReservationLedger
+from cellguard.state.snapshots import FOLLOW_AT_MOST, SnapshotCache, build_snapshot
+from cellguard.state.store import ClusterState
+
+from .manifests import NOW, budget, node
+
+NODES = [f"n{i}" for i in range(5)]
+NAMES = ["a", "b", "c", "d"]
+
+
+def cell(name: str, replicas: int, service: str, isolation: str) -> dict[str, Any]:
+    return {
+        "metadata": {"namespace": "ns", "name": name, "uid": f"uid-{name}", "generation": 1},
+        "spec": {
+            "replicas": replicas,
+            "service": service,
+            "isolation": isolation,
+            "threads": {"base": 3_000, "perPeer": 400},
+            "template": {"spec": {"containers": [{"name": "c", "image": "i"}]}},
+        },
+    }
+
+
+def pod(name: str, cell_name: str, node_name: str) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "namespace": "ns",
+            "name": name,
+            "labels": {"cellguard.io/cell": cell_name},
+            "uid": f"uid-{name}",
+        },
+        "spec": {"nodeName": node_name},
+        "status": {"phase": "Running"},
+    }
+
+
+def test_the_journal_names_what_changed_since_a_version() -> None:
+    journal: ChangeJournal[str] = ChangeJournal(keep=4)
+    assert journal.since(0) == []
+    for key in ("a", "b", "a"):
+        journal.bump(key)
+    assert journal.version == 3
+    assert journal.since(0) == ["b", "a"]  # each once, in the order of its last change
+    assert journal.since(1) == ["b", "a"]
+    assert journal.since(3) == []
+    assert journal.since(4) is None  # not a version it made
+    for key in ("c", "d", "e"):
+        journal.bump(key)
+    assert journal.since(1) is None  # version 2 was dropped: what changed then is not known
+    assert journal.since(2) == ["a", "c", "d", "e"]
+
+
+EVENTS = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("cell"),
+            st.sampled_from(NAMES),
+            st.integers(0, 4),
+            st.sampled_from(["s1", "s2"]),
+            st.sampled_from(["Shared", "NodeExclusive"]),
+        ),
+        st.tuples(st.just("delete"), st.sampled_from(NAMES)),
+        st.tuples(st.just("pool"), st.sampled_from(NODES), st.sampled_from([None, *NAMES])),
+        st.tuples(st.just("cordon"), st.sampled_from(NODES), st.booleans()),
+        st.tuples(
+            st.just("pod"), st.integers(0, 30), st.sampled_from(NAMES), st.sampled_from(NODES)
+        ),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(EVENTS)
+def test_a_followed_snapshot_answers_as_a_fresh_one(events: list[tuple[Any, ...]]) -> None:
+    state = ClusterState(clock=lambda: NOW)
+    state.replace_all(
+        nodes=[node(n) for n in NODES],
+        budgets=[budget(n, in_use=2_000 + 1_000 * i) for i, n in enumerate(NODES)],
+        cells=[cell("a", 2, "s1", "NodeExclusive"), cell("b", 1, "s1", "Shared")],
+        policies=[{"metadata": {"name": "default"}, "spec": {"safetyMargin": 0.2}}],
+        pods=[pod("p-a", "a", "n0"), pod("p-b", "b", "n1")],
+    )
+    ledger = ReservationLedger()
+    cache = SnapshotCache(state, ledger, now=lambda: NOW)
+    labels: dict[str, dict[str, str]] = {n: {} for n in NODES}
+    cordoned: dict[str, bool] = dict.fromkeys(NODES, False)
+    structural = 0  # node changes other than labels: each rebuilds
+    for event in events:
+        kept = cache.snapshot()  # followed from here, with the indexes decisions fill
+        for key, view in kept.cells.items():
+            eligible_nodes(kept, view)
+            decide(kept, key, view.replicas + 1)
+        kind = event[0]
+        if kind == "cell":
+            _, name, replicas, service, isolation = event
+            state.upsert_cell(cell(name, replicas, service, isolation))
+        elif kind == "delete":
+            state.delete_cell(CellKey("ns", event[1]))
+        elif kind in ("pool", "cordon"):
+            name = event[1]
+            if kind == "pool":
+                owner = event[2]
+                labels[name] = (
+                    {pool_label_key("s1"): pool_label_value("ns", owner)} if owner else {}
+                )
+            else:
+                structural += cordoned[name] != event[2]
+                cordoned[name] = event[2]
+            manifest = node(name, **labels[name])
+            manifest["spec"]["unschedulable"] = cordoned[name]
+            state.upsert_node(manifest)
+        else:
+            _, index, cell_name, node_name = event
+            state.upsert_pod(pod(f"p{index}", cell_name, node_name))
+    followed = cache.snapshot()
+    fresh = build_snapshot(state, ledger, NOW)
+    assert followed.nodes == fresh.nodes
+    assert followed.cells == fresh.cells
+    for key, view in fresh.cells.items():
+        assert eligible_nodes(followed, view) == eligible_nodes(fresh, view), key
+        for replicas in range(0, 7):
+            assert decide(followed, key, replicas) == decide(fresh, key, replicas), key
+    # One build at the start; after that only changes it cannot follow rebuild it.
+    assert cache.rebuilds <= 1 + structural
+
+
+def test_a_burst_of_new_cells_is_followed_without_rebuilding() -> None:
+    state = ClusterState(clock=lambda: NOW)
+    state.replace_all(
+        nodes=[node(n) for n in NODES],
+        budgets=[budget(n) for n in NODES],
+        cells=[],
+        policies=[{"metadata": {"name": "default"}, "spec": {}}],
+        pods=[],
+    )
+    cache = SnapshotCache(state, ReservationLedger(), now=lambda: NOW)
+    cache.snapshot()
+    for index in range(40):
+        state.upsert_cell(cell(f"c{index}", 1, f"s{index % 4}", "NodeExclusive"))
+        state.upsert_node(node(NODES[index % 5], **{pool_label_key("s0"): f"ns.c{index}"}))
+        assert decide(cache.snapshot(), CellKey("ns", f"c{index}"), 2).allowed is not None
+    assert cache.rebuilds == 1
+    assert len(cache.snapshot().cells) == 40
+    # More changes at once than it follows: rebuilt.
+    for index in range(FOLLOW_AT_MOST + 1):
+        state.upsert_cell(cell(f"x{index}", 1, "s9", "Shared"))
+    assert len(cache.snapshot().cells) == 41 + FOLLOW_AT_MOST
+    assert cache.rebuilds == 2
