@@ -12,12 +12,16 @@ pod template (the one the operator writes into a cell's Deployment, taken from a
 cell, with cellguard's label and annotation keys renamed so that the operator takes no
 notice of them) created the same way on the same nodes, polled every second until each is
 Available with its replica available; then deleted (and their pods gone) before the cells.
+A second baseline (`--baseline children`; both run by default) gives each Deployment the
+headless Service and the PodDisruptionBudget the operator writes for a cell (as the probe
+cell's): every object a cell makes, created by hand, without cellguard. The control plane's
+CPU seconds (each process, and the operator's) are recorded for each of the three.
 
 Targets: all 1,000 Ready within 60 s of the first create; and within 1.5x the time the
 baseline's Deployments took to all be Available.
 
     .venv/bin/python bench/cells_ready.py [--cells 1000] [--nodes 120] [--status-interval 10]
-        [--skip-baseline]
+        [--baseline plain|children|both|none]
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +41,8 @@ from kubernetes.client.exceptions import ApiException
 from _support import (
     add_pool,
     cellguard_cluster,
+    control_plane_cpu,
+    cpu_used,
     load,
     rss_kib,
     say,
@@ -55,6 +62,11 @@ PROBE_NS = "bench-ready-probe"
 PROBE_CELL, PROBE_SERVICE = "zzprobecell", "zzprobesvc"
 BASE_LABELS = "baseline.cellguard.test/"
 CELL_POOL_PREFIX = "cellpool.cellguard.io/"
+
+
+def process_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def is_ready(cell: dict[str, Any]) -> bool:
@@ -131,13 +143,19 @@ def probe_template(
         if time.monotonic() > deadline:
             raise RuntimeError("the probe cell's Deployment never appeared")
         time.sleep(0.5)
+    children = {}
+    for kind in ("service", "poddisruptionbudget"):
+        found = cluster.kubectl("get", kind, PROBE_CELL, "-n", PROBE_NS, "-o", "json", check=False)
+        if found.returncode == 0:
+            children[kind] = {"spec": json.loads(found.stdout)["spec"]}
     cluster.kubectl("delete", "streamcell", PROBE_CELL, "-n", PROBE_NS, "--wait=false")
     spec = deployment["spec"]
-    return {
+    probe = {
         key: spec[key]
         for key in ("template", "strategy", "minReadySeconds", "progressDeadlineSeconds")
         if key in spec
     }
+    return {**probe, "_children": children}
 
 
 def without_cell_pools(probe: dict[str, Any]) -> dict[str, Any]:
@@ -146,6 +164,7 @@ def without_cell_pools(probe: dict[str, Any]) -> dict[str, Any]:
     the nodes the operator has labelled for its service, which a plain Deployment's are
     not. Every other constraint (pool, tolerations, spread, anti-affinity) stays."""
     spec: dict[str, Any] = json.loads(json.dumps(probe))
+    spec.pop("_children", None)
     pod = spec["template"]["spec"]
     selector = pod.get("nodeSelector") or {}
     for key in [k for k in selector if k.startswith(CELL_POOL_PREFIX)]:
@@ -191,37 +210,88 @@ def baseline_manifest(probe: dict[str, Any], name: str, service: str) -> dict[st
     }
 
 
+def renamed(probe_object: dict[str, Any], name: str, service: str) -> dict[str, Any]:
+    """A spec of the probe cell's (its Service's, its PDB's) for the baseline's `name`,
+    with cellguard's label keys renamed as in `baseline_manifest`."""
+    text = (
+        json.dumps(probe_object)
+        .replace("cellguard.io/", BASE_LABELS)
+        .replace(PROBE_CELL, name)
+        .replace(PROBE_SERVICE, service)
+    )
+    renamed_object: dict[str, Any] = json.loads(text)
+    spec = renamed_object["spec"]
+    for key in ("clusterIP", "clusterIPs"):  # assigned by the API server
+        if spec.get(key) != "None":
+            spec.pop(key, None)
+    return renamed_object
+
+
 def run_baseline(
-    cluster: LocalCluster, probe: dict[str, Any], args: argparse.Namespace
+    cluster: LocalCluster,
+    probe: dict[str, Any],
+    args: argparse.Namespace,
+    *,
+    with_children: bool = False,
 ) -> dict[str, Any]:
-    """The plain Deployments: created from 16 threads, polled until all Available."""
-    apps = client.AppsV1Api(cluster.api_client())
+    """The plain Deployments: created from 16 threads, polled until all Available. With
+    `with_children`, each also gets the Service and PodDisruptionBudget the operator
+    writes for a cell (as the probe cell's), created with it: every object a cell makes,
+    without cellguard."""
+    api_client = cluster.api_client()
+    apps = client.AppsV1Api(api_client)
+    core = client.CoreV1Api(api_client)
+    policy = client.PolicyV1Api(api_client)
     ensure_namespace(cluster, BASE_NS)
-    manifests = [
-        baseline_manifest(probe, f"base-{i:04d}", f"bsvc-{i // args.cells_per_service:03d}")
-        for i in range(args.cells)
+    names = [
+        (f"base-{i:04d}", f"bsvc-{i // args.cells_per_service:03d}") for i in range(args.cells)
     ]
+    manifests = [baseline_manifest(probe, name, service) for name, service in names]
+    children = probe.get("_children", {}) if with_children else {}
+    child_manifests = {
+        name: [
+            (
+                kind,
+                {"metadata": {"name": name, "namespace": BASE_NS}, **renamed(body, name, service)},
+            )
+            for kind, body in children.items()
+        ]
+        for name, service in names
+    }
+
+    def create(manifest: dict[str, Any]) -> None:
+        name = manifest["metadata"]["name"]
+        for kind, body in child_manifests[name]:
+            try:
+                if kind == "service":
+                    core.create_namespaced_service(BASE_NS, body, _request_timeout=60)  # type: ignore[arg-type]
+                else:
+                    policy.create_namespaced_pod_disruption_budget(
+                        BASE_NS,
+                        body,  # type: ignore[arg-type]
+                        _request_timeout=60,
+                    )
+            except ApiException as exc:
+                if exc.status != 409:  # made by an earlier attempt
+                    raise
+        apps.create_namespaced_deployment(
+            BASE_NS,
+            manifest,  # type: ignore[arg-type]  # dicts are accepted
+            _request_timeout=60,
+        )
+
     created_at: dict[str, float] = {}
     refused: list[str] = []
     available_at: dict[str, float] = {}
     timeline: list[tuple[float, int, int]] = []
     pods_running_at: float | None = None
-    say(f"baseline: creating {args.cells} plain Deployments of 1 replica")
+    what = "Deployments with a Service and a PDB each" if children else "plain Deployments"
+    say(f"baseline: creating {args.cells} {what} of 1 replica")
+    cpu_before = control_plane_cpu(cluster)
     started = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool_exec:
         submitting = [
-            pool_exec.submit(
-                create_with_retries,
-                lambda m: apps.create_namespaced_deployment(
-                    BASE_NS,
-                    m,  # type: ignore[arg-type]  # dicts are accepted
-                    _request_timeout=60,
-                ),
-                m,
-                created_at,
-                refused,
-            )
-            for m in manifests
+            pool_exec.submit(create_with_retries, create, m, created_at, refused) for m in manifests
         ]
         while time.monotonic() - started < args.timeout:
             if all(f.done() for f in submitting) and len(available_at) >= len(created_at):
@@ -240,6 +310,7 @@ def run_baseline(
                 say(f"baseline: {running} pods running, {len(available_at)} Available")
         for future in submitting:
             future.result()
+    cpu = cpu_used(cpu_before, control_plane_cpu(cluster))
     all_available = (
         max(available_at.values()) - started if len(available_at) == args.cells else None
     )
@@ -251,11 +322,14 @@ def run_baseline(
         "all_available_s": round(all_available, 1) if all_available is not None else None,
         "available": len(available_at),
         "create_to_available": summary_ms(latencies),
+        "with_service_and_pdb": bool(children),
+        "control_plane_cpu_s": cpu,
         "load_average": load(),
         "timeline_s_running_available": timeline,
     }
-    say("baseline: deleting the Deployments and waiting for their pods to go")
-    cluster.kubectl("delete", "deployments", "--all", "-n", BASE_NS, "--wait=false")
+    say("baseline: deleting what it made and waiting for its pods to go")
+    for kind in ("deployments", "services", "poddisruptionbudgets"):
+        cluster.kubectl("delete", kind, "--all", "-n", BASE_NS, "--wait=false")
     deadline = time.monotonic() + 600
     while load_helpers.count_pods(cluster, BASE_NS) and time.monotonic() < deadline:
         time.sleep(2.0)
@@ -269,11 +343,18 @@ def main() -> int:
     parser.add_argument("--cells-per-service", type=int, default=10)
     parser.add_argument("--status-interval", type=float, default=10.0)
     parser.add_argument("--timeout", type=float, default=600.0)
-    parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument(
+        "--baseline",
+        choices=("plain", "children", "both", "none"),
+        default="both",
+        help="plain: bare Deployments (the issue's yardstick); children: each with the "
+        "Service and PDB a cell gets (the same objects, without cellguard); both (default)",
+    )
     parser.add_argument("--profile", type=Path, help="cProfile the operator into this file")
     args = parser.parse_args()
 
     baseline: dict[str, Any] | None = None
+    baseline_children: dict[str, Any] | None = None
     with cellguard_cluster() as (cluster, kubeconfig):
         operator = start_operator(
             cluster, kubeconfig, status_interval=args.status_interval, profile=args.profile
@@ -282,9 +363,12 @@ def main() -> int:
             ensure_namespace(cluster, NS)
             pool = add_pool(cluster, "rdy", args.nodes)
             time.sleep(2)  # the operator folds budget reports in at most once a second
-            if not args.skip_baseline:
+            if args.baseline != "none":
                 probe = probe_template(cluster, pool, base=50, per_peer=0)
-                baseline = run_baseline(cluster, probe, args)
+                if args.baseline in ("plain", "both"):
+                    baseline = run_baseline(cluster, probe, args)
+                if args.baseline in ("children", "both"):
+                    baseline_children = run_baseline(cluster, probe, args, with_children=True)
             api = client.CustomObjectsApi(cluster.api_client())
             names = [f"cell-{i:04d}" for i in range(args.cells)]
             manifests = [
@@ -308,6 +392,8 @@ def main() -> int:
                 )
 
             say(f"creating {args.cells} cells on {args.nodes} nodes")
+            cpu_before = control_plane_cpu(cluster)
+            operator_cpu_before = process_cpu_s(operator.popen.pid) if operator.popen else 0.0
             started = time.monotonic()
             with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool_exec:
                 submitting = [
@@ -339,6 +425,9 @@ def main() -> int:
                 for future in submitting:
                     future.result()
             submitted_at = max(created_at.values()) if created_at else started
+            cpu = cpu_used(cpu_before, control_plane_cpu(cluster))
+            if operator.popen:
+                cpu["operator"] = round(process_cpu_s(operator.popen.pid) - operator_cpu_before, 1)
             memory = rss_kib(operator.popen.pid) if operator.popen else {}
             end_load = load()
         finally:
@@ -347,8 +436,12 @@ def main() -> int:
     all_ready = max(ready_at.values()) - started if len(ready_at) == args.cells else None
     latencies = [ready_at[n] - created_at[n] for n in ready_at if n in created_at]
     per_cell = summary_ms(latencies)
-    base_s = baseline["all_available_s"] if baseline else None
-    ratio = all_ready / base_s if all_ready is not None and base_s else None
+
+    def over(yardstick: dict[str, Any] | None) -> float | None:
+        base_s = yardstick["all_available_s"] if yardstick else None
+        return all_ready / base_s if all_ready is not None and base_s else None
+
+    ratio, ratio_children = over(baseline), over(baseline_children)
     result = {
         "cells": args.cells,
         "nodes": args.nodes,
@@ -360,7 +453,12 @@ def main() -> int:
         "refused_after_retries": refused,
         "create_to_ready": per_cell,
         "baseline": baseline,
+        "baseline_with_service_and_pdb": baseline_children,
         "ready_over_baseline_available": round(ratio, 2) if ratio is not None else None,
+        "ready_over_children_baseline_available": (
+            round(ratio_children, 2) if ratio_children is not None else None
+        ),
+        "control_plane_cpu_s": cpu,
         "operator_rss_kib": memory,
         "load_average": end_load,
         "timeline_s_running_ready": timeline,
@@ -370,19 +468,27 @@ def main() -> int:
         f"\n{args.cells} cells x 1 replica on {args.nodes} nodes, status interval "
         f"{args.status_interval:g} s (load average 1/5/15 min at end: {end_load})"
     )
-    print(f"{'':<38} {'cells':>8} {'baseline':>9}")
-    base = baseline or {}
-    print(f"{'all created':<38} {result['submit_all_s']:>8} {base.get('submit_all_s') or '-':>9} s")
-    print(
-        f"{'all pods Running':<38} {result['pods_all_running_s'] or 'never':>8} "
-        f"{base.get('pods_all_running_s') or '-':>9} s"
-    )
-    print(
-        f"{'all Ready=True / all Available':<38} {result['cells_all_ready_s'] or 'never':>8} "
-        f"{base.get('all_available_s') or '-':>9} s   (target <= 60 s)"
-    )
+    print(f"{'':<38} {'cells':>8} {'plain':>9} {'+svc+pdb':>9}")
+    base, kids = baseline or {}, baseline_children or {}
+
+    def row(label: str, mine: Any, key: str, unit: str = " s") -> None:
+        theirs = f"{base.get(key) or '-':>9} {kids.get(key) or '-':>9}"
+        print(f"{label:<38} {mine or 'never':>8} {theirs}{unit}")
+
+    row("all created", result["submit_all_s"], "submit_all_s")
+    row("all pods Running", result["pods_all_running_s"], "pods_all_running_s")
+    row("all Ready=True / all Available", result["cells_all_ready_s"], "all_available_s")
+    for name in ("kube-apiserver", "etcd", "kube-controller-manager", "kube-scheduler", "kwok"):
+        print(
+            f"{'CPU s, ' + name:<38} {cpu.get(name, '-'):>8} "
+            f"{(base.get('control_plane_cpu_s') or {}).get(name, '-'):>9} "
+            f"{(kids.get('control_plane_cpu_s') or {}).get(name, '-'):>9}"
+        )
+    print(f"{'CPU s, operator':<38} {cpu.get('operator', '-'):>8}")
     if ratio is not None:
-        print(f"{'cells Ready / baseline Available':<38} {ratio:>8.2f}x   (target <= 1.5x)")
+        print(f"{'cells Ready / plain Available':<38} {ratio:>8.2f}x   (target <= 1.5x)")
+    if ratio_children is not None:
+        print(f"{'cells Ready / with Service+PDB':<38} {ratio_children:>8.2f}x")
     print(
         f"{'per cell, create -> Ready':<38} p50 {per_cell['p50_ms'] / 1000:.1f} s, "
         f"p99 {per_cell['p99_ms'] / 1000:.1f} s, max {per_cell['max_ms'] / 1000:.1f} s"

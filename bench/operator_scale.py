@@ -48,6 +48,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -247,6 +248,29 @@ def wait_replicasets(http_: Any, names: set[str], timeout: float = 1_800) -> lis
         time.sleep(2)
 
 
+# A wait whose count has not moved for this long is given up (see wait_for).
+STALL_S = 300.0
+
+
+def wait_for(what: str, left: Callable[[], int], *, every: float) -> int:
+    """Poll `left()` (how many are still to come) until it is 0, or until it has not moved
+    for STALL_S; returns what was left (0: all done). At 150,000 pods kwok once stopped
+    making the last 8% Running: the operator's view of a bound pod does not depend on its
+    phase (it counts bound pods, finished ones aside), so the measurement goes on and the
+    figure is recorded with it instead of waiting forever."""
+    last, moved = left(), time.monotonic()
+    while last > 0:
+        if time.monotonic() - moved > STALL_S:
+            say(f"{last} {what}: no progress for {STALL_S:.0f} s, going on without them")
+            return last
+        say(f"{last} {what}")
+        time.sleep(every)
+        now_left = left()
+        if now_left != last:
+            last, moved = now_left, time.monotonic()
+    return 0
+
+
 def populate_bound(
     cluster: Any,
     populating: Any,
@@ -297,37 +321,35 @@ def populate_bound(
     phases["client_cpu_s_writing"] = round(time.process_time() - client_cpu_before, 1)
     phases["pods_written_per_s"] = round(written.created / written.seconds, 1)
     phases["pod_writes_retried"] = written.retried
-    while True:
-        pending = load_helpers.count_pods(cluster, NS, "status.phase!=Running")
-        if not pending:
-            break
-        say(f"{pending} pods not Running yet")
-        time.sleep(3)
+    phases["pods_not_running_when_given_up"] = wait_for(
+        "pods not Running yet",
+        lambda: load_helpers.count_pods(cluster, NS, "status.phase!=Running"),
+        every=3,
+    )
     phases["pods_running_s"] = round(time.monotonic() - began, 1)
     phases["cpu_s_writing_to_running"] = cpu_used(cpu_before, control_plane_cpu(cluster))
     cluster.restart_component("kube-controller-manager", kcm_flags)
-    while True:
-        ready, wanted = ready_pods(cluster)
-        if ready >= target_pods:
-            break
-        say(f"{ready}/{target_pods} pods ready by the Deployments' status (ask {wanted})")
-        time.sleep(2)
+    phases["pods_not_ready_by_deployments_when_given_up"] = wait_for(
+        f"of {target_pods} pods not ready by the Deployments' status",
+        lambda: target_pods - ready_pods(cluster)[0],
+        every=2,
+    )
     phases["deployments_ready_s"] = round(time.monotonic() - began, 1)
+
     # The disruption controller, back on, rewrites every PDB's status once: let it finish
     # so that the measured start does not see that wave.
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
+    def pdbs_behind() -> int:
         pdbs = http_.get_json(f"/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets")["items"]
-        behind = [
-            b
+        return sum(
+            1
             for b in pdbs
             if ((b.get("status") or {}).get("currentHealthy") or 0) < REPLICAS
             and (b["metadata"].get("labels") or {}).get(LABEL_CELL)
-        ]
-        if not behind:
-            break
-        say(f"{len(behind)} PodDisruptionBudgets not up to date yet")
-        time.sleep(2)
+        )
+
+    phases["pdbs_behind_when_given_up"] = wait_for(
+        "PodDisruptionBudgets not up to date yet", pdbs_behind, every=2
+    )
     phases["settled_s"] = round(time.monotonic() - began, 1)
     return phases
 

@@ -110,7 +110,13 @@ def test_a_relabelled_node_keeps_every_figure_and_moves_in_its_label_index() -> 
     key = pool_label_key(B.service)
     relabelled = with_node_labels(world, "n0", {key: pool_label_value("prod", "b")})
     # Budgets, taints and figures do not read labels: kept as they are.
-    for index in (TAINT_GROUPS, POLICY_NODES.of("default"), SLACK.of("default"), MODELLED):
+    kept: tuple[Index[Any], ...] = (
+        TAINT_GROUPS,
+        POLICY_NODES.of("default"),
+        SLACK.of("default"),
+        MODELLED,
+    )
+    for index in kept:
         assert relabelled.peek(index) is world.peek(index), index
     assert relabelled.peek(BY_LABEL.of(key)) == {pool_label_value("prod", "b"): frozenset({"n0"})}
     assert relabelled.nodes["n0"].labels == {key: pool_label_value("prod", "b")}
