@@ -27,6 +27,7 @@ from cellguard.budget.eligibility import eligible_nodes
 from cellguard.budget.explain import headroom_text
 from cellguard.budget.fit import ThreadFit, fit_thread_model, suggested_model
 from cellguard.budget.limits import BudgetStatus, NodeLimits, allowed_threads, node_limits
+from cellguard.budget.nodecounts import NodeCounts, NodeSetInterner, grouped
 from cellguard.budget.pending import admitted_spec_seen, may_receive, still_needed
 from cellguard.budget.planner import CellPlan, plan_for
 from cellguard.budget.pools import is_pool_label, pool_label_key, pool_label_value
@@ -67,8 +68,10 @@ __all__ = [
     "ClusterSnapshot",
     "Decision",
     "DecisionReason",
+    "NodeCounts",
     "NodeLimits",
     "NodeRow",
+    "NodeSetInterner",
     "NodeUsage",
     "NodeView",
     "ObservedThreads",
@@ -88,6 +91,7 @@ __all__ = [
     "eligible_nodes",
     "empty_reserved",
     "fit_thread_model",
+    "grouped",
     "headroom_text",
     "is_pool_label",
     "max_safe_replicas",

@@ -18,7 +18,14 @@ import heapq
 from dataclasses import replace
 from datetime import datetime
 
-from cellguard.budget import CellKey, Reservation, Reserved, empty_reserved
+from cellguard.budget import (
+    CellKey,
+    NodeSetInterner,
+    Reservation,
+    Reserved,
+    empty_reserved,
+    grouped,
+)
 
 
 class ReservationLedger:
@@ -37,9 +44,21 @@ class ReservationLedger:
         # of the cell forgets it.
         self._judged: dict[CellKey, object] = {}
         self.version = 0  # bumped on every change, so cached snapshots know they are old
+        # The node sets of held maps, shared between reservations (see budget.nodecounts).
+        self._node_sets = NodeSetInterner()
 
     def hold(self, reservation: Reservation) -> None:
         key = CellKey(*reservation.cell)
+        # Kept grouped: a change over thousands of nodes holds the same on most of them.
+        reservation = replace(
+            reservation,
+            threads_by_node=grouped(reservation.threads_by_node, self._node_sets),
+            new_pods=(
+                grouped(reservation.new_pods, self._node_sets)
+                if reservation.new_pods is not None
+                else None
+            ),
+        )
         before = self._by_cell.get(key)
         self._by_cell[key] = reservation
         self._change(key, before, reservation)
