@@ -31,3 +31,46 @@ def budget(name: str, in_use: int = 1_000, observed: datetime.datetime = NOW) ->
             "observedAt": observed.isoformat(),
         },
     }
+
+
+def cell_spec(
+    replicas: int, base: int = 3_000, per_peer: int = 100, **extra: Any
+) -> dict[str, Any]:
+    """A StreamCell spec: Shared, service "svc" unless `extra` says otherwise."""
+    return {
+        "replicas": replicas,
+        "service": extra.pop("service", "svc"),
+        "isolation": extra.pop("isolation", "Shared"),
+        "threads": {"base": base, "perPeer": per_peer},
+        "template": {"spec": {"containers": [{"name": "c", "image": "i"}]}},
+        **extra,
+    }
+
+
+def cell(namespace: str, name: str, *, generation: int = 1, **spec: Any) -> dict[str, Any]:
+    """A StreamCell; `spec` as `cell_spec` takes it."""
+    return {
+        "metadata": {
+            "namespace": namespace,
+            "name": name,
+            "uid": f"uid-{name}",
+            "generation": generation,
+        },
+        "spec": cell_spec(**spec),
+    }
+
+
+def pod(
+    namespace: str, name: str, cell_name: str, node_name: str | None, phase: str = "Running"
+) -> dict[str, Any]:
+    """A pod of the cell, bound to `node_name` (None: not yet)."""
+    return {
+        "metadata": {
+            "namespace": namespace,
+            "name": name,
+            "labels": {"cellguard.io/cell": cell_name},
+            "uid": f"uid-{namespace}-{name}",
+        },
+        "spec": {"nodeName": node_name} if node_name else {},
+        "status": {"phase": phase},
+    }

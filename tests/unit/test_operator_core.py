@@ -28,7 +28,7 @@ from cellguard.state.settling import releasable_pool_labels, release_if_placed
 from cellguard.state.store import ClusterState
 from cellguard.wiring import Operator
 
-from .manifests import NOW, budget, node
+from .manifests import NOW, budget, cell, cell_spec, node, pod
 
 
 class Counter:
@@ -37,41 +37,6 @@ class Counter:
 
     def count_decision(self, allowed: bool, reason: str) -> None:
         self.counted.append((allowed, reason))
-
-
-def cell_spec(
-    replicas: int, base: int = 3_000, per_peer: int = 100, **extra: Any
-) -> dict[str, Any]:
-    return {
-        "replicas": replicas,
-        "service": extra.pop("service", "svc"),
-        "isolation": extra.pop("isolation", "Shared"),
-        "threads": {"base": base, "perPeer": per_peer},
-        "template": {"spec": {"containers": [{"name": "c", "image": "i"}]}},
-        **extra,
-    }
-
-
-def cell(namespace: str, name: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "metadata": {"namespace": namespace, "name": name, "uid": f"uid-{name}", "generation": 1},
-        "spec": cell_spec(**spec),
-    }
-
-
-def pod(
-    namespace: str, name: str, cell_name: str, node_name: str | None, phase: str = "Running"
-) -> dict[str, Any]:
-    return {
-        "metadata": {
-            "namespace": namespace,
-            "name": name,
-            "labels": {"cellguard.io/cell": cell_name},
-            "uid": f"uid-{namespace}-{name}",
-        },
-        "spec": {"nodeName": node_name} if node_name else {},
-        "status": {"phase": phase},
-    }
 
 
 def two_node_state(**cells: dict[str, Any]) -> ClusterState:

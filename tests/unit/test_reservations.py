@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,7 +24,7 @@ from cellguard.state.settling import release_if_placed
 from cellguard.state.snapshots import SnapshotCache, build_snapshot
 from cellguard.state.store import ClusterState
 
-from .manifests import NOW, budget, node
+from .manifests import NOW, budget, cell, node, pod
 
 NODES = ["n1", "n2", "n3"]
 CELLS = [CellKey("ns", name) for name in ("a", "b", "c", "d")]
@@ -36,43 +35,12 @@ class Counter:
         pass
 
 
-def cell(name: str, replicas: int, generation: int = 1) -> dict[str, Any]:
-    return {
-        "metadata": {
-            "namespace": "ns",
-            "name": name,
-            "uid": f"uid-{name}",
-            "generation": generation,
-        },
-        "spec": {
-            "replicas": replicas,
-            "service": f"svc-{name}",
-            "isolation": "Shared",
-            "threads": {"base": 3_000, "perPeer": 100},
-            "template": {"spec": {"containers": [{"name": "c", "image": "i"}]}},
-        },
-    }
-
-
-def pod(name: str, cell_name: str, node_name: str | None) -> dict[str, Any]:
-    return {
-        "metadata": {
-            "namespace": "ns",
-            "name": name,
-            "labels": {"cellguard.io/cell": cell_name},
-            "uid": f"uid-{name}",
-        },
-        "spec": {"nodeName": node_name} if node_name else {},
-        "status": {"phase": "Running"},
-    }
-
-
 def cluster(nodes: tuple[str, ...] = tuple(NODES), **cells: int) -> ClusterState:
     state = ClusterState(clock=lambda: NOW)
     state.replace_all(
         nodes=[node(n) for n in nodes],
         budgets=[budget(n) for n in nodes],
-        cells=[cell(name, replicas) for name, replicas in cells.items()],
+        cells=[cell("ns", name, replicas=r, service=f"svc-{name}") for name, r in cells.items()],
         policies=[{"metadata": {"name": "default"}, "spec": {"safetyMargin": 0.2}}],
         pods=[],
     )
@@ -143,8 +111,8 @@ def test_a_snapshot_keeps_its_figures_when_the_ledger_moves_on() -> None:
     # on a node against 26,214 allowed.
     state = cluster(("n1", "n2"), a=2, b=2)
     for name in ("a", "b"):
-        state.upsert_pod(pod(f"{name}-1", name, "n1"))
-        state.upsert_pod(pod(f"{name}-2", name, "n2"))
+        state.upsert_pod(pod("ns", f"{name}-1", name, "n1"))
+        state.upsert_pod(pod("ns", f"{name}-2", name, "n2"))
     ledger = ReservationLedger()
     cache = SnapshotCache(state, ledger, now=lambda: NOW)
     before = cache.snapshot()
@@ -192,7 +160,7 @@ def test_an_expired_reservation_stops_counting_before_the_ledger_drops_it() -> N
 
 def test_a_reservation_shrinks_as_pods_are_bound_and_waits_for_the_admitted_spec() -> None:
     state = cluster(a=1)
-    state.upsert_pod(pod("a-1", "a", "n1"))
+    state.upsert_pod(pod("ns", "a-1", "a", "n1"))
     state.note_applied(CELLS[0], 1)
     ledger = ReservationLedger()
     gate = ScaleGate(state, ledger, Counter(), now=lambda: NOW)
@@ -205,24 +173,24 @@ def test_a_reservation_shrinks_as_pods_are_bound_and_waits_for_the_admitted_spec
     assert dict(held.new_pods or {}) == {"n2": 1, "n3": 1}
     # A pod event before the cache sees spec.replicas 3: its one pod is in place at the
     # old size, but the change's pods are all still to come.
-    state.upsert_pod({**pod("a-1", "a", "n1"), "status": {"phase": "Running", "x": 1}})
+    state.upsert_pod({**pod("ns", "a-1", "a", "n1"), "status": {"phase": "Running", "x": 1}})
     assert not release_if_placed(state, ledger, CELLS[0])
     assert ledger.get(CELLS[0]) is held
-    state.upsert_cell(cell("a", 3, generation=2))
+    state.upsert_cell(cell("ns", "a", replicas=3, service="svc-a", generation=2))
     state.note_applied(CELLS[0], 3)
-    state.upsert_pod(pod("a-2", "a", None))
-    state.upsert_pod(pod("a-3", "a", None))
+    state.upsert_pod(pod("ns", "a-2", "a", None))
+    state.upsert_pod(pod("ns", "a-3", "a", None))
     assert not release_if_placed(state, ledger, CELLS[0])
     # The cache counts n1's pod at 3 replicas now: its growth is no longer held.
     held = ledger.get(CELLS[0])
     assert held is not None and dict(held.threads_by_node) == {"n2": per_pod, "n3": per_pod}
-    state.upsert_pod(pod("a-2", "a", "n3"))
+    state.upsert_pod(pod("ns", "a-2", "a", "n3"))
     assert not release_if_placed(state, ledger, CELLS[0])
     held = ledger.get(CELLS[0])
     assert held is not None and dict(held.threads_by_node) == {"n2": per_pod}
     # A decision now counts a's pod on n3 by the model, and the reservation on n2 only.
     reserved = gate.snapshot().peek(RESERVED)
     assert reserved is not None and dict(reserved.total) == {"n2": per_pod}
-    state.upsert_pod(pod("a-3", "a", "n2"))
+    state.upsert_pod(pod("ns", "a-3", "a", "n2"))
     assert release_if_placed(state, ledger, CELLS[0])
     assert ledger.get(CELLS[0]) is None

@@ -13,36 +13,17 @@ from cellguard.state.reservations import ReservationLedger
 from cellguard.state.snapshots import FOLLOW_AT_MOST, SnapshotCache, build_snapshot
 from cellguard.state.store import ClusterState
 
-from .manifests import NOW, budget, node
+from . import manifests
+from .manifests import NOW, budget, node, pod
 
 NODES = [f"n{i}" for i in range(5)]
 NAMES = ["a", "b", "c", "d"]
 
 
 def cell(name: str, replicas: int, service: str, isolation: str) -> dict[str, Any]:
-    return {
-        "metadata": {"namespace": "ns", "name": name, "uid": f"uid-{name}", "generation": 1},
-        "spec": {
-            "replicas": replicas,
-            "service": service,
-            "isolation": isolation,
-            "threads": {"base": 3_000, "perPeer": 400},
-            "template": {"spec": {"containers": [{"name": "c", "image": "i"}]}},
-        },
-    }
-
-
-def pod(name: str, cell_name: str, node_name: str) -> dict[str, Any]:
-    return {
-        "metadata": {
-            "namespace": "ns",
-            "name": name,
-            "labels": {"cellguard.io/cell": cell_name},
-            "uid": f"uid-{name}",
-        },
-        "spec": {"nodeName": node_name},
-        "status": {"phase": "Running"},
-    }
+    return manifests.cell(
+        "ns", name, replicas=replicas, service=service, isolation=isolation, per_peer=400
+    )
 
 
 def test_the_journal_names_what_changed_since_a_version() -> None:
@@ -90,7 +71,7 @@ def test_a_followed_snapshot_answers_as_a_fresh_one(events: list[tuple[Any, ...]
         budgets=[budget(n, in_use=2_000 + 1_000 * i) for i, n in enumerate(NODES)],
         cells=[cell("a", 2, "s1", "NodeExclusive"), cell("b", 1, "s1", "Shared")],
         policies=[{"metadata": {"name": "default"}, "spec": {"safetyMargin": 0.2}}],
-        pods=[pod("p-a", "a", "n0"), pod("p-b", "b", "n1")],
+        pods=[pod("ns", "p-a", "a", "n0"), pod("ns", "p-b", "b", "n1")],
     )
     ledger = ReservationLedger()
     cache = SnapshotCache(state, ledger, now=lambda: NOW)
@@ -123,7 +104,7 @@ def test_a_followed_snapshot_answers_as_a_fresh_one(events: list[tuple[Any, ...]
             state.upsert_node(manifest)
         else:
             _, index, cell_name, node_name = event
-            state.upsert_pod(pod(f"p{index}", cell_name, node_name))
+            state.upsert_pod(pod("ns", f"p{index}", cell_name, node_name))
     followed = cache.snapshot()
     fresh = build_snapshot(state, ledger, NOW)
     assert followed.nodes == fresh.nodes

@@ -99,7 +99,7 @@ class SnapshotCache:
         self.now = now
         self.budget_refresh_seconds = budget_refresh_seconds
         self._built: _Built | None = None
-        self.rebuilds = 0  # full builds so far (the benchmarks and tests read it)
+        self.rebuilds = 0  # full builds so far (the tests read it)
 
     def snapshot(self) -> ClusterSnapshot:
         now = self.now()
