@@ -138,9 +138,8 @@ class SnapshotCache:
             # The ledger's own figures, as they are now: nothing re-summed or copied.
             snapshot = with_reserved(snapshot, self.ledger.held(), self.ledger.reserved)
             built.ledger_version = self.ledger.version
-        # Kept as seen now: the next call moves on from here, not from the build's moment.
-        built.snapshot = snapshot = seen_at(snapshot, now)
-        return snapshot
+        built.snapshot = snapshot
+        return seen_at(snapshot, now)
 
     def _follow(self, built: _Built) -> ClusterSnapshot | None:
         """The kept snapshot with the cells and node labels changed since it was made
@@ -167,5 +166,5 @@ class SnapshotCache:
 
     @property
     def last_built(self) -> ClusterSnapshot | None:
-        """The snapshot kept between calls (as of the last call)."""
+        """The snapshot kept between calls (before it is seen at a later moment)."""
         return self._built.snapshot if self._built else None
