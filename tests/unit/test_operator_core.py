@@ -707,6 +707,28 @@ def test_status_reports_the_thread_model_and_fits_it_once_two_sizes_were_seen() 
     assert [s["replicas"] for s in third["threadSamples"]] == [4, 2]
 
 
+def test_status_reads_the_latest_report_while_the_snapshot_waits_for_its_refresh() -> None:
+    # The shared snapshot takes budget reports at most once a second; the status pass
+    # samples the agents' latest readings, so its thread model must come from them too
+    # (CI once saw threadSamples at 165 beside ThreadModelAccurate=Unknown "NotObserved").
+    state = two_node_state(a={"replicas": 2})
+    state.upsert_pod(pod("ns", "a-1", "a", "n1"))
+    state.upsert_pod(pod("ns", "a-2", "a", "n2"))
+    state.note_applied(CellKey("ns", "a"), 2)
+    gate, _ = make_gate(state)
+    key = CellKey("ns", "a")
+    assert gate.snapshot().cells[key].observed is None  # built before any reading
+    state.upsert_budget(_read(budget("n1"), {"a-1": 4_650}))
+    state.upsert_budget(_read(budget("n2"), {"a-2": 4_650}))
+    assert gate.snapshot().cells[key].observed is None  # within the refresh window
+    figures = asyncio.run(gate.cell_figures(state.cells[key], 2))
+    assert figures.thread_sample == (2, 4_650)
+    model = figures.thread_model
+    assert model is not None and model.accurate is False
+    assert model.observed_per_pod == 4_650
+    assert figures.threads_per_pod == 4_650
+
+
 def test_a_cell_not_observed_yet_reads_unknown() -> None:
     state = two_node_state(a={"replicas": 2})
     gate, _ = make_gate(state)

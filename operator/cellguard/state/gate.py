@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from cellguard.api.v1alpha1 import (
@@ -30,6 +30,7 @@ from cellguard.budget import (
     check_thread_model,
     decide,
     threads_per_pod,
+    with_cell,
     with_cell_at,
 )
 from cellguard.state.reservations import ReservationLedger
@@ -327,8 +328,15 @@ class ScaleGate:
     async def cell_figures(self, record: CellRecord, applied: int) -> CellFigures:
         async with self._lock:
             snapshot = self.snapshot()
-            if applied != record.view.replicas:
-                snapshot = with_cell_at(snapshot, record.view, applied)
+            observed = self.state.observation(record.key)
+            kept = snapshot.cells.get(record.key)
+            if applied != record.view.replicas or kept is None or kept.observed != observed:
+                # The agents' latest readings, even while the shared snapshot waits out its
+                # budget refresh: the sample below is taken from them, and a status whose
+                # sample and thread model disagree would be read as a wrong model.
+                snapshot = with_cell(
+                    snapshot, replace(record.view, replicas=applied, observed=observed)
+                )
             status = cell_status(snapshot, record.key)
             policy = self.state.policies.get(record.spec.policy_ref) or ThreadBudgetPolicySpec()
             model = check_thread_model(snapshot.cells[record.key], policy.thread_model_tolerance)
