@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -194,3 +195,106 @@ def test_a_reservation_shrinks_as_pods_are_bound_and_waits_for_the_admitted_spec
     state.upsert_pod(pod("ns", "a-3", "a", "n2"))
     assert release_if_placed(state, ledger, CELLS[0])
     assert ledger.get(CELLS[0]) is None
+
+
+# ---------------------------------------------------------------------- the gate's snapshot
+
+GATE_STEPS = st.lists(
+    st.one_of(
+        *[st.tuples(st.just("admit"), st.sampled_from(CELLS[:2]), st.integers(1, 10))] * 3,
+        st.tuples(st.just("apply"), st.sampled_from(CELLS[:2])),  # the admitted spec lands
+        st.tuples(st.just("backstop"), st.sampled_from(CELLS[:2])),
+        st.tuples(st.just("bind"), st.sampled_from(CELLS[:2]), st.sampled_from(NODES)),
+        st.tuples(st.just("remove"), st.sampled_from(CELLS[:2])),  # a pod goes (scale-down)
+        st.tuples(st.just("settle"), st.sampled_from(CELLS[:2])),
+        st.tuples(st.just("tick"), st.integers(0, 40)),  # seconds; reservations hold 60
+        st.tuples(st.just("expire")),
+    ),
+    max_size=50,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(GATE_STEPS)
+def test_the_gates_kept_snapshot_decides_as_a_fresh_one(steps: list[tuple[Any, ...]]) -> None:
+    # The gate's snapshot is carried from decision to decision (cells followed, pods and
+    # the ledger swapped in, time moved on). Whatever the order of admissions, applied
+    # specs, pods and expiries, every decision on it must be the one a snapshot summed from
+    # scratch at that moment gives: a figure carried wrong is an overcommit admitted.
+    clock = {"now": NOW}
+    state = ClusterState(clock=lambda: clock["now"])
+    state.replace_all(
+        nodes=[node(n) for n in NODES],
+        budgets=[budget(n, in_use=1_000 + 4_000 * i) for i, n in enumerate(NODES)],
+        cells=[cell("ns", key.name, replicas=2, service="svc") for key in CELLS[:2]],
+        policies=[
+            {
+                "metadata": {"name": "default"},
+                "spec": {"safetyMargin": 0.2, "reservationTtlSeconds": 60},
+            }
+        ],
+        pods=[],
+    )
+    assert state.policies["default"].reservation_ttl_seconds == 60
+    ledger = ReservationLedger()
+    gate = ScaleGate(state, ledger, Counter(), now=lambda: clock["now"])
+    generation = dict.fromkeys(CELLS[:2], 1)
+    admitted: dict[CellKey, int] = {}
+    pods: dict[CellKey, list[str]] = {key: [] for key in CELLS[:2]}
+    serial = 0
+
+    def add_pod(key: CellKey, node_name: str | None) -> None:
+        nonlocal serial
+        serial += 1
+        name = f"{key.name}-{serial}"
+        pods[key].append(name)
+        state.upsert_pod(pod("ns", name, key.name, node_name))
+
+    for key in CELLS[:2]:
+        for node_name in NODES[:2]:
+            add_pod(key, node_name)
+        state.note_applied(key, 2)
+    for kind, *args in steps:
+        if kind == "admit":
+            key, target = args
+            if asyncio.run(gate.admit_scale(key, target, dry_run=False)).allowed:
+                admitted[key] = target
+        elif kind == "apply":
+            (key,) = args
+            if key in admitted:
+                generation[key] += 1
+                state.upsert_cell(
+                    cell(
+                        "ns",
+                        key.name,
+                        replicas=admitted.pop(key),
+                        service="svc",
+                        generation=generation[key],
+                    )
+                )
+        elif kind == "backstop":
+            (key,) = args
+            answer = asyncio.run(gate.backstop(state.cells[key], state.deployment_replicas(key)))
+            if answer.allowed:
+                state.note_applied(key, answer.replicas_to_apply)
+        elif kind == "bind":
+            key, node_name = args
+            if len(pods[key]) < (state.deployment_replicas(key) or 0):
+                add_pod(key, node_name)
+        elif kind == "remove":
+            (key,) = args
+            if len(pods[key]) > (state.deployment_replicas(key) or 0):
+                state.delete_pod(("ns", pods[key].pop(0)))
+        elif kind == "settle":
+            (key,) = args
+            release_if_placed(state, ledger, key)
+        elif kind == "tick":
+            (seconds,) = args
+            clock["now"] += datetime.timedelta(seconds=seconds)
+        else:
+            ledger.expire(clock["now"])
+        kept = gate.snapshot()
+        scratch = build_snapshot(state, ledger, clock["now"])
+        for key in CELLS[:2]:
+            for target in range(1, 11):
+                assert decide(kept, key, target) == decide(scratch, key, target), (key, target)

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cellguard.budget import CellKey, decide, eligible_nodes, pool_label_key, pool_label_value
+from cellguard.budget import (
+    CellKey,
+    Reservation,
+    decide,
+    eligible_nodes,
+    pool_label_key,
+    pool_label_value,
+)
 from cellguard.state.journal import ChangeJournal
 from cellguard.state.reservations import ReservationLedger
 from cellguard.state.snapshots import FOLLOW_AT_MOST, SnapshotCache, build_snapshot
@@ -139,3 +147,85 @@ def test_a_burst_of_new_cells_is_followed_without_rebuilding() -> None:
         state.upsert_cell(cell(f"x{index}", 1, "s9", "Shared"))
     assert len(cache.snapshot().cells) == 41 + FOLLOW_AT_MOST
     assert cache.rebuilds == 2
+
+
+LEDGER_EVENTS = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("hold"),
+            st.sampled_from(NAMES),
+            st.dictionaries(st.sampled_from(NODES), st.integers(1, 9_000), max_size=3),
+            st.integers(1, 90),  # seconds it holds
+        ),
+        st.tuples(st.just("release"), st.sampled_from(NAMES)),
+        st.tuples(st.just("expire")),  # the ledger drops what expired (the gate does)
+        st.tuples(st.just("tick"), st.integers(0, 60)),  # seconds; budgets go stale at 120
+        st.tuples(
+            st.just("pod"), st.integers(0, 30), st.sampled_from(NAMES), st.sampled_from(NODES)
+        ),
+        st.tuples(st.just("cell"), st.sampled_from(NAMES), st.integers(0, 6)),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(LEDGER_EVENTS)
+def test_a_kept_snapshot_seen_later_with_the_ledger_answers_as_a_fresh_one(
+    events: list[tuple[Any, ...]],
+) -> None:
+    # Time moves, reservations are held, replaced, released and expire, pods come: the
+    # snapshot the gate keeps (its figures carried through seen_at and with_reserved) must
+    # decide as one built from scratch at that moment, or it may admit an overcommit.
+    clock = {"now": NOW}
+    state = ClusterState(clock=lambda: clock["now"])
+    state.replace_all(
+        nodes=[node(n) for n in NODES],
+        budgets=[budget(n, in_use=2_000 + 1_000 * i) for i, n in enumerate(NODES)],
+        cells=[cell(name, 2, "s1", "Shared") for name in NAMES],
+        policies=[
+            {
+                "metadata": {"name": "default"},
+                "spec": {"safetyMargin": 0.2, "staleAfterSeconds": 120},
+            }
+        ],
+        pods=[pod("ns", "p-a", "a", "n0"), pod("ns", "p-b", "b", "n1")],
+    )
+    ledger = ReservationLedger()
+    cache = SnapshotCache(state, ledger, now=lambda: clock["now"])
+    for event in events:
+        kept = cache.snapshot()
+        for key in kept.cells:
+            decide(kept, key, 5)  # fills the figures a decision reads, to be carried
+        kind = event[0]
+        now = clock["now"]
+        if kind == "hold":
+            _, name, threads_by_node, seconds = event
+            ledger.hold(
+                Reservation(
+                    CellKey("ns", name),
+                    threads_by_node,
+                    now + datetime.timedelta(seconds=seconds),
+                    target_replicas=5,
+                )
+            )
+        elif kind == "release":
+            ledger.release(("ns", event[1]))
+        elif kind == "expire":
+            ledger.expire(now)
+        elif kind == "tick":
+            clock["now"] = now + datetime.timedelta(seconds=event[1])
+        elif kind == "pod":
+            _, index, cell_name, node_name = event
+            state.upsert_pod(pod("ns", f"p{index}", cell_name, node_name))
+        else:
+            _, name, replicas = event
+            state.upsert_cell(cell(name, replicas, "s1", "Shared"))
+        followed = cache.snapshot()
+        fresh = build_snapshot(state, ledger, clock["now"])
+        for key in fresh.cells:
+            for replicas in range(0, 9):
+                assert decide(followed, key, replicas) == decide(fresh, key, replicas), (
+                    key,
+                    replicas,
+                )
