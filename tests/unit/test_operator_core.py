@@ -707,10 +707,11 @@ def test_status_reports_the_thread_model_and_fits_it_once_two_sizes_were_seen() 
     assert [s["replicas"] for s in third["threadSamples"]] == [4, 2]
 
 
-def test_status_reads_the_latest_report_while_the_snapshot_waits_for_its_refresh() -> None:
+def test_status_and_decisions_read_the_latest_report_while_the_snapshot_waits() -> None:
     # The shared snapshot takes budget reports at most once a second; the status pass
-    # samples the agents' latest readings, so its thread model must come from them too
-    # (CI once saw threadSamples at 165 beside ThreadModelAccurate=Unknown "NotObserved").
+    # samples the agents' latest readings, so its thread model (and the next decision's)
+    # must come from them too (CI saw threadSamples at 165 beside ThreadModelAccurate
+    # Unknown/NotObserved, then a refusal naming the figure of the size before).
     state = two_node_state(a={"replicas": 2})
     state.upsert_pod(pod("ns", "a-1", "a", "n1"))
     state.upsert_pod(pod("ns", "a-2", "a", "n2"))
@@ -727,6 +728,9 @@ def test_status_reads_the_latest_report_while_the_snapshot_waits_for_its_refresh
     assert model is not None and model.accurate is False
     assert model.observed_per_pod == 4_650
     assert figures.threads_per_pod == 4_650
+    # ... and a decision made right after names the same figure (as the status just did).
+    answer = asyncio.run(gate.admit_scale(("ns", "a"), 10, dry_run=True))
+    assert not answer.allowed and "observed holding up to 4,650 threads each" in answer.message
 
 
 def test_a_cell_not_observed_yet_reads_unknown() -> None:

@@ -132,6 +132,21 @@ class ScaleGate:
         """The cache as a planner snapshot, now (see `SnapshotCache`)."""
         return self.snapshots.snapshot()
 
+    def snapshot_of(self, cell: CellKey) -> ClusterSnapshot:
+        """The snapshot with `cell` as its pods were last read by the node agents.
+
+        The shared snapshot takes budget reports at most once a second; the cell a decision
+        or a status is about gets its latest readings, so that a refusal and the status
+        written just before it name the same observed figure."""
+        snapshot = self.snapshot()
+        kept = snapshot.cells.get(cell)
+        if kept is None:
+            return snapshot
+        observed = self.state.observation(cell)
+        if kept.observed == observed:
+            return snapshot
+        return with_cell(snapshot, replace(kept, observed=observed))
+
     def _ttl(self, policy_name: str) -> datetime.timedelta:
         policy = self.state.policies.get(policy_name) or ThreadBudgetPolicySpec()
         return datetime.timedelta(seconds=policy.reservation_ttl_seconds)
@@ -169,7 +184,9 @@ class ScaleGate:
                     return GateAnswer(True, "NoChange", "no change that needs a budget check")
             if not self.state.synced:
                 return self._settle(cell, target, self._not_synced(), dry_run)
-            snapshot = with_cell_at(self.snapshot(), _view(cell.namespace, cell.name, new), current)
+            snapshot = with_cell_at(
+                self.snapshot_of(cell), _view(cell.namespace, cell.name, new), current
+            )
             if grows:
                 decision = decide(snapshot, cell, target)
                 answer = self._answer(decision)
@@ -208,7 +225,7 @@ class ScaleGate:
                     ),
                 )
                 return self._settle(cell, target, answer, dry_run)
-            decision = decide(self.snapshot(), cell, target)
+            decision = decide(self.snapshot_of(cell), cell, target)
             if decision.allowed and target > record.spec.replicas and not dry_run:
                 self._reserve(decision, record.spec.policy_ref)
             return self._settle(cell, target, self._answer(decision), dry_run)
@@ -291,7 +308,7 @@ class ScaleGate:
                     running,
                     threads_per_pod(base, per_peer, running),
                 )
-            snapshot = with_cell_at(self.snapshot(), record.view, running)
+            snapshot = with_cell_at(self.snapshot_of(record.key), record.view, running)
             decision = decide(snapshot, record.key, desired)
             if desired <= running:
                 return BackstopAnswer(
@@ -327,16 +344,9 @@ class ScaleGate:
 
     async def cell_figures(self, record: CellRecord, applied: int) -> CellFigures:
         async with self._lock:
-            snapshot = self.snapshot()
-            observed = self.state.observation(record.key)
-            kept = snapshot.cells.get(record.key)
-            if applied != record.view.replicas or kept is None or kept.observed != observed:
-                # The agents' latest readings, even while the shared snapshot waits out its
-                # budget refresh: the sample below is taken from them, and a status whose
-                # sample and thread model disagree would be read as a wrong model.
-                snapshot = with_cell(
-                    snapshot, replace(record.view, replicas=applied, observed=observed)
-                )
+            snapshot = self.snapshot_of(record.key)
+            if applied != record.view.replicas:
+                snapshot = with_cell_at(snapshot, record.view, applied)
             status = cell_status(snapshot, record.key)
             policy = self.state.policies.get(record.spec.policy_ref) or ThreadBudgetPolicySpec()
             model = check_thread_model(snapshot.cells[record.key], policy.thread_model_tolerance)
