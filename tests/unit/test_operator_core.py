@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from cellguard.admission.handlers import replicaset_cell
 from cellguard.api.v1alpha1 import StreamCellSpec
+from cellguard.budget import decide
 from cellguard.budget.pools import pool_label_key
 from cellguard.budget.snapshot import CellKey, Reservation
 from cellguard.constants import LABEL_CELL
@@ -731,6 +732,30 @@ def test_status_and_decisions_read_the_latest_report_while_the_snapshot_waits() 
     # ... and a decision made right after names the same figure (as the status just did).
     answer = asyncio.run(gate.admit_scale(("ns", "a"), 10, dry_run=True))
     assert not answer.allowed and "observed holding up to 4,650 threads each" in answer.message
+
+
+def test_a_refusal_is_judged_again_with_the_budget_reports_the_snapshot_waits_for() -> None:
+    # A pool's first reports arrive just after the snapshot was built: the snapshot takes
+    # them within a second, but no one is refused for that second (seen in the e2e tests
+    # as "whose thread budget is unknown" on a cell created right after its pool).
+    state = ClusterState()
+    state.replace_all(
+        nodes=[node("n1"), node("n2")],
+        budgets=[budget("n1")],
+        cells=[cell("ns", "a", replicas=0)],
+        policies=[{"metadata": {"name": "default"}, "spec": {"safetyMargin": 0.2}}],
+        pods=[],
+    )
+    gate, counter = make_gate(state)
+    key = CellKey("ns", "a")
+    # Refused on current reports, it stays refused: a budget that truly is unknown.
+    refused = asyncio.run(gate.admit_scale(("ns", "a"), 2, dry_run=False))
+    assert not refused.allowed and "n2, whose thread budget is unknown" in refused.message
+    state.upsert_budget(budget("n2"))
+    assert not decide(gate.snapshot(), key, 2).allowed  # within the refresh window
+    answer = asyncio.run(gate.admit_scale(("ns", "a"), 2, dry_run=False))
+    assert answer.allowed, answer.message
+    assert counter.counted == [(False, "BudgetUnknown"), (True, "WithinBudget")]
 
 
 def test_a_cell_not_observed_yet_reads_unknown() -> None:

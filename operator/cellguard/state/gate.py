@@ -11,7 +11,7 @@ import asyncio
 import datetime
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from cellguard.api.v1alpha1 import (
     AllowedReason,
@@ -36,6 +36,12 @@ from cellguard.budget import (
 from cellguard.state.reservations import ReservationLedger
 from cellguard.state.snapshots import SnapshotCache
 from cellguard.state.store import CellRecord, ClusterState
+
+_Judgement = TypeVar("_Judgement")
+
+
+def _allowed(decision: Decision) -> bool:
+    return decision.allowed
 
 
 class DecisionCounter(Protocol):
@@ -132,13 +138,13 @@ class ScaleGate:
         """The cache as a planner snapshot, now (see `SnapshotCache`)."""
         return self.snapshots.snapshot()
 
-    def snapshot_of(self, cell: CellKey) -> ClusterSnapshot:
+    def snapshot_of(self, cell: CellKey, *, current_budgets: bool = False) -> ClusterSnapshot:
         """The snapshot with `cell` as its pods were last read by the node agents.
 
         The shared snapshot takes budget reports at most once a second; the cell a decision
         or a status is about gets its latest readings, so that a refusal and the status
         written just before it name the same observed figure."""
-        snapshot = self.snapshot()
+        snapshot = self.snapshots.snapshot(current_budgets=current_budgets)
         kept = snapshot.cells.get(cell)
         if kept is None:
             return snapshot
@@ -146,6 +152,21 @@ class ScaleGate:
         if kept.observed == observed:
             return snapshot
         return with_cell(snapshot, replace(kept, observed=observed))
+
+    def _judged(
+        self,
+        cell: CellKey,
+        judge: Callable[[ClusterSnapshot], _Judgement],
+        fits: Callable[[_Judgement], bool],
+    ) -> _Judgement:
+        """`judge` on the snapshot of `cell`; a refusal made while budget reports wait for
+        the snapshot's next refresh is made again on one that holds them all. The refresh
+        saves builds for the many changes that fit; a refusal is shown to a person and must
+        be the cluster's as it is (a pool's first reports just in, threads just freed)."""
+        judgement = judge(self.snapshot_of(cell))
+        if not fits(judgement) and self.snapshots.behind_on_budgets():
+            judgement = judge(self.snapshot_of(cell, current_budgets=True))
+        return judgement
 
     def _ttl(self, policy_name: str) -> datetime.timedelta:
         policy = self.state.policies.get(policy_name) or ThreadBudgetPolicySpec()
@@ -184,19 +205,23 @@ class ScaleGate:
                     return GateAnswer(True, "NoChange", "no change that needs a budget check")
             if not self.state.synced:
                 return self._settle(cell, target, self._not_synced(), dry_run)
-            snapshot = with_cell_at(
-                self.snapshot_of(cell), _view(cell.namespace, cell.name, new), current
-            )
+            view = _view(cell.namespace, cell.name, new)
             if grows:
-                decision = decide(snapshot, cell, target)
+                decision = self._judged(
+                    cell,
+                    lambda snapshot: decide(with_cell_at(snapshot, view, current), cell, target),
+                    _allowed,
+                )
                 answer = self._answer(decision)
                 if decision.allowed and not dry_run:
                     self._reserve(decision, new.policy_ref)
                 return self._settle(cell, target, answer, dry_run)
             # Same or fewer replicas, but each pod costs more or may land elsewhere: the
             # cell at its new shape must fit as a whole.
-            status = cell_status(
-                with_cell_at(snapshot, _view(cell.namespace, cell.name, new), target), cell
+            status = self._judged(
+                cell,
+                lambda snapshot: cell_status(with_cell_at(snapshot, view, target), cell),
+                lambda status: status.within_budget,
             )
             answer = GateAnswer(
                 allowed=status.within_budget,
@@ -225,7 +250,7 @@ class ScaleGate:
                     ),
                 )
                 return self._settle(cell, target, answer, dry_run)
-            decision = decide(self.snapshot_of(cell), cell, target)
+            decision = self._judged(cell, lambda snapshot: decide(snapshot, cell, target), _allowed)
             if decision.allowed and target > record.spec.replicas and not dry_run:
                 self._reserve(decision, record.spec.policy_ref)
             return self._settle(cell, target, self._answer(decision), dry_run)
@@ -308,8 +333,13 @@ class ScaleGate:
                     running,
                     threads_per_pod(base, per_peer, running),
                 )
-            snapshot = with_cell_at(self.snapshot_of(record.key), record.view, running)
-            decision = decide(snapshot, record.key, desired)
+            decision = self._judged(
+                record.key,
+                lambda snapshot: decide(
+                    with_cell_at(snapshot, record.view, running), record.key, desired
+                ),
+                _allowed,
+            )
             if desired <= running:
                 return BackstopAnswer(
                     True, "ScaleDown", "", desired, per_pod_desired, decision.claimed_nodes

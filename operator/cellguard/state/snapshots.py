@@ -101,7 +101,10 @@ class SnapshotCache:
         self._built: _Built | None = None
         self.rebuilds = 0  # full builds so far (the tests read it)
 
-    def snapshot(self) -> ClusterSnapshot:
+    def snapshot(self, *, current_budgets: bool = False) -> ClusterSnapshot:
+        """The snapshot now; `current_budgets`: with every budget report the cache holds,
+        however recent the last build (for a refusal: its reason must be the cluster's now).
+        """
         now = self.now()
         state = self.state
         built = self._built
@@ -112,7 +115,7 @@ class SnapshotCache:
             and built.policy_version == state.policy_version
             and (
                 built.budget_version == state.budget_version
-                or wall - built.built_at < self.budget_refresh_seconds
+                or (not current_budgets and wall - built.built_at < self.budget_refresh_seconds)
             )
         ):
             followed = self._follow(built)
@@ -163,6 +166,10 @@ class SnapshotCache:
                 snapshot = with_cell(snapshot, _observed_view(state, record))
         built.node_version, built.cell_version = state.node_version, state.cell_version
         return snapshot
+
+    def behind_on_budgets(self) -> bool:
+        """Whether budget reports came in that the kept snapshot does not hold yet."""
+        return self._built is not None and self._built.budget_version != self.state.budget_version
 
     @property
     def last_built(self) -> ClusterSnapshot | None:
