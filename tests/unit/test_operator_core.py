@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import itertools
 from dataclasses import replace
 from typing import Any
 
@@ -869,6 +870,36 @@ def test_the_status_loop_patches_only_cells_whose_status_changed() -> None:
     # Only what changed is written: the generation seen is the same.
     assert all("observedGeneration" not in status for _, status in patched)
     assert applied == []
+
+
+@pytest.mark.parametrize("paced", [True, False])
+def test_a_waiting_request_moves_on_between_two_plans_of_the_status_loop(paced: bool) -> None:
+    # Every cell in flight plans without yielding: unpaced, all the plans ready in one step
+    # of the event loop run before a waiting webhook request's next step (a second's wait
+    # at 5,000 nodes); paced, one plan a step.
+    op = _loop_operator([], [], [])
+    for name in ("c", "d", "e"):
+        op.state.upsert_cell(cell("ns", name, replicas=0))
+    loop = StatusLoop(op, paced=paced)
+    order: list[str] = []
+    planned = op.gate.cell_figures
+
+    async def noting(record: Any, applied: int) -> Any:
+        order.append("plan")
+        return await planned(record, applied)
+
+    op.gate.cell_figures = noting  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        round_ = asyncio.create_task(loop.round())
+        while not round_.done():  # a request waiting, a step at a time, all round long
+            order.append("request")
+            await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    assert order.count("plan") == 5
+    adjacent = any(a == b == "plan" for a, b in itertools.pairwise(order))
+    assert adjacent is not paced, " ".join(order)
 
 
 def test_the_status_loop_and_a_spec_change_never_interleave_on_one_cell() -> None:

@@ -11,6 +11,7 @@ a newer spec's (it would scale a cell to a size nobody asks for any more).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -51,13 +52,17 @@ async def converge(
     previous: Mapping[str, Any],
     *,
     spec_changed: bool = False,
+    planning: contextlib.AbstractAsyncContextManager[None] | None = None,
 ) -> Converged | None:
-    """Backstop, apply and figure the cell (None: it is not in the cache, or invalid)."""
+    """Backstop, apply and figure the cell (None: it is not in the cache, or invalid).
+    `planning`: entered for each plan, not while waiting on the API server."""
     record = op.state.cells.get(key)
     if record is None:
         return None
+    slot = planning if planning is not None else contextlib.nullcontext()
     applied = op.state.deployment_replicas(record.key)
-    answer = await op.gate.backstop(record, applied)
+    async with slot:
+        answer = await op.gate.backstop(record, applied)
     target = answer.replicas_to_apply
     if answer.claimed_nodes:
         # The pods select their pool's label: the nodes join before the pods exist.
@@ -65,24 +70,25 @@ async def converge(
     if spec_changed or target != applied:
         await asyncio.to_thread(_apply_children, op, record, target, answer.threads_per_pod)
         op.state.note_applied(record.key, target)
-    seen = op.state.deployments.get(record.key)
-    refusal, refusal_current = op.gate.refusal_of(record.key)
-    figures = await op.gate.cell_figures(record, target)
-    new_status = status_model.as_patch(
-        status_model.cell_status(
-            record=record,
-            figures=figures,
-            backstop=answer,
-            refusal=refusal,
-            refusal_current=refusal_current,
-            applied_replicas=target,
-            existing_pods=seen.existing if seen else 0,
-            ready_pods=seen.ready if seen else 0,
-            previous=dict(previous),
-            now=op.now(),
+    async with slot:
+        seen = op.state.deployments.get(record.key)
+        refusal, refusal_current = op.gate.refusal_of(record.key)
+        figures = await op.gate.cell_figures(record, target)
+        new_status = status_model.as_patch(
+            status_model.cell_status(
+                record=record,
+                figures=figures,
+                backstop=answer,
+                refusal=refusal,
+                refusal_current=refusal_current,
+                applied_replicas=target,
+                existing_pods=seen.existing if seen else 0,
+                ready_pods=seen.ready if seen else 0,
+                previous=dict(previous),
+                now=op.now(),
+            )
         )
-    )
-    op.fleet.note_cell(_figures_row(record, figures, new_status))
+        op.fleet.note_cell(_figures_row(record, figures, new_status))
     return Converged(record, new_status, cell_events(previous, new_status, figures))
 
 
