@@ -20,6 +20,10 @@ ratios. Prints a table and writes
 bench/results/status_round.json.
 
     .venv/bin/python bench/status_round.py [--nodes 1000 5000] [--every-ms 100]
+    .venv/bin/python bench/status_round.py --memory [--nodes 1000 5000]
+
+`--memory` measures instead what the first round keeps (RSS and the allocations still
+live after it, by line), beside the cache and snapshot the operator held before.
 """
 
 from __future__ import annotations
@@ -27,13 +31,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import gc
+import os
 import random
 import time
+import tracemalloc
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from _support import say, summary_ms, write_result
+from _support import rss_kib, say, summary_ms, write_result
 from cellguard.constants import LABEL_CELL
 from cellguard.metrics import OperatorMetrics
 from cellguard.reconcile.refresh import StatusLoop
@@ -136,11 +143,69 @@ def run_size(nodes: int, every_s: float) -> dict[str, Any]:
     }
 
 
+def memory_of_a_round(nodes: int) -> dict[str, Any]:
+    """What the operator keeps after its first status round (statuses written, each cell's
+    figures for the gauges), beside the cache and snapshot it held before: RSS, and the
+    allocations still live after the round (tracemalloc), by the line that made them."""
+
+    def rss_mib() -> float:
+        return round(rss_kib(os.getpid())["VmRSS"] / 1024, 1)
+
+    say(f"{nodes} nodes: memory of a first round")
+    op = operator_for(nodes)
+    op.gate.snapshot()
+    gc.collect()
+    before_rss = rss_mib()
+    tracemalloc.start(1)
+    before = tracemalloc.take_snapshot()
+    loop = StatusLoop(op)  # kept, as the operator keeps its loop (and what it wrote)
+    asyncio.run(loop.round())
+    gc.collect()
+    after = tracemalloc.take_snapshot()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    growth = after.compare_to(before, "lineno")
+    top = [
+        {
+            "where": f"{stat.traceback[0].filename.split('/cellguard/')[-1]}:"
+            f"{stat.traceback[0].lineno}",
+            "kept_kib": round(stat.size_diff / 1024, 1),
+            "blocks": stat.count_diff,
+        }
+        for stat in growth[:10]
+    ]
+    return {
+        "nodes": nodes,
+        "cells": len(op.state.cells),
+        "rss_before_mib": before_rss,
+        "rss_after_mib": rss_mib(),
+        "kept_by_the_round_mib": round(sum(s.size_diff for s in growth) / 1024 / 1024, 1),
+        "peak_traced_during_round_mib": round(peak / 1024 / 1024, 1),
+        "top": top,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, nargs="+", default=[1_000, 5_000])
     parser.add_argument("--every-ms", type=float, default=100.0)
+    parser.add_argument(
+        "--memory", action="store_true", help="what a first round keeps, instead of latency"
+    )
     args = parser.parse_args()
+    if args.memory:
+        rows = [memory_of_a_round(n) for n in args.nodes]
+        for row in rows:
+            print(
+                f"\n{row['nodes']} nodes, {row['cells']} cells: RSS {row['rss_before_mib']} -> "
+                f"{row['rss_after_mib']} MiB; kept by the round "
+                f"{row['kept_by_the_round_mib']} MiB (traced peak "
+                f"{row['peak_traced_during_round_mib']} MiB)"
+            )
+            for item in row["top"]:
+                print(f"  {item['kept_kib']:>10} KiB {item['blocks']:>8} blocks  {item['where']}")
+        say(f"wrote {write_result('status_round_memory', {'sizes': rows})}")
+        return 0
     results = [run_size(n, args.every_ms / 1000) for n in args.nodes]
     print(
         f"\n{'nodes':>6} {'cells':>6} {'status loop':>12} {'round s':>8} {'requests':>9} "
