@@ -8,6 +8,7 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -36,7 +37,12 @@ def test_operator_down_refuses_scale_ups_and_leaves_running_pods(
     with cell_world(cluster, ns, "down", 3) as world:
         pods = world.create("feed", replicas=3, base=100, per_peer=10)
         before = {p["metadata"]["name"] for p in pods}
+        said = operator.log_path.read_text().split("webhook files in ")[-1]
+        workdir = Path(said.split()[0])
+        assert workdir.is_dir()
         operator.stop()
+        # A clean stop takes its webhook key and certificate with it.
+        assert not workdir.exists()
         try:
             up = cluster.kubectl("scale", "streamcell/feed", "-n", ns, "--replicas=4", check=False)
             assert up.returncode != 0

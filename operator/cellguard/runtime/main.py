@@ -16,6 +16,7 @@ import contextlib
 import gc
 import logging
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -296,7 +297,9 @@ async def run_operator(settings: Settings) -> int:
         settings.health_port,
         settings.metrics_port,
     )
+    # The webhook's own certificate and key when none are mounted: removed on the way out.
     workdir = Path(tempfile.mkdtemp(prefix="cellguard-operator-"))
+    log.info("webhook files in %s", workdir)
     informers_stop = threading.Event()
     exit_code = 0
     try:
@@ -383,6 +386,7 @@ async def run_operator(settings: Settings) -> int:
         informers_stop.set()
         await _mark_leader(api, settings, leads=False)
         await probes.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
     return exit_code
 
 
