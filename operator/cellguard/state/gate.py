@@ -16,6 +16,7 @@ from typing import Protocol, TypeVar
 from cellguard.api.v1alpha1 import (
     AllowedReason,
     GateReason,
+    RefusalReason,
     StreamCell,
     StreamCellSpec,
     ThreadBudgetPolicySpec,
@@ -37,11 +38,17 @@ from cellguard.state.reservations import ReservationLedger
 from cellguard.state.snapshots import SnapshotCache
 from cellguard.state.store import CellRecord, ClusterState
 
-_Judgement = TypeVar("_Judgement")
+
+class _Judged(Protocol):
+    @property
+    def reason(self) -> object: ...
 
 
-def _allowed(decision: Decision) -> bool:
-    return decision.allowed
+_Judgement = TypeVar("_Judgement", bound=_Judged)
+
+# Refusals for a node whose budget the snapshot does not know (yet): the ones a report that
+# came in since its last refresh can overturn outright.
+_BUDGET_NOT_KNOWN = frozenset({RefusalReason.BUDGET_UNKNOWN, RefusalReason.BUDGET_STALE})
 
 
 class DecisionCounter(Protocol):
@@ -153,18 +160,14 @@ class ScaleGate:
             return snapshot
         return with_cell(snapshot, replace(kept, observed=observed))
 
-    def _judged(
-        self,
-        cell: CellKey,
-        judge: Callable[[ClusterSnapshot], _Judgement],
-        fits: Callable[[_Judgement], bool],
-    ) -> _Judgement:
-        """`judge` on the snapshot of `cell`; a refusal made while budget reports wait for
-        the snapshot's next refresh is made again on one that holds them all. The refresh
-        saves builds for the many changes that fit; a refusal is shown to a person and must
-        be the cluster's as it is (a pool's first reports just in, threads just freed)."""
+    def _judged(self, cell: CellKey, judge: Callable[[ClusterSnapshot], _Judgement]) -> _Judgement:
+        """`judge` on the snapshot of `cell`; a refusal for a budget the snapshot does not
+        know, made while budget reports wait for its next refresh, is made again on one
+        that holds them all (a pool's first reports just in). Other figures may be a
+        second old, for refusals as for admissions: a rebuild for every refusal would
+        cost a full build each in a storm of refused requests at thousands of nodes."""
         judgement = judge(self.snapshot_of(cell))
-        if not fits(judgement) and self.snapshots.behind_on_budgets():
+        if judgement.reason in _BUDGET_NOT_KNOWN and self.snapshots.behind_on_budgets():
             judgement = judge(self.snapshot_of(cell, current_budgets=True))
         return judgement
 
@@ -210,7 +213,6 @@ class ScaleGate:
                 decision = self._judged(
                     cell,
                     lambda snapshot: decide(with_cell_at(snapshot, view, current), cell, target),
-                    _allowed,
                 )
                 answer = self._answer(decision)
                 if decision.allowed and not dry_run:
@@ -221,7 +223,6 @@ class ScaleGate:
             status = self._judged(
                 cell,
                 lambda snapshot: cell_status(with_cell_at(snapshot, view, target), cell),
-                lambda status: status.within_budget,
             )
             answer = GateAnswer(
                 allowed=status.within_budget,
@@ -250,7 +251,7 @@ class ScaleGate:
                     ),
                 )
                 return self._settle(cell, target, answer, dry_run)
-            decision = self._judged(cell, lambda snapshot: decide(snapshot, cell, target), _allowed)
+            decision = self._judged(cell, lambda snapshot: decide(snapshot, cell, target))
             if decision.allowed and target > record.spec.replicas and not dry_run:
                 self._reserve(decision, record.spec.policy_ref)
             return self._settle(cell, target, self._answer(decision), dry_run)
@@ -338,7 +339,6 @@ class ScaleGate:
                 lambda snapshot: decide(
                     with_cell_at(snapshot, record.view, running), record.key, desired
                 ),
-                _allowed,
             )
             if desired <= running:
                 return BackstopAnswer(
