@@ -1,4 +1,4 @@
-"""The parts one operator process wires together, handed to its kopf handlers.
+"""The parts one operator process wires together, handed to its handlers and loops.
 
 No behaviour of its own: the cache and what the operator last saw (`state.store`), the
 decisions (`state.gate`), reservations (`state.reservations`, `state.settling`), node
@@ -26,8 +26,19 @@ from cellguard.state.store import CellRecord, ClusterState
 Applier = Callable[[dict[str, Any]], dict[str, Any]]
 # Merge-patch a cell's status subresource with the changed fields.
 StatusPatcher = Callable[[CellRecord, dict[str, Any]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class EventSubject:
+    """The cell an Event is about (a CellRecord is one too)."""
+
+    namespace: str
+    name: str
+    uid: str
+
+
 # Post a Kubernetes Event about a cell: type (Normal/Warning), reason, message.
-EventPoster = Callable[[CellRecord, str, str, str], None]
+EventPoster = Callable[[CellRecord | EventSubject, str, str, str], None]
 
 
 def _not_wired(*_: Any) -> None:
@@ -53,7 +64,7 @@ class Operator:
     post_event: EventPoster = _not_wired
     # Who the operator is to the API server (its own writes pass its webhooks).
     own_username: str | None = field(default=None)
-    # One lock a cell: its kopf handler and the status loop never converge it at once.
+    # One lock a cell: it is never converged twice at once.
     _cell_locks: dict[CellKey, asyncio.Lock] = field(default_factory=dict)
 
     @classmethod

@@ -714,7 +714,7 @@ OPERATOR_CLUSTER_RULES = [
 ]
 OPERATOR_NAMESPACED_RULES = [
     {"apiGroups": ["cellguard.io"], "resources": ["streamcells"],
-     "verbs": ["get", "list", "watch", "patch", "update"]},
+     "verbs": ["get", "list", "watch"]},
     {"apiGroups": ["cellguard.io"], "resources": ["streamcells/status"],
      "verbs": ["get", "patch", "update"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},

@@ -943,3 +943,97 @@ def test_a_cell_whose_pods_or_deployment_changed_is_refreshed_before_the_next_ro
     asyncio.run(scenario())
     # a's pod changed: a was refreshed within a second; b waits for the minute's round.
     assert [name for name, _ in patched] == ["a"]
+
+
+def _cell_event(feed: CacheFeed, event_type: str, raw: dict[str, Any]) -> None:
+    feed.changed(Kind.CELLS, event_type, key_of(Kind.CELLS, raw), parse(Kind.CELLS, raw))
+
+
+def test_the_feed_hands_over_a_cells_new_spec_and_not_its_status_patches() -> None:
+    state = two_node_state()
+    gate, _ = make_gate(state)
+    told: list[str] = []
+    feed = CacheFeed(
+        state, ReservationLedger(), gate, on_cell_spec=lambda key: told.append(key.name)
+    )
+    # The first listing (a start, or a restart): every cell, valid or not, is new here.
+    listing = [cell("ns", "a", replicas=1), cell("ns", "b", replicas=2)]
+    broken = cell("ns", "x", replicas=1)
+    broken["spec"]["threads"] = {"base": -1}
+    listing.append(broken)
+    feed.replaced(
+        Kind.CELLS,
+        {key_of(Kind.CELLS, raw): parse(Kind.CELLS, raw) for raw in listing},
+        None,
+    )
+    assert sorted(told) == ["a", "b", "x"]
+    told.clear()
+    # Its own status patch comes back: same generation, nothing to converge.
+    patched = cell("ns", "a", replicas=1)
+    patched["status"] = {"maxSafeReplicas": 4}
+    _cell_event(feed, "MODIFIED", patched)
+    assert told == []
+    # A new generation, a new cell, and one deleted and made again (a new uid).
+    _cell_event(feed, "MODIFIED", cell("ns", "a", replicas=3, generation=2))
+    _cell_event(feed, "ADDED", cell("ns", "c", replicas=1))
+    again = cell("ns", "b", replicas=2)
+    again["metadata"]["uid"] = "uid-b-again"
+    _cell_event(feed, "DELETED", cell("ns", "b", replicas=2))
+    _cell_event(feed, "ADDED", again)
+    assert told == ["a", "c", "b"]
+    told.clear()
+    # A relisting after a watch gap: only the cell changed during the gap.
+    listing = [cell("ns", "a", replicas=3, generation=2), cell("ns", "c", generation=2, replicas=5)]
+    feed.replaced(
+        Kind.CELLS,
+        {key_of(Kind.CELLS, raw): parse(Kind.CELLS, raw) for raw in listing},
+        None,
+    )
+    assert told == ["c"]
+
+
+def test_a_new_spec_is_applied_at_its_size_once_and_again_after_a_failed_apply() -> None:
+    applied: list[int] = []
+    op = _loop_operator([], [], applied)
+    loop = StatusLoop(op)
+    key = CellKey("ns", "b")
+    failing = [True]
+    apply = op.apply
+
+    def flaky(manifest: dict[str, Any]) -> dict[str, Any]:
+        if failing[0]:
+            raise RuntimeError("the API server is away")
+        return apply(manifest)
+
+    op.apply = flaky
+    loop.spec_changed(key)  # b's spec is new to this process, at the size it runs
+    with pytest.raises(RuntimeError):
+        asyncio.run(loop.refresh(key))
+    assert applied == []
+    failing[0] = False
+    asyncio.run(loop.round())  # still marked: its children are applied at its size
+    assert applied == [1]
+    asyncio.run(loop.round())  # converged: an unchanged cell at its size applies nothing
+    assert applied == [1]
+
+
+def test_an_invalid_spec_is_said_once_a_generation_and_nothing_is_applied() -> None:
+    events: list[tuple[str, str]] = []
+    applied: list[int] = []
+    op = _loop_operator([], events, applied)
+    loop = StatusLoop(op)
+    feed = CacheFeed(op.state, op.ledger, op.gate, on_cell_spec=loop.spec_changed)
+    broken = cell("ns", "x", replicas=1)
+    broken["spec"]["threads"] = {"base": -1}
+
+    async def scenario() -> None:
+        _cell_event(feed, "ADDED", broken)
+        await loop.round()
+        await loop.round()
+        broken["metadata"]["generation"] = 2
+        _cell_event(feed, "MODIFIED", broken)
+        await loop.round()
+
+    asyncio.run(scenario())
+    assert [e for e in events if e[1] == "InvalidSpec"] == [("x", "InvalidSpec")] * 2
+    assert applied == []

@@ -209,10 +209,10 @@ capabilities:
 
 {{/* The operator's rules on namespaced objects (a ClusterRole's, or a Role's per namespace). */}}
 {{- define "cellguard.operatorNamespacedRules" -}}
-# The cells: read, watch, and patch (kopf's finalizer and annotations).
+# The cells: read and watch; the operator writes their status only.
 - apiGroups: ["cellguard.io"]
   resources: ["streamcells"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: ["cellguard.io"]
   resources: ["streamcells/status"]
   verbs: ["get", "patch", "update"]

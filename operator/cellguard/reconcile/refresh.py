@@ -1,6 +1,15 @@
-"""The status loop: every few seconds, every cell converged and its status patched where
-it changed - and the one writer of every cell's status (the kopf handlers converge a
-changed spec through `refresh` too), so that no stale write can land after a newer one.
+"""The reconciler: every few seconds, every cell converged and its status patched where it
+changed; a cell with a spec this process has not converged yet (new, changed, or found at
+start-up: the cache feed says which) at once, its children applied whatever their size. One
+writer of every cell's status, so that no stale write can land after a newer one.
+
+Backstop rules (reconcile.converge): never apply a replica count the budget refuses (if the
+webhook was bypassed, the Deployment stays where it is and the cell says why), and never
+scale down on its own when limits shrink (the cell reports WithinBudget=False instead).
+
+The cells come from the operator's own watch (runtime.informer), not from kopf's: kopf's
+handlers cost every new cell a second watch event, a deep copy and a patch of progress
+annotations, for what the informer already knew (kopf serves the webhook only).
 
 Nodes, budgets and other cells move a cell's figures, and a scale the backstop held back
 is carried out once it fits. One loop for the fleet instead of a kopf timer per cell: a
@@ -19,7 +28,8 @@ from typing import Any
 from cellguard.budget import CellKey
 from cellguard.reconcile import status as status_model
 from cellguard.reconcile.converge import converge
-from cellguard.wiring import Operator
+from cellguard.state.records import Invalid
+from cellguard.wiring import EventSubject, Operator
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +80,9 @@ class StatusLoop:
         self._written: dict[CellKey, tuple[Mapping[str, Any], dict[str, Any]]] = {}
         # Cells whose own pods or Deployment changed since their last refresh.
         self._poked: set[CellKey] = set()
+        # Cells whose spec is not converged yet: their children are applied whatever their
+        # size at their next refresh (a failed one leaves the cell here for the next).
+        self._new_specs: set[CellKey] = set()
         self._woken = asyncio.Event()
 
     def poke(self, cell: CellKey) -> None:
@@ -77,6 +90,12 @@ class StatusLoop:
         (its Ready condition follows its Deployment's ready pods). Event loop only."""
         self._poked.add(cell)
         self._woken.set()
+
+    def spec_changed(self, cell: CellKey) -> None:
+        """The cell is new, its spec changed, or this process has not converged it yet:
+        apply its children at its next refresh, soon. Event loop only."""
+        self._new_specs.add(cell)
+        self.poke(cell)
 
     async def run(self, stop: asyncio.Event) -> None:
         """A full round every interval (nodes, budgets and other cells move every cell's
@@ -98,11 +117,14 @@ class StatusLoop:
             await asyncio.sleep(POKE_DELAY_SECONDS)
             poked, self._poked = self._poked, set()
             self._woken.clear()
-            await self._refresh_all([c for c in poked if c in self.op.state.cells])
+            await self._refresh_all(list(poked))
 
     async def round(self) -> int:
         """Converge every cell once; returns how many statuses were patched."""
-        patched = await self._refresh_all(list(self.op.state.cells))
+        cells = self.op.state.cells
+        patched = await self._refresh_all(
+            [*cells, *(key for key in self._new_specs if key not in cells)]
+        )
         for key in set(self._written).difference(self.op.state.cells):
             del self._written[key]
         self.op.forget_cell_locks()
@@ -125,15 +147,29 @@ class StatusLoop:
         """Converge the cell and write what changed in its status (True: a patch was sent).
         `spec_changed`: apply its children whatever their size (a new or changed spec)."""
         async with self.op.cell_lock(key):
+            new_spec = key in self._new_specs
+            self._new_specs.discard(key)
             record = self.op.state.cells.get(key)
             if record is None:
+                invalid = self.op.state.cell_errors.get(key)
+                if invalid is not None and new_spec:
+                    await self._say_invalid(key, invalid)
                 return False
             seen = record.status
             mine = self._written.get(key)
             previous = mine[1] if mine is not None and mine[0] is seen else seen
-            result = await converge(
-                self.op, key, previous, spec_changed=spec_changed, planning=self._planning
-            )
+            try:
+                result = await converge(
+                    self.op,
+                    key,
+                    previous,
+                    spec_changed=spec_changed or new_spec,
+                    planning=self._planning,
+                )
+            except BaseException:
+                if new_spec:
+                    self._new_specs.add(key)  # its children are still to apply
+                raise
             if result is None:
                 return False
             changes: dict[str, Any] = {}
@@ -147,3 +183,12 @@ class StatusLoop:
                 self.op.post_event, result.record, event.type, event.reason, event.message
             )
         return bool(changes)
+
+    async def _say_invalid(self, key: CellKey, invalid: Invalid) -> None:
+        """A spec the API server let through that the operator cannot use (the webhook was
+        bypassed, or the operator is newer than the object): nothing is applied; said once a
+        spec, where `kubectl describe` shows it."""
+        message = f"invalid spec, nothing applied: {invalid.error}"
+        log.warning("%s/%s: %s", key.namespace, key.name, message)
+        subject = EventSubject(key.namespace, key.name, invalid.uid)
+        await asyncio.to_thread(self.op.post_event, subject, "Warning", "InvalidSpec", message)

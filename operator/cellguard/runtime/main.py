@@ -41,7 +41,6 @@ from cellguard.constants import (
 )
 from cellguard.listing import sources
 from cellguard.metrics import OperatorMetrics
-from cellguard.reconcile import handlers as reconcile_handlers
 from cellguard.reconcile.refresh import StatusLoop
 from cellguard.resources import webhook as webhook_config
 from cellguard.runtime.informer import start_informers
@@ -51,7 +50,7 @@ from cellguard.runtime.tls import ReloadingCertificate, ReloadingWebhookServer
 from cellguard.settings import Settings, WebhookMode
 from cellguard.state.feed import CacheFeed
 from cellguard.state.store import CellRecord
-from cellguard.wiring import Operator
+from cellguard.wiring import EventSubject, Operator
 
 log = logging.getLogger("cellguard")
 IO_THREADS = 32
@@ -177,9 +176,9 @@ def connection_info(api: client.ApiClient) -> kopf.ConnectionInfo:
     )
 
 
-def build_registry(
-    op: Operator, api: client.ApiClient, statuses: StatusLoop
-) -> kopf.OperatorRegistry:
+def build_registry(op: Operator, api: client.ApiClient) -> kopf.OperatorRegistry:
+    """kopf serves the admission webhook; the cells are reconciled from the operator's own
+    watch (reconcile.refresh)."""
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
@@ -187,7 +186,6 @@ def build_registry(
         return connection_info(api)
 
     admission_handlers.register(registry, op)
-    reconcile_handlers.register(registry, op, statuses)
     return registry
 
 
@@ -218,7 +216,9 @@ async def run_operator(settings: Settings) -> int:
     def patch_status(record: CellRecord, status: dict[str, Any]) -> None:
         kubeclient.merge_patch_status(api, cell_path(record), status)
 
-    def post_event(record: CellRecord, type_: str, reason: str, message: str) -> None:
+    def post_event(
+        record: CellRecord | EventSubject, type_: str, reason: str, message: str
+    ) -> None:
         involved = {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "StreamCell",
@@ -318,7 +318,13 @@ async def run_operator(settings: Settings) -> int:
         start_informers(
             api,
             sources(settings.namespaces),
-            CacheFeed(op.state, op.ledger, op.gate, on_cell_changed=status_loop.poke),
+            CacheFeed(
+                op.state,
+                op.ledger,
+                op.gate,
+                on_cell_changed=status_loop.poke,
+                on_cell_spec=status_loop.spec_changed,
+            ),
             resync_seconds=settings.resync_seconds,
             stop=informers_stop,
             on_relist=lambda source, why: metrics.relists.labels(source.kind.value, why).inc(),
@@ -341,7 +347,7 @@ async def run_operator(settings: Settings) -> int:
         served.append(server)
         if settings.webhook_mode is WebhookMode.URL:
             await asyncio.to_thread(register_url_webhook, api, settings, ca_bundle)
-        registry = build_registry(op, api, status_loop)
+        registry = build_registry(op, api)
         operator_task = asyncio.create_task(
             kopf.operator(
                 registry=registry,

@@ -81,6 +81,10 @@ class Invalid:
     """An object the cache cannot use, and why (the first validation error)."""
 
     error: str
+    # A cell's: which one and which spec, so that the reconciler says so once a spec, in
+    # an Event `kubectl describe` shows (other kinds leave them empty).
+    uid: str = ""
+    generation: int = 0
 
 
 # What a parsed object is, per kind: NodeView (no budget attached yet), NodeBudgetSpec,
@@ -139,7 +143,11 @@ def parse_cell(raw: Mapping[str, Any]) -> CellRecord | Invalid:
             }
         )
     except ValidationError as error:
-        return Invalid(first_error(error))
+        return Invalid(
+            first_error(error),
+            uid=metadata.get("uid", ""),
+            generation=int(metadata.get("generation", 0)),
+        )
     return CellRecord(
         namespace=key.namespace,
         name=key.name,

@@ -53,7 +53,7 @@ class ClusterState:
         self.budget_received: dict[str, datetime] = {}
         self.budget_errors: dict[str, str] = {}
         self.cells: dict[CellKey, CellRecord] = {}
-        self.cell_errors: dict[CellKey, str] = {}
+        self.cell_errors: dict[CellKey, Invalid] = {}
         self.policies: dict[str, ThreadBudgetPolicySpec] = {}
         self.pods: dict[PodKey, PodRecord] = {}
         # cell -> node -> pods of that cell bound to that node (terminating ones included:
@@ -246,7 +246,7 @@ class ClusterState:
     def _put_cell(self, key: CellKey, parsed: CellRecord | Invalid) -> None:
         if isinstance(parsed, Invalid):
             self.cells.pop(key, None)
-            self.cell_errors[key] = parsed.error
+            self.cell_errors[key] = parsed
             self.version += 1
             self.cell_changes.bump(key)
             return
@@ -259,6 +259,11 @@ class ClusterState:
         if previous is None or previous.view != parsed.view or previous.uid != parsed.uid:
             self.version += 1
             self.cell_changes.bump(key)
+
+    def cell_spec_version(self, key: CellKey) -> tuple[str, int] | None:
+        """Which spec of the cell the cache holds, valid or not: (uid, generation)."""
+        held = self.cells.get(key) or self.cell_errors.get(key)
+        return None if held is None else (held.uid, held.generation)
 
     def delete_cell(self, key: CellKey) -> None:
         self.cells.pop(key, None)
