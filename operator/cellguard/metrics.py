@@ -267,7 +267,7 @@ class FleetCollector(Collector):
                 "threads_observed",
             ),
             NODE_THREADS_PROJECTED: (
-                "Threads projected on the node: max(observed, modelled) + reserved.",
+                "Threads projected on the node: max(observed, others + modelled) + reserved.",
                 "threads_projected",
             ),
             NODE_THREAD_HEADROOM: (

@@ -167,7 +167,8 @@ def test_status_reports_cells_and_nodes(snapshot: Path, capsys: pytest.CaptureFi
     assert cell["threadsPerPod"] == 1_200
     nodes = {n["node"]: n for n in data["nodes"]}
     assert nodes["n6"]["budgetKnown"] is False
-    assert nodes["n1"]["projected"] == 1_200  # max(1,000 observed, 1,200 modelled)
+    # 1,000 observed, none of it the pod's (no reading): + its 1,200 modelled.
+    assert nodes["n1"]["projected"] == 2_200
     assert cli.main(["status", "--snapshot", str(snapshot)]) == 0
     table = capsys.readouterr().out
     assert "StreamCells" in table

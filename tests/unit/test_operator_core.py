@@ -198,8 +198,15 @@ def test_node_figures_report_projection_and_unknown_budgets() -> None:
     rows = {row.node: row for row in node_figures(gate.snapshot())}
     assert rows["n1"].thread_limit == 32_768
     assert rows["n1"].threads_allowed == 26_214
-    assert rows["n1"].threads_projected == 3_100  # max(1,000 observed, 3,100 modelled)
-    assert rows["n1"].thread_headroom_ratio == pytest.approx(1 - 3_100 / 32_768)
+    # The report (1,000 in use) came before the pod: its 1,000 others + 3,100 modelled.
+    assert rows["n1"].threads_projected == 4_100
+    assert rows["n1"].thread_headroom_ratio == pytest.approx(1 - 4_100 / 32_768)
+    # Once a report reads the pod (3,200 in use, the pod's 2,200 among them), the pod
+    # counts by its model: 1,000 + 3,100.
+    state.upsert_budget(_read(budget("n1", in_use=3_200), {"a-1": 2_200}))
+    gate.snapshots.budget_refresh_seconds = 0.0
+    rows = {row.node: row for row in node_figures(gate.snapshot())}
+    assert rows["n1"].threads_projected == 4_100
     assert rows["n1"].budget_known is True
     assert rows["n2"].budget_known is False
     assert rows["n2"].thread_limit is None
@@ -648,6 +655,25 @@ def test_the_store_maps_agent_readings_to_the_cells_running_pods() -> None:
     assert state.observed_threads(key) == [4_550]
     state.delete_budget("n2")
     assert state.observation(key) is None
+
+
+def test_a_nodes_report_splits_its_threads_into_the_cell_pods_and_the_others() -> None:
+    state = _observed_state(4_650)
+    # n1's report: a-1 (a cell pod) read at 4,650, "other" (no cell's pod) at 50.
+    assert state.nodes["n1"].cell_pod_threads == 4_650
+    # A pod the report read before the cache knew it counts among the node's others until
+    # the pods are listed again (or the next report): never left out.
+    late = two_node_state(a={"replicas": 2})
+    late.upsert_budget(_read(budget("n1"), {"a-1": 4_650}))
+    assert late.nodes["n1"].cell_pod_threads == 0
+    late.replace(
+        Kind.PODS,
+        {key_of(Kind.PODS, raw): parse(Kind.PODS, raw) for raw in [pod("ns", "a-1", "a", "n1")]},
+    )
+    assert late.nodes["n1"].cell_pod_threads == 4_650
+    # A node event keeps the report's figure; a deleted pod leaves it to the next report.
+    late.upsert_node(node("n1", zone="b"))
+    assert late.nodes["n1"].cell_pod_threads == 4_650
 
 
 def test_a_scale_up_the_model_admits_is_refused_on_what_the_pods_hold() -> None:

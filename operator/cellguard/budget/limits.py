@@ -46,6 +46,10 @@ class NodeLimits:
     # the figures and when the operator received them (its own clock). A node whose clock
     # runs ahead cannot keep vouching for itself; one whose clock lags fails closed.
     as_of: datetime | None = None
+    # Of `observed`, the threads that are not the cell pods' the report names (the node's
+    # other processes, and pods cellguard does not manage): the planner adds the cell pods'
+    # modelled threads to these. None when `observed` is.
+    others: int | None = None
 
     @property
     def usable(self) -> bool:
@@ -117,11 +121,13 @@ def node_limits(
     margin: Fraction | None = None,
     node_exists: bool = True,
     received_at: datetime | None = None,
+    cell_pod_threads: int = 0,
 ) -> NodeLimits:
     """The node's budget under `policy` at `now`.
 
     `received_at`: when the operator received the report (its own clock); without it, the
-    report counts as received now.
+    report counts as received now. `cell_pod_threads`: the threads the report's per-pod
+    readings give the managed cell pods (0: none named), all the others being `others`.
     """
     margin = margin_fraction(policy) if margin is None else margin
     observed_at = _utc(budget.observed_at) if budget is not None else None
@@ -167,6 +173,7 @@ def node_limits(
             detail="",
             observed_at=observed_at,
             as_of=as_of,
+            others=max(0, (budget.threads_in_use or 0) - cell_pod_threads),
         )
     defaults = _defaults_in_force(policy)
     if defaults is not None:
@@ -185,6 +192,7 @@ def node_limits(
             detail=detail,
             observed_at=observed_at,
             as_of=as_of,
+            others=defaults.threads_in_use,  # assumed besides the cell pods
         )
     return NodeLimits(
         node=node,

@@ -3,7 +3,9 @@
 For a scale-up to M replicas (docs/concepts.md explains the model):
 1. per pod: threads per pod at M ≤ the pod PID limit less the margin;
 2. per node: for every node that hosts or may receive the cell's pods,
-   projected = max(observed, modelled) + other cells' reservations + Δ ≤ limit less margin,
+   projected = used + other cells' reservations + Δ ≤ limit less margin, used =
+   max(observed, others + modelled): the node's threads besides the cell pods (the report's
+   in use less the pods' own readings) plus the cell pods' modelled threads (`usage`),
    Δ = growth of the cell's pods already there + threads of the new pods it may receive
    (worst case of the scheduler's water-filling, see `spread`; `_added` writes it);
 3. M ≤ the cell size cap;

@@ -23,7 +23,7 @@ class NodeRow:
     node: str
     pods: int  # the cell's pods on the node now
     new_pods: int  # new pods of the cell it may receive (worst case)
-    now: int | None  # threads counted as in use: max(observed, modelled)
+    now: int | None  # threads counted as in use: max(observed, others + modelled)
     reserved: int  # threads other cells' admitted changes hold there
     projected: int | None
     limit: int | None

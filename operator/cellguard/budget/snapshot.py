@@ -59,6 +59,9 @@ class NodeView:
     budget: NodeBudgetSpec | None = None
     # When the operator received that budget report, by its own clock (None: not known).
     budget_received_at: datetime | None = None
+    # The threads that report's per-pod readings give the cell pods it names (the rest of
+    # its threads in use are the node's others).
+    cell_pod_threads: int = 0
 
     @classmethod
     def from_manifest(

@@ -212,6 +212,7 @@ def policy_nodes(snapshot: ClusterSnapshot, policy_name: str) -> PolicyNodes:
                 snapshot.now,
                 margin=margin,
                 received_at=node.budget_received_at,
+                cell_pod_threads=node.cell_pod_threads,
             )
             for name, node in snapshot.nodes.items()
         }
@@ -253,15 +254,21 @@ POLICY_NODES: Index[PolicyNodes] = Index(
 
 
 def used_threads(figures: NodeLimits, modelled: int) -> int:
-    """Threads counted as in use: the larger of observed and modelled."""
-    return max(figures.observed or 0, modelled)
+    """Threads counted as in use: the larger of what the node reported and what it holds
+    by the model - its other threads (the report's, less the cell pods' own readings) plus
+    the modelled threads of the cell pods on it now.
+
+    Not `max(observed, modelled)`: once the pods' modelled threads pass the last report,
+    that forgets everything else on the node (an admitted scale-up then ends above the
+    allowance by the node's other threads, as the kernel counts them)."""
+    return max(figures.observed or 0, (figures.others or 0) + modelled)
 
 
 def slack(snapshot: ClusterSnapshot, policy_name: str) -> dict[str, int]:
     """Usable node -> threads still free under the policy, after every reservation.
 
-    free = allowed - max(observed, modelled) - reserved (all cells); the planner adds a
-    cell's own reservation back on the nodes it covers.
+    free = allowed - used - reserved (all cells), used as `used_threads` counts it; the
+    planner adds a cell's own reservation back on the nodes it covers.
     """
 
     def compute() -> dict[str, int]:
@@ -289,7 +296,7 @@ class NodeUsage:
 
     node: str
     limits: NodeLimits
-    projected: int | None  # max(observed, modelled) + reserved; None when the limit is not
+    projected: int | None  # used (`used_threads`) + reserved; None when the limit is not
     headroom: float | None  # 1 - projected / limit
 
 

@@ -68,6 +68,10 @@ class ClusterState:
         self.running_uids: dict[CellKey, dict[str, str]] = defaultdict(dict)
         # node -> pod uid -> threads its agent last read (NodeBudget spec.pods).
         self.pod_threads: dict[str, dict[str, int]] = {}
+        # The uids of the cell pods bound to a node (terminating ones included): which of a
+        # report's per-pod readings are the cell pods' (the planner models those) and which
+        # are the node's other threads.
+        self.bound_uids: set[str] = set()
         # cell -> its Deployment as last seen.
         self.deployments: dict[CellKey, DeploymentSeen] = {}
         # The kinds listed at least once: the cache is complete when every kind is.
@@ -159,6 +163,16 @@ class ClusterState:
         for key, parsed in items.items():
             self.put(kind, key, parsed)
         self.listed.add(kind)
+        if kind is Kind.PODS:
+            self._reattach_budgets()
+
+    def _reattach_budgets(self) -> None:
+        """Which readings are cell pods', again: pods listed after their nodes' reports
+        (the first listing lists every kind at once) are known now."""
+        for name in self.pod_threads:
+            self._attach_budget(name)
+        self.version += 1
+        self.budget_version += 1
 
     # ------------------------------------------------------------------ nodes and budgets
 
@@ -167,10 +181,15 @@ class ClusterState:
 
     def _put_node(self, parsed: NodeView) -> None:
         name = parsed.name
+        held = self.nodes.get(name)
         view = replace(
             parsed,
             budget=self.budgets.get(name),
             budget_received_at=self.budget_received.get(name),
+            # A figure of the report, kept until the next one.
+            cell_pod_threads=(
+                held.cell_pod_threads if held is not None else self._cell_pod_threads(name)
+            ),
         )
         if self.nodes.get(name) != view:
             self.nodes[name] = view
@@ -184,7 +203,15 @@ class ClusterState:
                 view,
                 budget=self.budgets.get(name),
                 budget_received_at=self.budget_received.get(name),
+                cell_pod_threads=self._cell_pod_threads(name),
             )
+
+    def _cell_pod_threads(self, node: str) -> int:
+        """What the node's report reads for the cell pods the cache knows: a reading of a
+        pod not known yet counts among the node's other threads (counted twice, with its
+        model, until the next report - never left out)."""
+        bound = self.bound_uids
+        return sum(t for uid, t in self.pod_threads.get(node, {}).items() if uid in bound)
 
     def delete_node(self, name: str) -> None:
         if self.nodes.pop(name, None) is not None:
@@ -321,6 +348,8 @@ class ClusterState:
             del self.pods_by_cell[record.cell]
         if record.node is None:
             return
+        if record.uid:
+            (self.bound_uids.add if delta > 0 else self.bound_uids.discard)(record.uid)
         _add(self.placement, record.cell, record.node, delta)
         if record.terminating:
             _add(self.terminating, record.cell, record.node, delta)

@@ -59,8 +59,12 @@ def node(
     ready: bool = True,
     unschedulable: bool = False,
     no_budget: bool = False,
+    pods_read: int = 0,
     **budget_fields: Any,
 ) -> NodeView:
+    """A node; its budget's `in_use` counts `pods_read` threads the report read for the
+    cell pods on it (the rest are the node's other threads, to which the planner adds the
+    pods' modelled threads)."""
     return NodeView(
         name=name,
         labels=dict(labels or {}),
@@ -68,6 +72,7 @@ def node(
         ready=ready,
         unschedulable=unschedulable,
         budget=None if no_budget else budget(name, **budget_fields),
+        cell_pod_threads=pods_read,
     )
 
 

@@ -22,6 +22,7 @@ from cellguard.budget import (
     CellKey,
     CellView,
     ClusterSnapshot,
+    Decision,
     NodeView,
     PodPlacement,
     Reservation,
@@ -101,7 +102,7 @@ CASES = [
         False,
         RefusalReason.NODE_THREAD_LIMIT,
         "n3",
-        nodes={"n3": {"in_use": 25_500}},
+        nodes={"n3": {"in_use": 25_500, "pods_read": 900}},  # its two pods' 450 each
         message="would put node n3 at 26,550 threads",
     ),
     Case(
@@ -295,8 +296,11 @@ def test_refusal_names_the_node_the_figures_and_the_largest_safe_size() -> None:
 
 
 def test_admitted_change_carries_the_reservation_it_needs() -> None:
+    # Each report of n1-n4 read their two pods at 450 threads each.
     snap = snapshot(
-        [node(name) for name in (*NAMES, "n5")], [INGEST, OTHER], {INGEST.key: TWO_EACH}
+        [node(name, pods_read=900) for name in NAMES] + [node("n5")],
+        [INGEST, OTHER],
+        {INGEST.key: TWO_EACH},
     )
     # 8 -> 9: the one new pod goes to the empty n5; the others only grow (+50 each).
     decision = decide(snap, INGEST.key, 9)
@@ -429,7 +433,7 @@ def test_unknown_cell_is_a_key_error() -> None:
 
 def test_status_at_the_current_size() -> None:
     snap = snapshot(
-        [node(name, in_use=25_500 if name == "n3" else 1_000) for name in NAMES],
+        [node(name, in_use=25_500 if name == "n3" else 1_000, pods_read=900) for name in NAMES],
         [INGEST],
         {INGEST.key: TWO_EACH},
     )
@@ -448,7 +452,7 @@ def test_status_at_the_current_size() -> None:
 
 def test_status_when_the_cell_no_longer_fits() -> None:
     snap = snapshot(
-        [node(name, in_use=30_000 if name == "n2" else 1_000) for name in NAMES],
+        [node(name, in_use=30_000 if name == "n2" else 1_000, pods_read=900) for name in NAMES],
         [INGEST],
         {INGEST.key: TWO_EACH},
     )
@@ -472,3 +476,26 @@ def test_a_new_exclusive_cell_with_only_unknown_free_nodes_names_one_of_them() -
     refused = decide(snap, fresh.key, 1)
     assert not refused.allowed and refused.reason is RefusalReason.BUDGET_UNKNOWN
     assert "needs node n1, whose thread budget is unknown" in refused.message
+
+
+def test_a_node_counts_its_other_threads_besides_the_pods_model() -> None:
+    # Two pods of 12,000 threads on n1, whose last report (1,000 in use) came before them:
+    # n1 holds 1,000 + 24,000. Counting max(observed, modelled) = 24,000 forgot the node's
+    # own 1,000 and admitted a new pod of 1,500: 26,500 on a 26,214 allowance, as the
+    # kernel counts it.
+    big = cell("big", replicas=2, base=12_000, isolation=Isolation.SHARED)
+    small = cell("small", replicas=0, base=1_500, service="s", isolation=Isolation.SHARED)
+    pods = {big.key: {"n1": 2}}
+
+    def new_pod_on(n1: NodeView) -> Decision:
+        return decide(snapshot([n1], [big, small], pods), small.key, 1)
+
+    refused = new_pod_on(node("n1", in_use=1_000))
+    assert not refused.allowed and refused.reason is RefusalReason.NODE_THREAD_LIMIT
+    assert refused.projected == 1_000 + 24_000 + 1_500
+    # A report that read them (their 24,000 among its 25,000 in use) says the same.
+    assert new_pod_on(node("n1", in_use=25_000, pods_read=24_000)).projected == 26_500
+    # Pods holding more than their model: what the node reported stands.
+    assert new_pod_on(node("n1", in_use=26_000, pods_read=25_000)).projected == 27_500
+    # Room for it once the node's own threads leave room.
+    assert new_pod_on(node("n1", in_use=24_700, pods_read=24_000)).allowed

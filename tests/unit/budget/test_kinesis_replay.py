@@ -13,6 +13,7 @@ from cellguard.api.v1alpha1 import RefusalReason
 from cellguard.budget import (
     AllowedReason,
     ClusterSnapshot,
+    NodeView,
     decide,
     max_safe_replicas,
     with_reservation,
@@ -27,13 +28,15 @@ HOST_THREADS = {name: 1_200 if name == "fe-5" else 1_000 for name in NODES}
 BIG_CAP = policy(defaultMaxReplicas=100_000)  # the cap is not what this test is about
 
 
-def _observed(name: str, pods: int, replicas: int) -> int:
-    return HOST_THREADS[name] + pods * threads_per_pod(BASE, PER_PEER, replicas)
+def _host(name: str, pods: int, replicas: int) -> NodeView:
+    """A host as its agent reports it: its own threads and its servers', each read."""
+    servers = pods * threads_per_pod(BASE, PER_PEER, replicas)
+    return node(name, in_use=HOST_THREADS[name] + servers, pods_read=servers)
 
 
 def _one_fleet() -> tuple[ClusterSnapshot, tuple[str, str]]:
     fleet = cell("frontend", replicas=400, base=BASE, per_peer=PER_PEER, service="frontend")
-    nodes = [node(name, in_use=_observed(name, 50, 400)) for name in NODES]
+    nodes = [_host(name, 50, 400) for name in NODES]
     pods = {fleet.key: dict.fromkeys(NODES, 50)}
     return snapshot(nodes, [fleet], pods, policies={"default": BIG_CAP}), fleet.key
 
@@ -75,7 +78,7 @@ def test_the_same_capacity_as_two_isolated_cells_is_admitted() -> None:
     a = cell("frontend-a", replicas=200, base=BASE, per_peer=PER_PEER, service="frontend")
     b = cell("frontend-b", replicas=200, base=BASE, per_peer=PER_PEER, service="frontend")
     hosts_a, hosts_b = NODES[:4], NODES[4:]
-    nodes = [node(name, in_use=_observed(name, 50, 200)) for name in NODES]
+    nodes = [_host(name, 50, 200) for name in NODES]
     pods = {a.key: dict.fromkeys(hosts_a, 50), b.key: dict.fromkeys(hosts_b, 50)}
     snap = snapshot(nodes, [a, b], pods, policies={"default": BIG_CAP})
 

@@ -30,9 +30,10 @@ ONE_EACH = dict.fromkeys(NODES, 1)
 
 
 def _world(view: CellView, in_use: int) -> ClusterSnapshot:
-    return snapshot(
-        [node(name, in_use=in_use, pid_max=4_000) for name in NODES], [view], {MODEL.key: ONE_EACH}
-    )
+    """Each node's report: `in_use` threads, its one pod's read among them."""
+    read = threads_for(view, view.replicas)
+    nodes = [node(name, in_use=in_use, pid_max=4_000, pods_read=read) for name in NODES]
+    return snapshot(nodes, [view], {MODEL.key: ONE_EACH})
 
 
 def test_the_budget_per_pod_is_the_model_scaled_by_how_far_the_pods_exceed_it() -> None:

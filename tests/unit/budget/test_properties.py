@@ -134,6 +134,9 @@ def nodes(draw: st.DrawFn, name: str, owners: list[tuple[str, str]]) -> NodeView
         ready=draw(st.sampled_from([True] * 6 + [False])),
         unschedulable=draw(st.sampled_from([False] * 6 + [True])),
         budget=draw(budgets(name)),
+        # What its report read for the cell pods (most read none; some read more than
+        # the report's in-use figure: never below 0 others).
+        cell_pod_threads=draw(st.sampled_from([0, 0, 0, 500, 1_500, 3_000])),
     )
 
 
@@ -253,7 +256,7 @@ def _tolerated(toleration: Toleration, taint: Taint) -> bool:
 class Worst:
     """A node in the worst case of one size: threads before, the change's, and allowed."""
 
-    before: int  # max(observed, modelled) + other cells' reservations
+    before: int  # max(observed, others + modelled) + other cells' reservations
     added: int  # growth of the cell's pods there + its worst-case new pods
     allowed: int
 
@@ -340,8 +343,9 @@ class BruteForce:
                 claimed |= r.claimed_nodes
         return claimed
 
-    def figures(self, name: str) -> tuple[int, int, int | None] | None:
-        """(limit, observed, pod PID limit), or None when nothing may go there."""
+    def figures(self, name: str) -> tuple[int, int, int | None, int] | None:
+        """(limit, observed, pod PID limit, observed threads not the cell pods' the report
+        read), or None when nothing may go there."""
         node = self.snap.nodes.get(name)
         b = node.budget if node else None
         if (
@@ -351,22 +355,24 @@ class BruteForce:
         ):
             assert b.threads_max and b.pid_max and b.threads_in_use is not None
             limit = min(b.threads_max, b.pid_max, b.kubepods.max or math.inf)
-            return int(limit), b.threads_in_use, b.pod_pids_limit
+            assert node is not None
+            others = max(0, b.threads_in_use - node.cell_pod_threads)
+            return int(limit), b.threads_in_use, b.pod_pids_limit, others
         d = self.policy.defaults
         if self.policy.unknown_budget is UnknownBudgetAction.USE_DEFAULTS and d is not None:
             limit = min(d.threads_max, d.pid_max, d.kubepods_pids_max or math.inf)
-            return int(limit), d.threads_in_use, d.pod_pids_limit
+            return int(limit), d.threads_in_use, d.pod_pids_limit, d.threads_in_use
         return None
 
     def allowed(self, limit: int) -> int:
         return math.floor(limit * (1 - self.margin))
 
-    def used(self, name: str, observed: int) -> int:
+    def used(self, name: str, observed: int, others: int) -> int:
         modelled = sum(
             _threads(c, c.replicas) * self.snap.pods.by_cell.get(c.key, {}).get(name, 0)
             for c in self.snap.cells.values()
         )
-        return max(observed, modelled)
+        return max(observed, others + modelled)
 
     def reserved(self, name: str, whose: Callable[[CellKey], bool]) -> int:
         return sum(
@@ -402,10 +408,10 @@ class BruteForce:
     def free(self, name: str) -> int:
         figures = self.figures(name)
         assert figures is not None  # claimable nodes have a usable budget
-        limit, observed, _ = figures
+        limit, observed, _, others = figures
         return (
             self.allowed(limit)
-            - self.used(name, observed)
+            - self.used(name, observed, others)
             - self.reserved(name, lambda _: True)
             + self.reserved(name, lambda key: key == self.cell.key)
         )
@@ -428,8 +434,8 @@ class BruteForce:
             if figures is None:
                 out[name] = None
                 continue
-            limit, observed, _ = figures
-            before = self.used(name, observed) + self.reserved(
+            limit, observed, _, others = figures
+            before = self.used(name, observed, others) + self.reserved(
                 name, lambda key: key != self.cell.key
             )
             added = growth * self.count.get(name, 0) + threads * received.get(name, 0)
