@@ -16,7 +16,7 @@ import platform
 import statistics
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +149,7 @@ def start_operator(
     profile: Path | None = None,
     log_name: str = "operator.log",
     wait: bool = True,
+    env: Mapping[str, str] | None = None,
 ) -> OperatorProcess:
     """Start the operator as the benchmarks run it: the production status interval (10 s,
     not the e2e tests' 2 s; None: the operator's default), under cProfile with `profile`,
@@ -156,7 +157,7 @@ def start_operator(
     options = OperatorOptions(
         kubeconfig=kubeconfig, identity="bench-operator", status_interval=status_interval
     )
-    operator = OperatorProcess(options, cluster.workdir / log_name, profile=profile)
+    operator = OperatorProcess(options, cluster.workdir / log_name, profile=profile, env=env)
     operator.start(wait=wait, timeout=600)
     return operator
 

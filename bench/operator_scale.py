@@ -48,7 +48,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -129,10 +129,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure_start(cluster: Any, kubeconfig: Path, settle_s: float) -> dict[str, Any]:
-    """Start a fresh operator; time to ready, RSS at ready and after the start-up wave."""
+def measure_start(
+    cluster: Any, kubeconfig: Path, settle_s: float, env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Start a fresh operator (with `env` over the bench's environment); time to ready, RSS
+    at ready and after the start-up wave."""
     started = time.monotonic()
-    operator = start_operator(cluster, kubeconfig, log_name="operator-measured.log", wait=False)
+    operator = start_operator(
+        cluster, kubeconfig, log_name="operator-measured.log", wait=False, env=env
+    )
     assert operator.popen is not None
     pid = operator.popen.pid
     peak_rss = 0
@@ -401,6 +406,7 @@ def cluster_runs(
     lease_s: int = 40,
     compact: bool = True,
     memory_limits: dict[str, str] | None = None,
+    compare_env: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     flags: dict[str, list[str]] = {}
     if lease_s != 40:
@@ -468,6 +474,16 @@ def cluster_runs(
                     f"{memory}; measuring a start"
                 )
                 measured = measure_start(cluster, kubeconfig, settle_s)
+                # The same start again on the same cluster with other settings (e.g. glibc's
+                # MALLOC_ARENA_MAX): what they change, in one run.
+                compared = (
+                    {
+                        "env": dict(compare_env),
+                        **measure_start(cluster, kubeconfig, settle_s, compare_env),
+                    }
+                    if compare_env
+                    else None
+                )
                 if size == sizes[-1]:
                     capture_templates(cluster)
                 results.append(
@@ -484,6 +500,7 @@ def cluster_runs(
                         "etcd_db_bytes_compacted": compacted,
                         "control_plane_mib_after_measuring": control_plane_memory(cluster),
                         **measured,
+                        "compared_env": compared,
                     }
                 )
                 say(
@@ -690,6 +707,14 @@ def main() -> int:
         metavar="PROCESS=LIMIT",
         help="GOMEMLIMIT of a control-plane process, e.g. kube-apiserver=8GiB (repeatable)",
     )
+    parser.add_argument(
+        "--compare-env",
+        nargs="*",
+        default=[],
+        metavar="NAME=VALUE",
+        help="measure each size's start a second time with these in the operator's "
+        "environment (e.g. MALLOC_ARENA_MAX=2)",
+    )
     parser.add_argument("--skip-cluster", action="store_true")
     parser.add_argument("--skip-in-process", action="store_true")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
@@ -710,6 +735,7 @@ def main() -> int:
             lease_s=args.node_lease_seconds,
             compact=not args.no_compact_etcd,
             memory_limits=dict(item.split("=", 1) for item in args.go_memory_limit),
+            compare_env=dict(item.split("=", 1) for item in args.compare_env),
         )
     )
     synthetic = [] if args.skip_in_process else in_process_runs(args.in_process, args.pods_per_node)
@@ -734,6 +760,17 @@ def main() -> int:
             "peak_rss_after_startup_wave_mib",
         ):
             print(f"  growth of {key}: {growth(real, key)}  (target <= 1.2x per node)")
+        for r in real:
+            other = r.get("compared_env")
+            if other:
+                env = " ".join(f"{k}={v}" for k, v in sorted(other["env"].items()))
+                print(
+                    f"{r['nodes']:>6} nodes, {env}: ready in {other['start_to_ready_s']:.1f} s, "
+                    f"RSS at ready {other['rss_at_ready_mib']:.0f}Mi, after the wave "
+                    f"{other['rss_after_startup_wave_mib']:.0f}Mi "
+                    f"({other['rss_after_startup_wave_mib'] / r['rss_after_startup_wave_mib']:.2f}x"
+                    " the default start's)"
+                )
         print("\ncontrol plane after populating (MiB; etcd's data on tmpfs counted once)")
         for r in real:
             print(f"{r['nodes']:>6} {r['pods']:>7}  {r['control_plane_mib']}")

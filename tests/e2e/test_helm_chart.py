@@ -278,7 +278,7 @@ def _check_operator_access(
 ) -> list[str]:
     access = Access(cluster, _sa_user(namespace, sa))
     cells_ns = watched[0] if watched else "apps"
-    for verb in ("get", "list", "watch", "patch", "update"):
+    for verb in ("get", "list", "watch"):
         access.can(f"{verb} streamcells.cellguard.io -n {cells_ns}")
     access.can(
         "patch nodes",
@@ -326,6 +326,9 @@ def _check_operator_access(
         "delete threadbudgetpolicies.cellguard.io",
         f"create streamcells.cellguard.io -n {cells_ns}",
         f"delete streamcells.cellguard.io -n {cells_ns}",
+        # A cell's spec is its owner's: the operator writes its status only.
+        f"patch streamcells.cellguard.io -n {cells_ns}",
+        f"update streamcells.cellguard.io -n {cells_ns}",
         f"create pods -n {cells_ns}",
         f"delete pods -n {cells_ns}",
         f"patch pods -n {cells_ns}",  # its own namespace's pods only
@@ -359,7 +362,8 @@ def _check_operator_access(
         )
         for other in watched[1:]:
             access.can(
-                f"patch streamcells.cellguard.io -n {other}", f"create deployments.apps -n {other}"
+                f"patch streamcells.cellguard.io --subresource=status -n {other}",
+                f"create deployments.apps -n {other}",
             )
     else:
         access.can(

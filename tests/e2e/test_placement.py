@@ -61,14 +61,16 @@ def test_a_sibling_cell_scaled_to_its_max_safe_size_is_fully_running(
         assert len(per_node) == 6 and max(per_node.values()) == 3
         assert settled(cluster, ns, {"ingest-a": 14, "ingest-b": best}) is None
 
-        # Beyond the max safe size it reports now (the modelled threads of the placed
-        # pods replaced the nodes' observed baseline), a scale-up is refused with the
-        # node and the figures, and nothing moves.
+        # Placed, its max safe size is what it was: the nodes' other threads (the budgets'
+        # in use, reported before the pods came) still count beside the pods' modelled
+        # threads (they once replaced them, and the figure rose). One more is refused with
+        # the node and the figures, and nothing moves.
         wait_for(
             lambda: cell(cluster, ns, "ingest-b").get("status", {}).get("replicas") == best,
             what="ingest-b's status at its new size",
         )
         now_best = wait_for(max_safe, what="ingest-b's maxSafeReplicas")
+        assert now_best == best
         refused = cluster.kubectl(
             "scale",
             "streamcell/ingest-b",
@@ -79,7 +81,7 @@ def test_a_sibling_cell_scaled_to_its_max_safe_size_is_fully_running(
         )
         assert refused.returncode != 0
         assert "would put node" in refused.stderr
-        assert f"at most {now_best} replicas fit" in refused.stderr
+        assert f"no more than the current {best} replicas fit" in refused.stderr
         assert "no free node is left to join its pool of 6" in refused.stderr
         deployment = get_json(cluster, "deployment", "ingest-b", "-n", ns)
         assert deployment["spec"]["replicas"] == best
