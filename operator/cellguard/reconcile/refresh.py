@@ -143,9 +143,9 @@ class StatusLoop:
 
         return sum(await asyncio.gather(*(one(key) for key in keys)))
 
-    async def refresh(self, key: CellKey, *, spec_changed: bool = False) -> bool:
-        """Converge the cell and write what changed in its status (True: a patch was sent).
-        `spec_changed`: apply its children whatever their size (a new or changed spec)."""
+    async def refresh(self, key: CellKey) -> bool:
+        """Converge the cell and write what changed in its status (True: a patch was sent);
+        a cell marked by `spec_changed` has its children applied whatever their size."""
         async with self.op.cell_lock(key):
             new_spec = key in self._new_specs
             self._new_specs.discard(key)
@@ -163,7 +163,7 @@ class StatusLoop:
                     self.op,
                     key,
                     previous,
-                    spec_changed=spec_changed or new_spec,
+                    spec_changed=new_spec,
                     planning=self._planning,
                 )
             except BaseException:

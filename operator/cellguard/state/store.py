@@ -169,10 +169,13 @@ class ClusterState:
     def _reattach_budgets(self) -> None:
         """Which readings are cell pods', again: pods listed after their nodes' reports
         (the first listing lists every kind at once) are known now."""
+        before = {name: self.nodes.get(name) for name in self.pod_threads}
         for name in self.pod_threads:
             self._attach_budget(name)
-        self.version += 1
-        self.budget_version += 1
+        # A resync that finds what the cache held changes nothing: no snapshot rebuild.
+        if any(self.nodes.get(name) != view for name, view in before.items()):
+            self.version += 1
+            self.budget_version += 1
 
     # ------------------------------------------------------------------ nodes and budgets
 
