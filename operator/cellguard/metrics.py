@@ -401,7 +401,9 @@ class OperatorMetrics:
         self.registry = registry
         self.decisions = Counter(
             DECISIONS,
-            "Scale decisions by outcome (allowed/refused) and reason code.",
+            "Scale decisions by outcome (allowed/refused) and reason code: one per admission "
+            "call (the API server calls again when its cached copy of the cell was stale, so "
+            "one request can count twice).",
             ["decision", "reason"],
             registry=registry,
         )

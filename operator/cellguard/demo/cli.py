@@ -259,11 +259,20 @@ class Demo(Narrator):
             f"[bold red]FIRING[/] {alert['labels']['alertname']} node={node} "
             f"severity={alert['labels']['severity']}: {alert['annotations'].get('summary', '')}"
         )
-        refusals = self.stack.prometheus_query('sum(cellguard_decisions_total{decision="refused"})')
+        # Waited for: a scrape that timed out on a busy machine leaves the series stale.
+        refusals = wait_for(
+            lambda: self.stack.prometheus_query(
+                'sum(cellguard_decisions_total{decision="refused"})'
+            ),
+            what="the refusal in cellguard_decisions_total",
+            timeout=60,
+            interval=1.0,
+            error=DemoFailure,
+        )
+        # One per admission call: the API server calls again when it judged the scale
+        # against a stale cached copy of the cell, so one refused request can count twice.
         self.console.print(
             f"cellguard_decisions_total refused = {float(refusals[0]['value'][1]):.0f}"
-            if refusals
-            else "no refusals counted yet"
         )
 
     def node_of(self, cell: str) -> str:
