@@ -150,12 +150,16 @@ def start_operator(
     log_name: str = "operator.log",
     wait: bool = True,
     env: Mapping[str, str] | None = None,
+    extra_args: Sequence[str] = (),
 ) -> OperatorProcess:
     """Start the operator as the benchmarks run it: the production status interval (10 s,
     not the e2e tests' 2 s; None: the operator's default), under cProfile with `profile`,
     logging to the cluster's working directory; with `wait`, up to 10 minutes to be ready."""
     options = OperatorOptions(
-        kubeconfig=kubeconfig, identity="bench-operator", status_interval=status_interval
+        kubeconfig=kubeconfig,
+        identity="bench-operator",
+        status_interval=status_interval,
+        extra_args=tuple(extra_args),
     )
     operator = OperatorProcess(options, cluster.workdir / log_name, profile=profile, env=env)
     operator.start(wait=wait, timeout=600)

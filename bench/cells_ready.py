@@ -54,6 +54,7 @@ from cellguard.constants import GROUP, STREAMCELL_PLURAL, VERSION
 from cellguard.devcluster.cells import cell_manifest, ensure_namespace, get_json
 from cellguard.devcluster.cluster import LocalCluster
 from cellguard.devcluster.pools import NodePool
+from cellguard.devcluster.processes import OperatorProcess
 from cellguard.devcluster.scenarios import load as load_helpers
 
 NS = "bench-ready"
@@ -336,6 +337,108 @@ def run_baseline(
     return result
 
 
+def run_cells(
+    cluster: LocalCluster,
+    operator: OperatorProcess,
+    pool: NodePool,
+    args: argparse.Namespace,
+    namespace: str,
+) -> dict[str, Any]:
+    """Create the cells from 16 threads, poll until every admitted one is Ready."""
+    ensure_namespace(cluster, namespace)
+    api = client.CustomObjectsApi(cluster.api_client())
+    names = [f"cell-{i:04d}" for i in range(args.cells)]
+    manifests = [
+        cell_manifest(
+            namespace,
+            name,
+            service=f"svc-{i // args.cells_per_service:03d}",
+            replicas=1,
+            base=50,
+            per_peer=0,
+            pool=pool,
+        )
+        for i, name in enumerate(names)
+    ]
+    created_at: dict[str, float] = {}
+    refused: list[str] = []
+
+    def create(manifest: dict[str, Any]) -> None:
+        api.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, STREAMCELL_PLURAL, manifest, _request_timeout=60
+        )
+
+    say(f"creating {args.cells} cells on {args.nodes} nodes in {namespace}")
+    cpu_before = control_plane_cpu(cluster)
+    operator_cpu_before = process_cpu_s(operator.popen.pid) if operator.popen else 0.0
+    started = time.monotonic()
+    ready_at: dict[str, float] = {}
+    pods_running_at: float | None = None
+    timeline: list[tuple[float, int, int]] = []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool_exec:
+        submitting = [
+            pool_exec.submit(create_with_retries, create, m, created_at, refused) for m in manifests
+        ]
+        while time.monotonic() - started < args.timeout:
+            if all(f.done() for f in submitting) and len(ready_at) >= len(created_at):
+                break  # every cell that was admitted is Ready
+            time.sleep(1.0)
+            now = time.monotonic()
+            listed: Any = api.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, STREAMCELL_PLURAL, _request_timeout=60
+            )
+            for item in listed["items"]:
+                name = item["metadata"]["name"]
+                if name not in ready_at and is_ready(item):
+                    ready_at[name] = now
+            running = load_helpers.count_pods(cluster, namespace, "status.phase=Running")
+            timeline.append((round(now - started, 1), running, len(ready_at)))
+            if pods_running_at is None and running >= args.cells:
+                pods_running_at = now
+            if int(now - started) % 10 == 0:
+                say(f"{running} pods running, {len(ready_at)} cells Ready")
+        for future in submitting:
+            future.result()
+    submitted_at = max(created_at.values()) if created_at else started
+    cpu = cpu_used(cpu_before, control_plane_cpu(cluster))
+    if operator.popen:
+        cpu["operator"] = round(process_cpu_s(operator.popen.pid) - operator_cpu_before, 1)
+    all_ready = max(ready_at.values()) - started if len(ready_at) == args.cells else None
+    return {
+        "submit_all_s": round(submitted_at - started, 1),
+        "pods_all_running_s": round(pods_running_at - started, 1) if pods_running_at else None,
+        "cells_all_ready_s": round(all_ready, 1) if all_ready is not None else None,
+        "cells_ready": len(ready_at),
+        "refused_after_retries": refused,
+        "create_to_ready": summary_ms(
+            [ready_at[n] - created_at[n] for n in ready_at if n in created_at]
+        ),
+        "control_plane_cpu_s": cpu,
+        "operator_rss_kib": rss_kib(operator.popen.pid) if operator.popen else {},
+        "load_average": load(),
+        "timeline_s_running_ready": timeline,
+    }
+
+
+def clear_cells(cluster: LocalCluster, namespace: str) -> None:
+    """Delete the namespace's cells; wait for their pods to go and their nodes to leave
+    the cells' pools (the operator releases them), so the next round starts as this one."""
+    say(f"deleting the cells of {namespace}; waiting for their pods and pool labels to go")
+    cluster.kubectl("delete", "streamcells", "--all", "-n", namespace, "--wait=false")
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        nodes = get_json(cluster, "nodes")["items"]
+        pooled = sum(
+            1
+            for n in nodes
+            if any(k.startswith(CELL_POOL_PREFIX) for k in n["metadata"].get("labels") or {})
+        )
+        if not pooled and not load_helpers.count_pods(cluster, namespace):
+            return
+        time.sleep(2.0)
+    raise RuntimeError(f"the cells of {namespace} did not go within 15 minutes")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cells", type=int, default=1_000)
@@ -350,17 +453,34 @@ def main() -> int:
         help="plain: bare Deployments (the issue's yardstick); children: each with the "
         "Service and PDB a cell gets (the same objects, without cellguard); both (default)",
     )
+    parser.add_argument(
+        "--compare-args",
+        default="",
+        help="operator flags (space-separated) to compare in the same run: the cells go "
+        "three times, by the operator as it is, with these flags, and as it is again (each "
+        "round on a fresh operator, after the last round's cells, pods and pool labels went)",
+    )
     parser.add_argument("--profile", type=Path, help="cProfile the operator into this file")
     args = parser.parse_args()
+    compare_args = tuple(args.compare_args.split())
 
     baseline: dict[str, Any] | None = None
     baseline_children: dict[str, Any] | None = None
+    rounds: list[dict[str, Any]] = []
     with cellguard_cluster() as (cluster, kubeconfig):
-        operator = start_operator(
-            cluster, kubeconfig, status_interval=args.status_interval, profile=args.profile
-        )
+
+        def operator_with(extra_args: tuple[str, ...]) -> OperatorProcess:
+            return start_operator(
+                cluster,
+                kubeconfig,
+                status_interval=args.status_interval,
+                profile=args.profile,
+                extra_args=extra_args,
+                log_name=f"operator-{len(rounds)}.log",
+            )
+
+        operator = operator_with(())
         try:
-            ensure_namespace(cluster, NS)
             pool = add_pool(cluster, "rdy", args.nodes)
             time.sleep(2)  # the operator folds budget reports in at most once a second
             if args.baseline != "none":
@@ -369,73 +489,27 @@ def main() -> int:
                     baseline = run_baseline(cluster, probe, args)
                 if args.baseline in ("children", "both"):
                     baseline_children = run_baseline(cluster, probe, args, with_children=True)
-            api = client.CustomObjectsApi(cluster.api_client())
-            names = [f"cell-{i:04d}" for i in range(args.cells)]
-            manifests = [
-                cell_manifest(
-                    NS,
-                    name,
-                    service=f"svc-{i // args.cells_per_service:03d}",
-                    replicas=1,
-                    base=50,
-                    per_peer=0,
-                    pool=pool,
-                )
-                for i, name in enumerate(names)
-            ]
-            created_at: dict[str, float] = {}
-            refused: list[str] = []
-
-            def create(manifest: dict[str, Any]) -> None:
-                api.create_namespaced_custom_object(
-                    GROUP, VERSION, NS, STREAMCELL_PLURAL, manifest, _request_timeout=60
-                )
-
-            say(f"creating {args.cells} cells on {args.nodes} nodes")
-            cpu_before = control_plane_cpu(cluster)
-            operator_cpu_before = process_cpu_s(operator.popen.pid) if operator.popen else 0.0
-            started = time.monotonic()
-            with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool_exec:
-                submitting = [
-                    pool_exec.submit(create_with_retries, create, m, created_at, refused)
-                    for m in manifests
-                ]
-                ready_at: dict[str, float] = {}
-                pods_running_at: float | None = None
-                timeline: list[tuple[float, int, int]] = []
-                while time.monotonic() - started < args.timeout:
-                    if all(f.done() for f in submitting) and len(ready_at) >= len(created_at):
-                        break  # every cell that was admitted is Ready
-                    time.sleep(1.0)
-                    now = time.monotonic()
-                    listed: Any = api.list_namespaced_custom_object(
-                        GROUP, VERSION, NS, STREAMCELL_PLURAL, _request_timeout=60
-                    )
-                    cells = listed["items"]
-                    for item in cells:
-                        name = item["metadata"]["name"]
-                        if name not in ready_at and is_ready(item):
-                            ready_at[name] = now
-                    running = load_helpers.count_pods(cluster, NS, "status.phase=Running")
-                    timeline.append((round(now - started, 1), running, len(ready_at)))
-                    if pods_running_at is None and running >= args.cells:
-                        pods_running_at = now
-                    if int(now - started) % 10 == 0:
-                        say(f"{running} pods running, {len(ready_at)} cells Ready")
-                for future in submitting:
-                    future.result()
-            submitted_at = max(created_at.values()) if created_at else started
-            cpu = cpu_used(cpu_before, control_plane_cpu(cluster))
-            if operator.popen:
-                cpu["operator"] = round(process_cpu_s(operator.popen.pid) - operator_cpu_before, 1)
-            memory = rss_kib(operator.popen.pid) if operator.popen else {}
-            end_load = load()
+            plan = [(), compare_args, ()] if compare_args else [()]
+            for number, extra_args in enumerate(plan):
+                if number:
+                    clear_cells(cluster, f"{NS}-{number - 1}" if number > 1 else NS)
+                    operator.stop()
+                    operator = operator_with(extra_args)
+                    time.sleep(2)
+                namespace = f"{NS}-{number}" if number else NS
+                measured = run_cells(cluster, operator, pool, args, namespace)
+                rounds.append({"operator_args": list(extra_args), **measured})
         finally:
             operator.stop()
 
-    all_ready = max(ready_at.values()) - started if len(ready_at) == args.cells else None
-    latencies = [ready_at[n] - created_at[n] for n in ready_at if n in created_at]
-    per_cell = summary_ms(latencies)
+    first = rounds[0]
+    all_ready = first["cells_all_ready_s"]
+    per_cell = first["create_to_ready"]
+    cpu, memory, end_load = (
+        first["control_plane_cpu_s"],
+        first["operator_rss_kib"],
+        first["load_average"],
+    )
 
     def over(yardstick: dict[str, Any] | None) -> float | None:
         base_s = yardstick["all_available_s"] if yardstick else None
@@ -446,22 +520,14 @@ def main() -> int:
         "cells": args.cells,
         "nodes": args.nodes,
         "status_interval_s": args.status_interval,
-        "submit_all_s": round(submitted_at - started, 1),
-        "pods_all_running_s": round(pods_running_at - started, 1) if pods_running_at else None,
-        "cells_all_ready_s": round(all_ready, 1) if all_ready is not None else None,
-        "cells_ready": len(ready_at),
-        "refused_after_retries": refused,
-        "create_to_ready": per_cell,
+        **{key: value for key, value in first.items() if key != "operator_args"},
         "baseline": baseline,
         "baseline_with_service_and_pdb": baseline_children,
         "ready_over_baseline_available": round(ratio, 2) if ratio is not None else None,
         "ready_over_children_baseline_available": (
             round(ratio_children, 2) if ratio_children is not None else None
         ),
-        "control_plane_cpu_s": cpu,
-        "operator_rss_kib": memory,
-        "load_average": end_load,
-        "timeline_s_running_ready": timeline,
+        "compared_rounds": rounds if compare_args else None,
     }
     out = write_result(f"cells_ready_{args.cells}", result)
     print(
@@ -503,7 +569,26 @@ def main() -> int:
         f"{'operator RSS / peak':<38} {memory.get('VmRSS', 0) / 1024:.0f} MiB / "
         f"{memory.get('VmHWM', 0) / 1024:.0f} MiB"
     )
-    print(f"{'cells never admitted (refused 2 min)':<38} {len(refused):>8}")
+    print(f"{'cells never admitted (refused 2 min)':<38} {len(first['refused_after_retries']):>8}")
+    if compare_args:
+        print(f"\nthe same cells three times, each on a fresh operator: {' '.join(compare_args)}")
+        print(f"{'round':<34} {'created':>8} {'Running':>8} {'Ready':>8} {'p50':>7} {'CPU op':>7}")
+        for number, measured in enumerate(rounds):
+            label = " ".join(measured["operator_args"]) or "as it is"
+            p50 = measured["create_to_ready"].get("p50_ms")
+            print(
+                f"{number + 1}. {label:<31} {measured['submit_all_s']:>8} "
+                f"{measured['pods_all_running_s'] or 'never':>8} "
+                f"{measured['cells_all_ready_s'] or 'never':>8} "
+                f"{p50 / 1000 if p50 else 0:>7.1f} "
+                f"{measured['control_plane_cpu_s'].get('operator', '-'):>7}"
+            )
+        plain = [r["cells_all_ready_s"] for r in (rounds[0], rounds[2])]
+        if all(plain) and rounds[1]["cells_all_ready_s"]:
+            print(
+                f"{'Ready, with the flags / as it is (mean of 1 and 3)':<52} "
+                f"{rounds[1]['cells_all_ready_s'] / (sum(plain) / 2):.2f}x"
+            )
     print(f"wrote {out}")
     return 0
 

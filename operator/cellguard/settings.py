@@ -41,6 +41,9 @@ class Settings:
     health_port: int = 8081
     metrics_port: int = 8080
     status_interval_seconds: float = 10.0
+    # Cells converged at once by the status loop: their API calls overlap (each waits on
+    # the API server in a thread), one cell is never converged twice at once.
+    converge_workers: int = 16
     resync_seconds: float = 300.0
     log_level: str = "INFO"
 
@@ -103,6 +106,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--status-interval", dest="status_interval_seconds", type=float, default=10.0
     )
     parser.add_argument(
+        "--converge-workers",
+        type=_at_least_one,
+        default=int(env("CELLGUARD_CONVERGE_WORKERS", "16")),
+        help="cells converged at once (children applied, status written); more speeds a "
+        "burst of new cells on a fast API server, and costs an API connection and an I/O "
+        "thread or two each",
+    )
+    parser.add_argument(
         "--resync",
         dest="resync_seconds",
         type=float,
@@ -111,6 +122,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "relists at once)",
     )
     parser.add_argument("--log-level", default=env("CELLGUARD_LOG_LEVEL", "INFO"))
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 def from_args(args: argparse.Namespace) -> Settings:
@@ -135,6 +153,7 @@ def from_args(args: argparse.Namespace) -> Settings:
         health_port=args.health_port,
         metrics_port=args.metrics_port,
         status_interval_seconds=args.status_interval_seconds,
+        converge_workers=args.converge_workers,
         resync_seconds=args.resync_seconds,
         log_level=args.log_level,
     )

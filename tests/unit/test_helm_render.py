@@ -135,6 +135,7 @@ def test_values_schema_refuses_wrong_values(helm: Helm) -> None:
         "webhook.timeoutSeconds=31": "/webhook/timeoutSeconds",
         "webhook.url=http://insecure.example": "/webhook/url",
         "operator.replicas=-1": "/operator/replicas",
+        "operator.convergeWorkers=0": "/operator/convergeWorkers",
         "defaultPolicy.spec.safetyMargin=1": "/defaultPolicy/spec/safetyMargin",
         "defaultPolicy.spec.unknownBudget=Ignore": "/defaultPolicy/spec/unknownBudget",
         "webhook.certificate.source=vault": "/webhook/certificate/source",
@@ -583,12 +584,28 @@ def test_operator_arguments_are_flags_cellguard_run_knows(default_render: list[M
     assert settings.webhook_cert == Path("/etc/cellguard/webhook/tls.crt")
     assert settings.webhook_key == Path("/etc/cellguard/webhook/tls.key")
     assert settings.namespaces == ()
+    assert settings.converge_workers == 16
     assert settings.all_exempt_namespaces == [
         NAMESPACE,
         "kube-node-lease",
         "kube-public",
         "kube-system",
     ]
+
+
+def test_converge_workers_reach_the_operator(helm: Helm) -> None:
+    manifests = helm.template(set_values=["operator.convergeWorkers=48"])
+    assert _operator_settings(manifests, NAMESPACE).converge_workers == 48
+
+
+def test_converge_workers_below_one_are_refused_with_a_reason(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = argparse.ArgumentParser()
+    settings_module.add_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--converge-workers=0"])
+    assert "--converge-workers: must be 1 or more, not 0" in capsys.readouterr().err
 
 
 def test_the_webhook_reaches_the_leader_by_its_label(default_render: list[Manifest]) -> None:

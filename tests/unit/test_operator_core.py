@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import itertools
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -497,6 +498,7 @@ def test_status_only_cell_events_leave_the_snapshot_alone() -> None:
 
 def _pool_operator(
     labelled: list[tuple[str, dict[str, str | None]]],
+    apply: Callable[[dict[str, Any]], dict[str, Any]] = lambda manifest: manifest,
 ) -> Operator:
     """An operator over four nodes whose node labelling is recorded, not sent."""
     key = pool_label_key("feed")
@@ -522,9 +524,11 @@ def _pool_operator(
     op = Operator.create(
         Settings(),
         OperatorMetrics(CollectorRegistry()),
-        lambda manifest: manifest,
+        apply,
         now=lambda: NOW,
         label_node=label_node,
+        patch_status=lambda record, status: None,
+        post_event=lambda record, type_, reason, message: None,
     )
     op.state.replace_all(
         nodes=nodes,
@@ -581,6 +585,42 @@ def test_backstop_claims_free_nodes_and_the_reconciler_labels_them_first() -> No
     joined = asyncio.run(op.pools.join(record, answer.claimed_nodes))
     assert joined == ["n4"] and labelled == [("n4", {pool_label_key("feed"): "ns.a"})]
     assert asyncio.run(op.pools.join(record, answer.claimed_nodes)) == []  # already in
+
+
+def test_a_growing_cells_nodes_join_before_its_deployment_and_its_companions_go_alongside() -> None:
+    steps: list[str] = []
+    failing: set[str] = {"Service"}
+
+    def apply(manifest: dict[str, Any]) -> dict[str, Any]:
+        kind = manifest["kind"]
+        if kind in failing:
+            raise RuntimeError(f"the API server refused the {kind}")
+        if kind == "Deployment":  # with the nodes labelled by then
+            kind = f"Deployment {manifest['spec']['replicas']} on {sorted(n for n, _ in labelled)}"
+        steps.append(kind)
+        return manifest
+
+    labelled: list[tuple[str, dict[str, str | None]]] = []
+    op = _pool_operator(labelled, apply)
+    key = CellKey("ns", "a")
+    op.state.upsert_cell(cell("ns", "a", replicas=5, service="feed", isolation="NodeExclusive"))
+    loop = StatusLoop(op)
+    loop.spec_changed(key)
+    # The Service fails: the Deployment still goes (after its node joined), the failure is
+    # raised as it is, and the cell stays marked for its next refresh.
+    with pytest.raises(RuntimeError, match="refused the Service"):
+        asyncio.run(loop.refresh(key))
+    assert labelled == [("n4", {pool_label_key("feed"): "ns.a"})]
+    assert steps == ["Deployment 5 on ['n4']"]  # the PDB comes after the Service
+    assert op.state.deployment_replicas(key) == 1  # not noted as applied
+    failing.clear()
+    steps.clear()
+    assert asyncio.run(loop.refresh(key))
+    assert sorted(steps) == ["Deployment 5 on ['n4']", "PodDisruptionBudget", "Service"]
+    assert op.state.deployment_replicas(key) == 5
+    steps.clear()
+    asyncio.run(loop.refresh(key))  # converged: nothing applied again
+    assert steps == []
 
 
 def test_a_cells_replicasets_are_recognised_by_name_even_from_a_scale() -> None:

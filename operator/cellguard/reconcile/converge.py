@@ -1,7 +1,6 @@
 """One cell brought to what its spec asks, as far as the budget allows: the backstop, the
-children applied, the status and the Events an SRE wants - for the kopf handlers (a spec
-change) and the status loop (everything else) alike. No kopf here: the callers write the
-status and post the Events their own way.
+children applied, the status and the Events an SRE wants, for the status loop (a new spec
+and every refresh alike). No kopf here: the caller writes the status and posts the Events.
 
 The caller holds the cell's lock (`Operator.cell_lock`) until the status is written: a
 refresh computed from an older spec must never apply its size, or write its status, after
@@ -12,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +24,7 @@ from cellguard.constants import (
 from cellguard.metrics import CellFiguresRow
 from cellguard.reconcile import status as status_model
 from cellguard.resources import builders
-from cellguard.state.gate import CellFigures
+from cellguard.state.gate import BackstopAnswer, CellFigures
 from cellguard.state.store import CellRecord
 from cellguard.wiring import Operator
 
@@ -64,11 +63,14 @@ async def converge(
     async with slot:
         answer = await op.gate.backstop(record, applied)
     target = answer.replicas_to_apply
-    if answer.claimed_nodes:
-        # The pods select their pool's label: the nodes join before the pods exist.
-        await op.pools.join(record, answer.claimed_nodes)
-    if spec_changed or target != applied:
-        await asyncio.to_thread(_apply_children, op, record, target, answer.threads_per_pod)
+    apply = spec_changed or target != applied
+    # The Service and PDB need no node: they are applied while the pool grows and the
+    # Deployment goes (one API call after another, a new cell waited for all of them).
+    await _both(
+        asyncio.to_thread(_apply_companions, op, record) if apply else None,
+        _place_and_scale(op, record, answer, apply=apply),
+    )
+    if apply:
         op.state.note_applied(record.key, target)
     async with slot:
         seen = op.state.deployments.get(record.key)
@@ -115,12 +117,40 @@ def _figures_row(
     )
 
 
-def _apply_children(op: Operator, record: CellRecord, replicas: int, threads_per_pod: int) -> None:
-    """Server-side apply the cell's Deployment, Service and PDB (blocking)."""
+async def _place_and_scale(
+    op: Operator, record: CellRecord, answer: BackstopAnswer, *, apply: bool
+) -> None:
+    if answer.claimed_nodes:
+        # The pods select their pool's label: the nodes join before the pods exist.
+        await op.pools.join(record, answer.claimed_nodes)
+    if apply:
+        manifest = builders.deployment(
+            record.namespace,
+            record.name,
+            record.uid,
+            record.spec,
+            replicas=answer.replicas_to_apply,
+            threads_per_pod=answer.threads_per_pod,
+        )
+        await asyncio.to_thread(op.apply, manifest)
+
+
+def _apply_companions(op: Operator, record: CellRecord) -> None:
+    """Server-side apply the cell's headless Service and PDB (blocking)."""
     args = (record.namespace, record.name, record.uid, record.spec)
-    op.apply(builders.deployment(*args, replicas=replicas, threads_per_pod=threads_per_pod))
     op.apply(builders.headless_service(*args))
     op.apply(builders.disruption_budget(*args))
+
+
+async def _both(first: Awaitable[None] | None, second: Awaitable[None]) -> None:
+    """Run both to their end, then raise the first failure as it is (its message in the
+    log, not a TaskGroup's summary)."""
+    outcomes = await asyncio.gather(
+        *(step for step in (first, second) if step is not None), return_exceptions=True
+    )
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 def cell_events(

@@ -34,9 +34,6 @@ from cellguard.wiring import EventSubject, Operator
 log = logging.getLogger(__name__)
 
 
-# Cells converged at once: their status patches and applies overlap (each waits on the API
-# server in a thread), while one cell is never converged twice at once (its lock).
-CONCURRENCY = 16
 # A poked cell waits this long for others to gather, so a burst costs one pass, not many.
 POKE_DELAY_SECONDS = 0.5
 
@@ -131,7 +128,8 @@ class StatusLoop:
         return patched
 
     async def _refresh_all(self, keys: list[CellKey]) -> int:
-        slots = asyncio.Semaphore(CONCURRENCY)
+        # One cell is never converged twice at once (its lock).
+        slots = asyncio.Semaphore(self.op.settings.converge_workers)
 
         async def one(key: CellKey) -> bool:
             async with slots:

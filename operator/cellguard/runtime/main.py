@@ -53,7 +53,13 @@ from cellguard.state.store import CellRecord
 from cellguard.wiring import EventSubject, Operator
 
 log = logging.getLogger("cellguard")
-IO_THREADS = 32
+
+
+def io_threads(settings: Settings) -> int:
+    """Threads (and API connections) for blocking API calls: two for each cell being
+    converged (its Deployment, and its Service and PDB alongside), and 16 more so that the
+    leader's renewal, Events and node labels never queue behind a burst of new cells."""
+    return 2 * settings.converge_workers + 16
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -197,9 +203,11 @@ async def run_operator(settings: Settings) -> int:
     # pool has min(32, cores + 4) threads - 6 on a small node - and a burst of new cells
     # would queue behind it; the connection pool matches.
     asyncio.get_running_loop().set_default_executor(
-        concurrent.futures.ThreadPoolExecutor(IO_THREADS, thread_name_prefix="cellguard-io")
+        concurrent.futures.ThreadPoolExecutor(
+            io_threads(settings), thread_name_prefix="cellguard-io"
+        )
     )
-    api = kubeclient.load_api_client(settings.kubeconfig, pool_size=IO_THREADS)
+    api = kubeclient.load_api_client(settings.kubeconfig, pool_size=io_threads(settings))
     metrics = OperatorMetrics()
     metrics.precreate_decisions([str(reason) for reason in RefusalReason])
 
