@@ -21,7 +21,7 @@ Targets: all 1,000 Ready within 60 s of the first create; and within 1.5x the ti
 baseline's Deployments took to all be Available.
 
     .venv/bin/python bench/cells_ready.py [--cells 1000] [--nodes 120] [--status-interval 10]
-        [--baseline plain|children|both|none]
+        [--baseline plain|children|both|none] [--compare-args=--converge-workers=48]
 """
 
 from __future__ import annotations
