@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import time
@@ -214,6 +215,36 @@ def control_plane_cpu(cluster: LocalCluster) -> dict[str, float]:
             fields = stat.rsplit(")", 1)[1].split()
             figures[name] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return figures
+
+
+_REQUEST_LABELS = re.compile(r'(\w+)="([^"]*)"')
+
+
+def api_requests(cluster: LocalCluster) -> dict[str, float]:
+    """Requests kube-apiserver has served so far, by "VERB resource[/subresource]" (its
+    apiserver_request_total, every response code and user together)."""
+    text = cluster.kubectl("get", "--raw", "/metrics").stdout
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels_text, _, value = line.rpartition("} ")
+        labels = dict(_REQUEST_LABELS.findall(labels_text))
+        resource = labels.get("resource", "")
+        if labels.get("subresource"):
+            resource += "/" + labels["subresource"]
+        key = f"{labels.get('verb', '')} {resource}"
+        totals[key] = totals.get(key, 0.0) + float(value)
+    return totals
+
+
+def requests_used(
+    before: dict[str, float], after: dict[str, float], *, at_least: int = 100
+) -> dict[str, int]:
+    """The requests served between two `api_requests` readings, most first (kinds with
+    fewer than `at_least` left out)."""
+    used = {key: int(count - before.get(key, 0.0)) for key, count in after.items()}
+    return dict(sorted(((k, n) for k, n in used.items() if n >= at_least), key=lambda kv: -kv[1]))
 
 
 def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:

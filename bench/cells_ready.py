@@ -30,6 +30,8 @@ import argparse
 import concurrent.futures
 import json
 import os
+import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,10 +42,12 @@ from kubernetes.client.exceptions import ApiException
 
 from _support import (
     add_pool,
+    api_requests,
     cellguard_cluster,
     control_plane_cpu,
     cpu_used,
     load,
+    requests_used,
     rss_kib,
     say,
     start_operator,
@@ -289,6 +293,7 @@ def run_baseline(
     what = "Deployments with a Service and a PDB each" if children else "plain Deployments"
     say(f"baseline: creating {args.cells} {what} of 1 replica")
     cpu_before = control_plane_cpu(cluster)
+    requests_before = api_requests(cluster)
     started = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool_exec:
         submitting = [
@@ -312,6 +317,7 @@ def run_baseline(
         for future in submitting:
             future.result()
     cpu = cpu_used(cpu_before, control_plane_cpu(cluster))
+    requests = requests_used(requests_before, api_requests(cluster))
     all_available = (
         max(available_at.values()) - started if len(available_at) == args.cells else None
     )
@@ -325,6 +331,7 @@ def run_baseline(
         "create_to_available": summary_ms(latencies),
         "with_service_and_pdb": bool(children),
         "control_plane_cpu_s": cpu,
+        "api_requests": requests,
         "load_average": load(),
         "timeline_s_running_available": timeline,
     }
@@ -370,6 +377,7 @@ def run_cells(
 
     say(f"creating {args.cells} cells on {args.nodes} nodes in {namespace}")
     cpu_before = control_plane_cpu(cluster)
+    requests_before = api_requests(cluster)
     operator_cpu_before = process_cpu_s(operator.popen.pid) if operator.popen else 0.0
     started = time.monotonic()
     ready_at: dict[str, float] = {}
@@ -401,6 +409,7 @@ def run_cells(
             future.result()
     submitted_at = max(created_at.values()) if created_at else started
     cpu = cpu_used(cpu_before, control_plane_cpu(cluster))
+    requests = requests_used(requests_before, api_requests(cluster))
     if operator.popen:
         cpu["operator"] = round(process_cpu_s(operator.popen.pid) - operator_cpu_before, 1)
     all_ready = max(ready_at.values()) - started if len(ready_at) == args.cells else None
@@ -414,10 +423,32 @@ def run_cells(
             [ready_at[n] - created_at[n] for n in ready_at if n in created_at]
         ),
         "control_plane_cpu_s": cpu,
+        "api_requests": requests,
         "operator_rss_kib": rss_kib(operator.popen.pid) if operator.popen else {},
         "load_average": load(),
         "timeline_s_running_ready": timeline,
     }
+
+
+def profile_apiserver(cluster: LocalCluster, out: Path, *, seconds: int) -> None:
+    """Start a CPU profile of kube-apiserver for `seconds`, written to `out` (a thread)."""
+
+    def take() -> None:
+        query = f"/debug/pprof/profile?seconds={seconds}"
+        with out.open("wb") as sink:
+            subprocess.run(
+                [
+                    str(cluster.bin_dir / "kubectl"),
+                    f"--kubeconfig={cluster.kubeconfig}",
+                    *("get", "--raw", query),
+                ],
+                stdout=sink,
+                check=True,
+                timeout=seconds + 60,
+            )
+        say(f"kube-apiserver's CPU profile: {out}")
+
+    threading.Thread(target=take, name="apiserver-profile", daemon=True).start()
 
 
 def clear_cells(cluster: LocalCluster, namespace: str) -> None:
@@ -461,13 +492,20 @@ def main() -> int:
         "round on a fresh operator, after the last round's cells, pods and pool labels went)",
     )
     parser.add_argument("--profile", type=Path, help="cProfile the operator into this file")
+    parser.add_argument(
+        "--apiserver-profile",
+        type=Path,
+        help="a CPU profile of kube-apiserver (pprof, 30 s from the first cells' creation) "
+        "into this file: `go tool pprof -top FILE`",
+    )
     args = parser.parse_args()
     compare_args = tuple(args.compare_args.split())
 
     baseline: dict[str, Any] | None = None
     baseline_children: dict[str, Any] | None = None
     rounds: list[dict[str, Any]] = []
-    with cellguard_cluster() as (cluster, kubeconfig):
+    profiling = ["--profiling=true"] if args.apiserver_profile else []
+    with cellguard_cluster(extra_flags={"kube-apiserver": profiling}) as (cluster, kubeconfig):
 
         def operator_with(extra_args: tuple[str, ...]) -> OperatorProcess:
             return start_operator(
@@ -497,6 +535,8 @@ def main() -> int:
                     operator = operator_with(extra_args)
                     time.sleep(2)
                 namespace = f"{NS}-{number}" if number else NS
+                if args.apiserver_profile and not number:
+                    profile_apiserver(cluster, args.apiserver_profile, seconds=30)
                 measured = run_cells(cluster, operator, pool, args, namespace)
                 rounds.append({"operator_args": list(extra_args), **measured})
         finally:
@@ -551,6 +591,12 @@ def main() -> int:
             f"{(kids.get('control_plane_cpu_s') or {}).get(name, '-'):>9}"
         )
     print(f"{'CPU s, operator':<38} {cpu.get('operator', '-'):>8}")
+    theirs = (base.get("api_requests") or {}, kids.get("api_requests") or {})
+    for kind in list(first["api_requests"])[:14]:
+        print(
+            f"{'requests, ' + kind:<38} {first['api_requests'][kind]:>8} "
+            f"{theirs[0].get(kind, '-'):>9} {theirs[1].get(kind, '-'):>9}"
+        )
     if ratio is not None:
         print(f"{'cells Ready / plain Available':<38} {ratio:>8.2f}x   (target <= 1.5x)")
     if ratio_children is not None:
