@@ -141,8 +141,10 @@ class SnapshotCache:
             # The ledger's own figures, as they are now: nothing re-summed or copied.
             snapshot = with_reserved(snapshot, self.ledger.held(), self.ledger.reserved)
             built.ledger_version = self.ledger.version
-        built.snapshot = snapshot
-        return seen_at(snapshot, now)
+        # Kept as seen now: the figures the caller's plans fill in (each policy's node
+        # limits, the slack) are there for the next call, which moves on from this moment.
+        built.snapshot = snapshot = seen_at(snapshot, now)
+        return snapshot
 
     def _follow(self, built: _Built) -> ClusterSnapshot | None:
         """The kept snapshot with the cells and node labels changed since it was made
@@ -173,5 +175,5 @@ class SnapshotCache:
 
     @property
     def last_built(self) -> ClusterSnapshot | None:
-        """The snapshot kept between calls (before it is seen at a later moment)."""
+        """The snapshot kept between calls (as of the last call)."""
         return self._built.snapshot if self._built else None
