@@ -34,6 +34,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,64 @@ def is_available(deployment: dict[str, Any]) -> bool:
         c.get("type") == "Available" and c.get("status") == "True"
         for c in status.get("conditions") or []
     )
+
+
+def list_cells(api: client.CustomObjectsApi, namespace: str) -> list[dict[str, Any]]:
+    listed: Any = api.list_namespaced_custom_object(
+        GROUP, VERSION, namespace, STREAMCELL_PLURAL, _request_timeout=60
+    )
+    cells: list[dict[str, Any]] = listed["items"]
+    return cells
+
+
+@dataclass
+class Followed:
+    """A round of creations followed to its end."""
+
+    started: float
+    created_at: dict[str, float] = field(default_factory=dict)
+    refused: list[str] = field(default_factory=list)  # never admitted (refused 2 minutes)
+    done_at: dict[str, float] = field(default_factory=dict)  # when each was first seen done
+    pods_running_at: float | None = None
+    timeline: list[tuple[float, int, int]] = field(default_factory=list)  # s, running, done
+
+
+def follow(
+    cluster: LocalCluster,
+    namespace: str,
+    args: argparse.Namespace,
+    creations: tuple[Callable[[dict[str, Any]], object], list[dict[str, Any]]],
+    objects: Callable[[], list[dict[str, Any]]],
+    done: Callable[[dict[str, Any]], bool],
+    progress: str,
+) -> Followed:
+    """Create the manifests from 16 threads (`creations`: how, what) and poll every second
+    until the creations are over and every object created is `done` (or the timeout)."""
+    create, manifests = creations
+    round_ = Followed(started=time.monotonic())
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool_exec:
+        submitting = [
+            pool_exec.submit(create_with_retries, create, m, round_.created_at, round_.refused)
+            for m in manifests
+        ]
+        while time.monotonic() - round_.started < args.timeout:
+            if all(f.done() for f in submitting) and len(round_.done_at) >= len(round_.created_at):
+                break  # every object that was admitted is done
+            time.sleep(1.0)
+            now = time.monotonic()
+            for item in objects():
+                name = item["metadata"]["name"]
+                if name not in round_.done_at and done(item):
+                    round_.done_at[name] = now
+            running = load_helpers.count_pods(cluster, namespace, "status.phase=Running")
+            round_.timeline.append((round(now - round_.started, 1), running, len(round_.done_at)))
+            if round_.pods_running_at is None and running >= args.cells:
+                round_.pods_running_at = now
+            if int(now - round_.started) % 10 == 0:
+                say(progress.format(running=running, done=len(round_.done_at)))
+        for future in submitting:
+            future.result()
+    return round_
 
 
 def create_with_retries(
@@ -285,37 +344,21 @@ def run_baseline(
             _request_timeout=60,
         )
 
-    created_at: dict[str, float] = {}
-    refused: list[str] = []
-    available_at: dict[str, float] = {}
-    timeline: list[tuple[float, int, int]] = []
-    pods_running_at: float | None = None
     what = "Deployments with a Service and a PDB each" if children else "plain Deployments"
     say(f"baseline: creating {args.cells} {what} of 1 replica")
     cpu_before = control_plane_cpu(cluster)
     requests_before = api_requests(cluster)
-    started = time.monotonic()
-    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool_exec:
-        submitting = [
-            pool_exec.submit(create_with_retries, create, m, created_at, refused) for m in manifests
-        ]
-        while time.monotonic() - started < args.timeout:
-            if all(f.done() for f in submitting) and len(available_at) >= len(created_at):
-                break
-            time.sleep(1.0)
-            now = time.monotonic()
-            for item in get_json(cluster, "deployments", "-n", BASE_NS)["items"]:
-                name = item["metadata"]["name"]
-                if name not in available_at and is_available(item):
-                    available_at[name] = now
-            running = load_helpers.count_pods(cluster, BASE_NS, "status.phase=Running")
-            timeline.append((round(now - started, 1), running, len(available_at)))
-            if pods_running_at is None and running >= args.cells:
-                pods_running_at = now
-            if int(now - started) % 10 == 0:
-                say(f"baseline: {running} pods running, {len(available_at)} Available")
-        for future in submitting:
-            future.result()
+    followed = follow(
+        cluster,
+        BASE_NS,
+        args,
+        (create, manifests),
+        lambda: list(get_json(cluster, "deployments", "-n", BASE_NS)["items"]),
+        is_available,
+        "baseline: {running} pods running, {done} Available",
+    )
+    started, created_at, available_at = followed.started, followed.created_at, followed.done_at
+    pods_running_at, timeline = followed.pods_running_at, followed.timeline
     cpu = cpu_used(cpu_before, control_plane_cpu(cluster))
     requests = requests_used(requests_before, api_requests(cluster))
     all_available = (
@@ -367,8 +410,6 @@ def run_cells(
         )
         for i, name in enumerate(names)
     ]
-    created_at: dict[str, float] = {}
-    refused: list[str] = []
 
     def create(manifest: dict[str, Any]) -> None:
         api.create_namespaced_custom_object(
@@ -379,34 +420,21 @@ def run_cells(
     cpu_before = control_plane_cpu(cluster)
     requests_before = api_requests(cluster)
     operator_cpu_before = process_cpu_s(operator.popen.pid) if operator.popen else 0.0
-    started = time.monotonic()
-    ready_at: dict[str, float] = {}
-    pods_running_at: float | None = None
-    timeline: list[tuple[float, int, int]] = []
-    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool_exec:
-        submitting = [
-            pool_exec.submit(create_with_retries, create, m, created_at, refused) for m in manifests
-        ]
-        while time.monotonic() - started < args.timeout:
-            if all(f.done() for f in submitting) and len(ready_at) >= len(created_at):
-                break  # every cell that was admitted is Ready
-            time.sleep(1.0)
-            now = time.monotonic()
-            listed: Any = api.list_namespaced_custom_object(
-                GROUP, VERSION, namespace, STREAMCELL_PLURAL, _request_timeout=60
-            )
-            for item in listed["items"]:
-                name = item["metadata"]["name"]
-                if name not in ready_at and is_ready(item):
-                    ready_at[name] = now
-            running = load_helpers.count_pods(cluster, namespace, "status.phase=Running")
-            timeline.append((round(now - started, 1), running, len(ready_at)))
-            if pods_running_at is None and running >= args.cells:
-                pods_running_at = now
-            if int(now - started) % 10 == 0:
-                say(f"{running} pods running, {len(ready_at)} cells Ready")
-        for future in submitting:
-            future.result()
+    followed = follow(
+        cluster,
+        namespace,
+        args,
+        (create, manifests),
+        lambda: list_cells(api, namespace),
+        is_ready,
+        "{running} pods running, {done} cells Ready",
+    )
+    started, created_at, ready_at = followed.started, followed.created_at, followed.done_at
+    pods_running_at, timeline, refused = (
+        followed.pods_running_at,
+        followed.timeline,
+        followed.refused,
+    )
     submitted_at = max(created_at.values()) if created_at else started
     cpu = cpu_used(cpu_before, control_plane_cpu(cluster))
     requests = requests_used(requests_before, api_requests(cluster))
