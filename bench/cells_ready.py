@@ -556,13 +556,14 @@ def main() -> int:
                 if args.baseline in ("children", "both"):
                     baseline_children = run_baseline(cluster, probe, args, with_children=True)
             plan = [(), compare_args, ()] if compare_args else [()]
+            namespace = NS
             for number, extra_args in enumerate(plan):
                 if number:
-                    clear_cells(cluster, f"{NS}-{number - 1}" if number > 1 else NS)
+                    clear_cells(cluster, namespace)
                     operator.stop()
                     operator = operator_with(extra_args)
                     time.sleep(2)
-                namespace = f"{NS}-{number}" if number else NS
+                    namespace = f"{NS}-{number}"
                 if args.apiserver_profile and not number:
                     profile_apiserver(cluster, args.apiserver_profile, seconds=30)
                 measured = run_cells(cluster, operator, pool, args, namespace)

@@ -108,7 +108,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--converge-workers",
         type=_at_least_one,
-        default=int(env("CELLGUARD_CONVERGE_WORKERS", "16")),
+        # A string: argparse checks it as it checks the flag (a bad value says so).
+        default=env("CELLGUARD_CONVERGE_WORKERS", "16"),
         help="cells converged at once (children applied, status written); more speeds a "
         "burst of new cells on a fast API server, and costs an API connection and an I/O "
         "thread or two each",
@@ -125,7 +126,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _at_least_one(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
     return value

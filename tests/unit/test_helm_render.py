@@ -599,13 +599,24 @@ def test_converge_workers_reach_the_operator(helm: Helm) -> None:
 
 
 def test_converge_workers_below_one_are_refused_with_a_reason(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     parser = argparse.ArgumentParser()
     settings_module.add_arguments(parser)
     with pytest.raises(SystemExit):
         parser.parse_args(["--converge-workers=0"])
     assert "--converge-workers: must be 1 or more, not 0" in capsys.readouterr().err
+    # The environment's default is checked the same way.
+    monkeypatch.setenv("CELLGUARD_CONVERGE_WORKERS", "many")
+    parser = argparse.ArgumentParser()
+    settings_module.add_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args([])
+    assert "--converge-workers: not a whole number: 'many'" in capsys.readouterr().err
+    monkeypatch.setenv("CELLGUARD_CONVERGE_WORKERS", "24")
+    parser = argparse.ArgumentParser()
+    settings_module.add_arguments(parser)
+    assert settings_module.from_args(parser.parse_args([])).converge_workers == 24
 
 
 def test_the_webhook_reaches_the_leader_by_its_label(default_render: list[Manifest]) -> None:

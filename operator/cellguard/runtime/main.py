@@ -202,12 +202,11 @@ async def run_operator(settings: Settings) -> int:
     # Blocking API calls run in threads (applies, status patches, Events): asyncio's default
     # pool has min(32, cores + 4) threads - 6 on a small node - and a burst of new cells
     # would queue behind it; the connection pool matches.
+    threads = io_threads(settings)
     asyncio.get_running_loop().set_default_executor(
-        concurrent.futures.ThreadPoolExecutor(
-            io_threads(settings), thread_name_prefix="cellguard-io"
-        )
+        concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="cellguard-io")
     )
-    api = kubeclient.load_api_client(settings.kubeconfig, pool_size=io_threads(settings))
+    api = kubeclient.load_api_client(settings.kubeconfig, pool_size=threads)
     metrics = OperatorMetrics()
     metrics.precreate_decisions([str(reason) for reason in RefusalReason])
 
