@@ -206,14 +206,18 @@ def control_plane_memory(cluster: LocalCluster) -> dict[str, float]:
     return figures
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the process has used so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def control_plane_cpu(cluster: LocalCluster) -> dict[str, float]:
     """CPU seconds (user + system) each running control-plane process has used so far."""
     figures: dict[str, float] = {}
     for name, daemon in cluster.processes.items():
         with contextlib.suppress(OSError, IndexError):
-            stat = Path(f"/proc/{daemon.popen.pid}/stat").read_text()
-            fields = stat.rsplit(")", 1)[1].split()
-            figures[name] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            figures[name] = process_cpu_s(daemon.popen.pid)
     return figures
 
 

@@ -52,6 +52,7 @@ from _support import (
     control_plane_cpu,
     cpu_used,
     load,
+    process_cpu_s,
     requests_used,
     rss_kib,
     say,
@@ -72,11 +73,6 @@ PROBE_NS = "bench-ready-probe"
 PROBE_CELL, PROBE_SERVICE = "zzprobecell", "zzprobesvc"
 BASE_LABELS = "baseline.cellguard.test/"
 CELL_POOL_PREFIX = "cellpool.cellguard.io/"
-
-
-def process_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_floor_s(cpu: Mapping[str, float]) -> float:

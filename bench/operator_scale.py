@@ -60,6 +60,7 @@ from _support import (
     control_plane_memory,
     cpu_used,
     load,
+    process_cpu_s,
     rss_kib,
     say,
     start_operator,
@@ -124,11 +125,6 @@ def ready_pods(cluster: Any) -> tuple[int, int]:
     )
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measure_start(
     cluster: Any, kubeconfig: Path, settle_s: float, env: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
@@ -148,7 +144,7 @@ def measure_start(
         time.sleep(0.1)
     ready_s = time.monotonic() - started
     at_ready = rss_kib(pid)
-    cpu_at_ready = cpu_seconds(pid)
+    cpu_at_ready = process_cpu_s(pid)
     # The start-up wave: kopf lists every watched object and calls the handlers for each,
     # resumes every cell, and runs the first status rounds. Sample until it has passed.
     trace = []
@@ -157,7 +153,7 @@ def measure_start(
         time.sleep(2.0)
         figures = rss_kib(pid)
         trace.append(
-            (round(time.monotonic() - started, 1), figures["VmRSS"] // 1024, cpu_seconds(pid))
+            (round(time.monotonic() - started, 1), figures["VmRSS"] // 1024, process_cpu_s(pid))
         )
     after = rss_kib(pid)
     log = operator.log_path.read_text(errors="replace")
