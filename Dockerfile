@@ -42,8 +42,8 @@ LABEL org.opencontainers.image.title="cellguard" \
 RUN python -m pip uninstall --yes --no-cache-dir pip setuptools wheel
 COPY --from=builder /opt/cellguard /opt/cellguard
 # MALLOC_ARENA_MAX=2: glibc otherwise keeps up to 8 malloc arenas a core for the operator's
-# I/O threads (48 by default); at 5,000 nodes the operator held 244 MiB with it against 257 MiB without,
-# same cluster, same run (docs/benchmarks.md).
+# I/O threads (48 by default); at 5,000 nodes the operator held 249 MiB with it against 269 MiB
+# without, same cluster, same run (docs/benchmarks.md).
 ENV PATH=/opt/cellguard/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
