@@ -16,6 +16,7 @@ from cellguard.budget import (
     pool_label_key,
     pool_label_value,
 )
+from cellguard.budget.eligibility import CLAIMS, claimed_by_others, own_claims
 from cellguard.state.journal import ChangeJournal
 from cellguard.state.reservations import ReservationLedger
 from cellguard.state.snapshots import FOLLOW_AT_MOST, SnapshotCache, build_snapshot
@@ -26,6 +27,8 @@ from .manifests import NOW, budget, node, pod
 
 NODES = [f"n{i}" for i in range(5)]
 NAMES = ["a", "b", "c", "d"]
+# One service, both kinds: a NodeExclusive cell's claims keep the nodes from every other.
+ISOLATION = {"a": "Shared", "b": "Shared", "c": "NodeExclusive", "d": "NodeExclusive"}
 
 
 def cell(name: str, replicas: int, service: str, isolation: str) -> dict[str, Any]:
@@ -149,6 +152,39 @@ def test_a_burst_of_new_cells_is_followed_without_rebuilding() -> None:
     assert cache.rebuilds == 2
 
 
+def test_a_burst_of_claims_moves_the_claims_index_instead_of_rebuilding_it() -> None:
+    # Each admitted NodeExclusive change holds a reservation claiming free nodes; rebuilt
+    # from every reservation after each one, a burst of N new cells cost O(N^2).
+    names = [f"e{index}" for index in range(12)]
+    state = ClusterState(clock=lambda: NOW)
+    state.replace_all(
+        nodes=[node(n) for n in NODES],
+        budgets=[budget(n) for n in NODES],
+        cells=[cell(name, 1, "s1", "NodeExclusive") for name in names],
+        policies=[{"metadata": {"name": "default"}, "spec": {}}],
+        pods=[],
+    )
+    ledger = ReservationLedger()
+    cache = SnapshotCache(state, ledger, now=lambda: NOW)
+    for index, name in enumerate(names):
+        kept = cache.snapshot()
+        claimed_by_others(kept, kept.cells[CellKey("ns", name)])  # the index is built
+        claimed = frozenset({NODES[index % len(NODES)]})
+        expires = NOW + datetime.timedelta(seconds=30)
+        ledger.hold(Reservation(CellKey("ns", name), {}, expires, claimed_nodes=claimed))
+        followed = cache.snapshot()
+        assert followed.peek(CLAIMS) is not None, "dropped: the next read rebuilds it"
+        other = followed.cells[CellKey("ns", names[index - 1])]
+        assert claimed <= claimed_by_others(followed, other)
+    last = CellKey("ns", names[-1])
+    assert own_claims(followed, followed.cells[last])
+    ledger.release(last)
+    followed = cache.snapshot()
+    assert followed.peek(CLAIMS) is not None
+    assert own_claims(followed, followed.cells[last]) == frozenset()
+    assert cache.rebuilds == 1
+
+
 LEDGER_EVENTS = st.lists(
     st.one_of(
         st.tuples(
@@ -156,6 +192,7 @@ LEDGER_EVENTS = st.lists(
             st.sampled_from(NAMES),
             st.dictionaries(st.sampled_from(NODES), st.integers(1, 9_000), max_size=3),
             st.integers(1, 90),  # seconds it holds
+            st.frozensets(st.sampled_from(NODES), max_size=2),  # free nodes it claims
         ),
         st.tuples(st.just("release"), st.sampled_from(NAMES)),
         st.tuples(st.just("expire")),  # the ledger drops what expired (the gate does)
@@ -175,14 +212,15 @@ def test_a_kept_snapshot_seen_later_with_the_ledger_answers_as_a_fresh_one(
     events: list[tuple[Any, ...]],
 ) -> None:
     # Time moves, reservations are held, replaced, released and expire, pods come: the
-    # snapshot the gate keeps (its figures carried through seen_at and with_reserved) must
-    # decide as one built from scratch at that moment, or it may admit an overcommit.
+    # snapshot the gate keeps (its figures and the claims index carried through seen_at and
+    # with_reserved) must decide as one built from scratch at that moment, or it may admit
+    # an overcommit, or give one cell's claimed node to another.
     clock = {"now": NOW}
     state = ClusterState(clock=lambda: clock["now"])
     state.replace_all(
         nodes=[node(n) for n in NODES],
         budgets=[budget(n, in_use=2_000 + 1_000 * i) for i, n in enumerate(NODES)],
-        cells=[cell(name, 2, "s1", "Shared") for name in NAMES],
+        cells=[cell(name, 2, "s1", ISOLATION[name]) for name in NAMES],
         policies=[
             {
                 "metadata": {"name": "default"},
@@ -200,13 +238,14 @@ def test_a_kept_snapshot_seen_later_with_the_ledger_answers_as_a_fresh_one(
         kind = event[0]
         now = clock["now"]
         if kind == "hold":
-            _, name, threads_by_node, seconds = event
+            _, name, threads_by_node, seconds, claimed = event
             ledger.hold(
                 Reservation(
                     CellKey("ns", name),
                     threads_by_node,
                     now + datetime.timedelta(seconds=seconds),
                     target_replicas=5,
+                    claimed_nodes=claimed if ISOLATION[name] == "NodeExclusive" else frozenset(),
                 )
             )
         elif kind == "release":
@@ -220,10 +259,12 @@ def test_a_kept_snapshot_seen_later_with_the_ledger_answers_as_a_fresh_one(
             state.upsert_pod(pod("ns", f"p{index}", cell_name, node_name))
         else:
             _, name, replicas = event
-            state.upsert_cell(cell(name, replicas, "s1", "Shared"))
+            state.upsert_cell(cell(name, replicas, "s1", ISOLATION[name]))
         followed = cache.snapshot()
         fresh = build_snapshot(state, ledger, clock["now"])
-        for key in fresh.cells:
+        for key, view in fresh.cells.items():
+            assert claimed_by_others(followed, view) == claimed_by_others(fresh, view), key
+            assert eligible_nodes(followed, view) == eligible_nodes(fresh, view), key
             for replicas in range(0, 9):
                 assert decide(followed, key, replicas) == decide(fresh, key, replicas), (
                     key,

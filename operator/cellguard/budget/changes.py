@@ -14,7 +14,12 @@ from dataclasses import replace
 from datetime import datetime
 
 from cellguard.api.v1alpha1 import ThreadBudgetPolicySpec
-from cellguard.budget.eligibility import carry_cell_change, carry_label_change, reads_labels
+from cellguard.budget.eligibility import (
+    carry_cell_change,
+    carry_claims,
+    carry_label_change,
+    reads_labels,
+)
 from cellguard.budget.snapshot import (
     CellKey,
     CellView,
@@ -112,9 +117,12 @@ def with_reserved(
     child = snapshot.replaced({Input.RESERVATIONS}, reservations=live)
     child.seed(RESERVED, reserved)
     before = snapshot.peek(RESERVED)
-    delta = before.total.delta_to(reserved.total) if before is not None else None
+    if before is None:
+        return child
+    delta = before.total.delta_to(reserved.total)
     if delta is not None:
         _carry_slack(snapshot, child, dict.fromkeys(snapshot.policies, delta), sign=-1)
+    _carry_claims(snapshot, child, before, reserved)
     return child
 
 
@@ -172,11 +180,26 @@ def _carry_reservation_change(
     child.seed(RESERVED, changed)
     # More held on a node is less free there, under every policy alike.
     _carry_slack(parent, child, dict.fromkeys(parent.policies, delta), sign=-1)
+    _carry_claims(parent, child, held, changed)
+
+
+def _carry_claims(
+    parent: ClusterSnapshot, child: ClusterSnapshot, before: Reserved, after: Reserved
+) -> None:
+    """Seed `child`'s claims index from `parent`'s (same cells), moved by the cells whose
+    claims differ between the figures `before` (parent's) and `after` (child's): O(those
+    cells), where rebuilding it would go through every reservation."""
+    cells = before.claims.changed_keys(after.claims)
+    if cells is not None:
+        carry_claims(parent, child, {cell: after.claims.get(cell, ()) for cell in cells})
 
 
 def _carry_cell_change(parent: ClusterSnapshot, child: ClusterSnapshot, key: CellKey) -> None:
     """Seed `child` (= parent with the cell `key` added, replaced or removed) from `parent`."""
     carry_cell_change(parent, child, key)
+    held = parent.peek(RESERVED)  # the reservations are the parent's
+    if held is not None:  # the cell's claims, filed under its service now
+        carry_claims(parent, child, {key: held.claims.get(key, ())})
     modelled = parent.peek(MODELLED)
     if modelled is None:
         return
@@ -221,10 +244,12 @@ def _carry_time_change(parent: ClusterSnapshot, child: ClusterSnapshot) -> None:
     held = parent.peek(RESERVED)
     delta: dict[str, int] = {}
     if held is not None:
+        before = held
         if held.next_expiry is not None and held.next_expiry <= child.now:  # else O(1)
             live_then = [r for r in parent.reservations if r.expires_at > parent.now]
             held, delta = held.expired(live_then, child.now)
         child.seed(RESERVED, held)
+        _carry_claims(parent, child, before, held)
     for policy_name in parent.policies:
         nodes = parent.peek(POLICY_NODES.of(policy_name))
         if nodes is None or (nodes.stale_from is not None and child.now > nodes.stale_from):

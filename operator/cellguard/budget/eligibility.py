@@ -26,12 +26,19 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
-from datetime import datetime
 from typing import Any
 
 from cellguard.api.v1alpha1 import Isolation, TaintEffect, Toleration, TolerationOperator
 from cellguard.budget.pools import pool_label_key, pool_label_value
-from cellguard.budget.snapshot import CellKey, CellView, ClusterSnapshot, Index, Input, Taint
+from cellguard.budget.snapshot import (
+    CellKey,
+    CellView,
+    Claimed,
+    ClusterSnapshot,
+    Index,
+    Input,
+    Taint,
+)
 
 ON_NODES = frozenset({Input.NODES})
 SCHEDULABLE: Index[frozenset[str]] = Index("eligibility.schedulable", ON_NODES)
@@ -46,11 +53,12 @@ BY_SERVICE: Index[dict[tuple[str, str], tuple[CellView, ...]]] = Index(
 DOMAINS: Index[frozenset[str]] = Index("eligibility.domains", ON_NODES)
 PLACEMENT: Index[frozenset[str]] = Index("eligibility.placement", ON_NODES)
 POOLED: Index[frozenset[str]] = Index("eligibility.pooled", ON_NODES)
-# service -> cell -> (expires at, nodes) of each reservation claiming free nodes. Not on
-# NOW: the operator asks for its snapshot "now" before every decision, so an index on the
-# clock would be rebuilt each time; expiry is checked where the claims are read.
-CLAIMS: Index[dict[str, dict[CellKey, tuple[tuple[datetime, frozenset[str]], ...]]]] = Index(
-    "eligibility.claims", frozenset({Input.RESERVATIONS, Input.CELLS})
+# service -> cell -> (expires at, nodes) of each live reservation claiming free nodes. On
+# NOW (expiry), but never rebuilt for it: `changes` moves it, as it moves the reserved
+# figures, by the cells whose claims changed (`carry_claims`). Rebuilt from every
+# reservation after each admitted NodeExclusive change, a burst of N new cells cost O(N^2).
+CLAIMS: Index[dict[str, dict[CellKey, Claimed]]] = Index(
+    "eligibility.claims", frozenset({Input.RESERVATIONS, Input.CELLS, Input.NOW})
 )
 
 # Only these effects keep a pod off a node; PreferNoSchedule is a preference.
@@ -236,10 +244,11 @@ def own_pool(snapshot: ClusterSnapshot, cell: CellView) -> frozenset[str]:
 def _claims(snapshot: ClusterSnapshot, service: str) -> dict[CellKey, frozenset[str]]:
     """Cell of `service` -> free nodes its live reservation claims for its pool."""
 
-    def compute() -> dict[str, dict[CellKey, tuple[tuple[datetime, frozenset[str]], ...]]]:
-        claims: dict[str, dict[CellKey, tuple[tuple[datetime, frozenset[str]], ...]]] = {}
+    def compute() -> dict[str, dict[CellKey, Claimed]]:
+        claims: dict[str, dict[CellKey, Claimed]] = {}
+        now = snapshot.now
         for reservation in snapshot.reservations:
-            if not reservation.claimed_nodes:
+            if not reservation.claimed_nodes or reservation.expires_at <= now:
                 continue
             key = CellKey(*reservation.cell)
             owner = snapshot.cells.get(key)
@@ -273,7 +282,7 @@ def own_claims(snapshot: ClusterSnapshot, cell: CellView) -> frozenset[str]:
 
 def carry_cell_change(parent: ClusterSnapshot, child: ClusterSnapshot, key: CellKey) -> None:
     """Seed `child` (= parent with the cell `key` added, replaced or removed) with the
-    cell indexes of `parent`, adjusted for that one cell."""
+    cells by service of `parent`, adjusted for that one cell (its claims: `carry_claims`)."""
     before, after = parent.cells.get(key), child.cells.get(key)
     services = parent.peek(BY_SERVICE)
     if services is not None:  # a service's cells in any order: only their union is read
@@ -289,13 +298,40 @@ def carry_cell_change(parent: ClusterSnapshot, child: ClusterSnapshot, key: Cell
             group = (after.namespace, after.service)
             updated[group] = (*updated.get(group, ()), after)
         child.seed(BY_SERVICE, updated)
-    claims = parent.peek(CLAIMS)
-    same_service = (before.service if before else None) == (after.service if after else None)
-    if claims is not None and (
-        same_service
-        or not any(r.claimed_nodes for r in parent.reservations if CellKey(*r.cell) == key)
-    ):
-        child.seed(CLAIMS, claims)  # filed under the owner's service, which did not move
+
+
+def carry_claims(
+    parent: ClusterSnapshot, child: ClusterSnapshot, claims: Mapping[CellKey, Claimed]
+) -> None:
+    """Seed `child` with parent's claims index, moved for the cells in `claims`: each one's
+    live claims in `child` (empty: none), filed under its service in `child` (added,
+    moved to another service or removed with the cell). Every other cell's claims must be
+    as in parent. O(those cells + services), whatever the number of reservations."""
+    held = parent.peek(CLAIMS)
+    if held is None:
+        return
+    updated = dict(held) if claims else held  # derived values are never mutated
+    for key, entry in claims.items():
+        before, after = parent.cells.get(key), child.cells.get(key)
+        if before is not None and (after is None or after.service != before.service):
+            _file_claims(updated, before.service, key, ())
+        if after is not None:  # a fresh build files no claims of a cell it does not hold
+            _file_claims(updated, after.service, key, entry)
+    child.seed(CLAIMS, updated)
+
+
+def _file_claims(
+    claims: dict[str, dict[CellKey, Claimed]], service: str, key: CellKey, entry: Claimed
+) -> None:
+    of_service = dict(claims.get(service, {}))
+    if entry:
+        of_service[key] = entry
+    else:
+        of_service.pop(key, None)
+    if of_service:
+        claims[service] = of_service
+    else:
+        claims.pop(service, None)
 
 
 def reads_labels(index: Index[Any], keys: AbstractSet[str]) -> bool:

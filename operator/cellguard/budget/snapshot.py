@@ -186,6 +186,10 @@ class Reservation:
     new_pods: Mapping[str, int] | None = None
 
 
+# A cell's claims: (expires at, free nodes claimed) of each of its reservations claiming any.
+Claimed = tuple[tuple[datetime, frozenset[str]], ...]
+
+
 @dataclass(frozen=True)
 class PodPlacement:
     """How many pods of each cell run on each node: cell -> node -> count.

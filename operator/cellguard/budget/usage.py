@@ -13,7 +13,14 @@ from fractions import Fraction
 
 from cellguard.api.v1alpha1 import ThreadBudgetPolicySpec
 from cellguard.budget.limits import BudgetStatus, NodeLimits, margin_fraction, node_limits
-from cellguard.budget.snapshot import CellKey, ClusterSnapshot, Index, Input, ReservationLike
+from cellguard.budget.snapshot import (
+    CellKey,
+    Claimed,
+    ClusterSnapshot,
+    Index,
+    Input,
+    ReservationLike,
+)
 from cellguard.budget.threads import threads_for
 from cellguard.budget.versioned import Totals, Versioned
 
@@ -49,14 +56,16 @@ MODELLED: Index[dict[str, int]] = Index("usage.modelled", frozenset({Input.CELLS
 class Reserved:
     """Threads held by admitted changes that are not applied yet (expired ones dropped).
 
-    Both maps are persistent (`versioned`): a change of one reservation makes a new
+    The maps are persistent (`versioned`): a change of one reservation makes a new
     `Reserved` in O(nodes it covers), and this one stays as it was for whoever still reads
     it. The operator's ledger keeps one up to date on every hold and release, so a
-    decision never re-sums the reservations.
+    decision never re-sums the reservations; and two versions tell which cells' claims
+    differ between them (`changes` moves the claims index by those alone).
     """
 
     total: Totals  # node -> threads, every cell
     by_cell: Versioned[CellKey, Mapping[str, int]]  # cell -> node -> threads
+    claims: Versioned[CellKey, Claimed]  # cell -> its reservations' claims (those with any)
     # No reservation counted here expires before this moment (None: none is counted). A
     # lower bound: after a release it may be earlier than the earliest left.
     next_expiry: datetime | None = field(default=None, compare=False)
@@ -95,27 +104,37 @@ class Reserved:
             return self, {}
         values: dict[CellKey, Mapping[str, int]] = {}
         gone: list[CellKey] = []
-        mine: dict[CellKey, list[Mapping[str, int]]] = {cell: [] for cell in cells}
+        claimed: dict[CellKey, Claimed] = {}
+        unclaimed: list[CellKey] = []
+        mine: dict[CellKey, list[ReservationLike]] = {cell: [] for cell in cells}
         for reservation in whole:
             found = mine.get(CellKey(*reservation.cell))
             if found is not None:
-                found.append(reservation.threads_by_node)
+                found.append(reservation)
         for cell, held in mine.items():
             if len(held) == 1:
-                values[cell] = held[0]
+                values[cell] = held[0].threads_by_node
             elif held:
                 own: dict[str, int] = {}
-                for threads_by_node in held:
-                    for node, threads in threads_by_node.items():
+                for reservation in held:
+                    for node, threads in reservation.threads_by_node.items():
                         own[node] = own.get(node, 0) + threads
                 values[cell] = own
             else:
                 gone.append(cell)
+            claims = _claims_of(held)
+            if claims:
+                claimed[cell] = claims
+            else:
+                unclaimed.append(cell)  # a no-op unless it claimed before
         expiries = [r.expires_at for r in held_now]
         if self.next_expiry is not None:
             expiries.append(self.next_expiry)
         changed = Reserved(
-            self.total.plus(delta), self.by_cell.updated(values, gone), min(expiries, default=None)
+            self.total.plus(delta),
+            self.by_cell.updated(values, gone),
+            self.claims.updated(claimed, unclaimed),
+            min(expiries, default=None),
         )
         return changed, delta
 
@@ -135,15 +154,20 @@ class Reserved:
         return replace(changed, next_expiry=next_expiry), delta
 
 
+def _claims_of(reservations: Iterable[ReservationLike]) -> Claimed:
+    return tuple((r.expires_at, r.claimed_nodes) for r in reservations if r.claimed_nodes)
+
+
 def empty_reserved() -> Reserved:
     """No reservation: the start of a ledger's figures."""
-    return Reserved(Totals(), Versioned(), None)
+    return Reserved(Totals(), Versioned(), Versioned(), None)
 
 
 def reserved_of(reservations: Iterable[ReservationLike], now: datetime) -> Reserved:
     """The figures of `reservations` at `now`, summed from scratch."""
     total: dict[str, int] = {}
     by_cell: dict[CellKey, Mapping[str, int]] = {}
+    claims: dict[CellKey, Claimed] = {}
     next_expiry: datetime | None = None
     for reservation in reservations:
         if reservation.expires_at <= now:
@@ -161,9 +185,12 @@ def reserved_of(reservations: Iterable[ReservationLike], now: datetime) -> Reser
             by_cell[key] = threads_by_node
         for node, threads in threads_by_node.items():
             total[node] = total.get(node, 0) + threads
+        if reservation.claimed_nodes:
+            claims[key] = (*claims.get(key, ()), *_claims_of((reservation,)))
     return Reserved(
         Totals({node: threads for node, threads in total.items() if threads}),
         Versioned(by_cell),
+        Versioned(claims),
         next_expiry,
     )
 
