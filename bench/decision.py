@@ -14,12 +14,20 @@ indexes are already built (the operator keeps its snapshot between decisions):
 - hold + decide: holding the previous decision's reservation (with_reservation, which
   carries the parent's figures over, adjusted on the nodes the reservation covers) and
   deciding the next change on the derived snapshot, as a burst of HPA changes would;
-- build: ClusterSnapshot.build plus the first decision (every index built from scratch).
+- build: ClusterSnapshot.build plus the first decision (every index built from scratch);
+- new cells: a burst of `--new-cells` NodeExclusive cells created one after another
+  (CELLS_PER_SERVICE a service), as the webhook admits creates: the snapshot with the cell,
+  its decision at 2 replicas, its reservation held (claiming free nodes into its pool) on
+  the derived snapshot, the next. Timed per step, twice: the claims index carried as
+  `changes` carries it, and dropped after each hold as before session 10 (rebuilt from
+  every reservation on the next read: O(N) a step, O(N^2) a burst). The first and the
+  last 100 steps are compared.
 
 Prints a table and writes bench/results/decision.json. A benchmark, not a test: figures
 depend on the machine (target: decide p99 <= 5 ms at 5,000 nodes).
 
     .venv/bin/python bench/decision.py [--nodes 100 1000 5000] [--calls 2000]
+        [--new-cells 1000]
 """
 
 from __future__ import annotations
@@ -37,7 +45,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cellguard.api.v1alpha1 import Isolation, NodeBudgetSpec, ThreadBudgetPolicySpec, Toleration
+from cellguard.api.v1alpha1 import (
+    CgroupVersion,
+    Isolation,
+    KubepodsPids,
+    NodeBudgetSpec,
+    ThreadBudgetPolicySpec,
+    Toleration,
+)
 from cellguard.budget import (
     CellKey,
     CellView,
@@ -50,6 +65,7 @@ from cellguard.budget import (
     max_safe_replicas,
     seen_at,
     threads_per_pod,
+    with_cell,
     with_reservation,
 )
 
@@ -58,6 +74,8 @@ NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 PODS_PER_NODE = 30
 CELLS_PER_SERVICE = 5
 DEDICATED = Taint("dedicated", "stream", "NoSchedule")
+CLAIMS_INDEX = "eligibility.claims"  # what a burst rebuilt after each hold before session 10
+EDGE = 100  # steps at each end of a burst compared
 TOLERATE_DEDICATED = Toleration(key="dedicated", operator="Exists")
 
 
@@ -115,6 +133,10 @@ def build_inputs(node_count: int, rng: random.Random) -> dict[str, Any]:
                 threads_max=250_000,
                 pid_max=65_536 if i % 10 < 3 else 32_768,
                 threads_in_use=2_000 + modelled[name] + rng.randint(-300, 300),
+                # As an agent reports a node whose kubepods pids.max is `max` (cgroup v2).
+                # Without it every budget is unknown and every decision a refusal: until
+                # session 10 this bench measured that refusal (allowed_fraction 0.0).
+                kubepods=KubepodsPids(cgroup_version=CgroupVersion.V2, unlimited=True),
                 observed_at=NOW - timedelta(seconds=rng.randint(5, 60)),
             ),
         )
@@ -158,7 +180,7 @@ def _summary(samples: list[float]) -> dict[str, float]:
     }
 
 
-def measure(node_count: int, calls: int, seed: int) -> dict[str, Any]:
+def measure(node_count: int, calls: int, seed: int, new_cells: int) -> dict[str, Any]:
     rng = random.Random(seed)
     inputs = build_inputs(node_count, rng)
     cells: list[CellView] = inputs["cells"]
@@ -218,7 +240,58 @@ def measure(node_count: int, calls: int, seed: int) -> dict[str, Any]:
         "at_now_and_decide": _summary(later_ms),
         "hold_and_decide": _summary(derived_ms),
         "build_and_first_decide": _summary(build_ms),
+        **({"burst": measure_new_cells(snapshot, new_cells)} if new_cells else {}),
     }
+
+
+def new_cells_burst(
+    snapshot: ClusterSnapshot, count: int, *, rebuild_claims: bool
+) -> tuple[list[float], int]:
+    """ms per new NodeExclusive cell of a burst, and how many were admitted (see the
+    module's docstring)."""
+    current, steps, admitted = snapshot, [], 0
+    for index in range(count):
+        view = CellView(
+            namespace="burst",
+            name=f"new{index}",
+            service=f"burst{index // CELLS_PER_SERVICE}",
+            base=50,
+            per_peer=2,
+            replicas=0,
+            isolation=Isolation.NODE_EXCLUSIVE,
+        )
+        started = time.perf_counter_ns()
+        current = with_cell(current, view)
+        decision = decide(current, view.key, 2)
+        if decision.allowed:
+            admitted += 1
+            current = with_reservation(
+                current, decision.reservation_until(NOW + timedelta(minutes=2))
+            )
+        if rebuild_claims:
+            current = current.keeping(lambda index: index.name != CLAIMS_INDEX)
+        steps.append((time.perf_counter_ns() - started) / 1e6)
+    return steps, admitted
+
+
+def measure_new_cells(snapshot: ClusterSnapshot, count: int) -> dict[str, Any]:
+    """The burst with the claims index carried, and rebuilt, from the same snapshot."""
+    result: dict[str, Any] = {"new_cells": count}
+    for variant, rebuild in (("carried", False), ("rebuilt", True)):
+        gc.collect()
+        steps, admitted = new_cells_burst(snapshot, count, rebuild_claims=rebuild)
+        result[variant] = {
+            "admitted": admitted,
+            "first": _summary(steps[:EDGE]),
+            "last": _summary(steps[-EDGE:]),
+            "total_s": round(sum(steps) / 1000, 3),
+        }
+    last = {variant: result[variant]["last"]["p50_ms"] for variant in ("carried", "rebuilt")}
+    result["last_rebuilt_over_carried"] = round(last["rebuilt"] / last["carried"], 2)
+    result["carried_last_over_first"] = round(
+        last["carried"] / result["carried"]["first"]["p50_ms"], 2
+    )
+    return result
 
 
 def main() -> int:
@@ -226,9 +299,10 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, nargs="+", default=[100, 1_000, 5_000])
     parser.add_argument("--calls", type=int, default=2_000, help="decisions per cluster size")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--new-cells", type=int, default=1_000, help="a burst of creates (0: none)")
     args = parser.parse_args()
 
-    results = [measure(count, args.calls, args.seed) for count in args.nodes]
+    results = [measure(count, args.calls, args.seed, args.new_cells) for count in args.nodes]
     columns = [
         ("decide", "decide"),
         ("max_safe_replicas", "max_safe"),
@@ -247,6 +321,27 @@ def main() -> int:
             line += f" | {r[key]['p50_ms']:>13.3f}ms {r[key]['p99_ms']:>6.2f}ms"
         line += f" | {r['build_and_first_decide']['p50_ms']:>13.1f}ms"
         print(line)
+    if any("burst" in r for r in results):
+        print(
+            f"\n{'nodes':>6} {'new cells':>9} {'admitted':>8} | claims index"
+            f" {'first p50':>10} {'last p50':>9} {'burst':>8} | rebuilt/carried (last)"
+        )
+        for r in results:
+            burst = r.get("burst")
+            if burst is None:
+                continue
+            for variant in ("carried", "rebuilt"):
+                v = burst[variant]
+                print(
+                    f"{r['nodes']:>6,} {burst['new_cells']:>9,} {v['admitted']:>8,} |"
+                    f" {variant:>12} {v['first']['p50_ms']:>8.3f}ms {v['last']['p50_ms']:>7.3f}ms"
+                    f" {v['total_s']:>7.2f}s |"
+                    + (
+                        f" {burst['last_rebuilt_over_carried']:.2f}x"
+                        if variant == "rebuilt"
+                        else ""
+                    )
+                )
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "decision.json"
     out.write_text(
@@ -257,6 +352,7 @@ def main() -> int:
                 "cpus": os.cpu_count(),
                 "load_average": os.getloadavg(),
                 "calls": args.calls,
+                "new_cells": args.new_cells,
                 "results": results,
             },
             indent=2,
