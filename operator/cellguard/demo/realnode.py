@@ -88,7 +88,8 @@ def run_real_node(workdir: Path | None, *, interactive: bool, budget_timeout: fl
         with console.status("tearing down the real node and the control plane ..."):
             # Nothing may recreate the node's pods while it drains (the agent's DaemonSet
             # would, on a cordoned node too): in this throwaway cluster all are the demo's.
-            # After Ctrl-C in a terminal the control plane got the SIGINT too: no matter.
+            # A terminal's Ctrl-C reaches this process only (spawn_daemon): the control
+            # plane still answers here, so the node drains before it stops.
             with contextlib.suppress(ClusterError, OSError, subprocess.SubprocessError):
                 cluster.check_alive()
                 cluster.kubectl(

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from cellguard.devcluster.cluster import free_port
+from cellguard.devcluster.cluster import free_port, spawn_daemon
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_OPERATOR_NAMESPACE = "cellguard-system"
@@ -74,13 +74,11 @@ class LoggedProcess:
 
     def start(self) -> None:
         """Spawn the process (unbuffered Python output, `env` over this process's)."""
-        with self.log_path.open("ab") as log:
-            self.popen = subprocess.Popen(
-                self.command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
-            )
+        self.popen = spawn_daemon(
+            self.command,
+            self.log_path,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
+        )
 
     @property
     def running(self) -> bool:

@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from cellguard.devcluster.cluster import ClusterError, Daemon, free_port, log_tails
+from cellguard.devcluster.cluster import ClusterError, Daemon, free_port, log_tails, spawn_daemon
 from cellguard.devcluster.ociimage import ImageFile, PackedImage, import_image, pack_image
 
 if TYPE_CHECKING:
@@ -95,7 +95,6 @@ IPTABLES_CHAIN_PREFIX = "KUBE-"
 # Machine-wide: which process runs the real node, where, and the sysctls to restore; lets
 # the next start clean up after a process that died without stop(). /run: gone at reboot.
 MARKER = Path("/run/cellguard-realnode.json")
-_PR_SET_PDEATHSIG = 1
 _MNT_DETACH = 2
 # containerd refuses socket paths longer than this (sun_path is 108 bytes with its NUL).
 _MAX_SOCKET_PATH = 104
@@ -121,11 +120,6 @@ class RealNodeConfig:
     # Run kube-proxy (iptables mode) beside the kubelet: pods reach Services, and the API
     # server, by ClusterIP. Needs `iptables`; its rules are removed again by stop().
     kube_proxy: bool = False
-
-
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _sysctl_path(name: str) -> Path:
@@ -308,16 +302,12 @@ class RealNode:
 
     def _spawn(self, name: str, args: list[str]) -> None:
         log_path = self.workdir / f"{name}.log"
-        with log_path.open("ab") as log:
-            popen = subprocess.Popen(
-                args,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=self.workdir,
-                env={**os.environ, "PATH": f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"},
-                preexec_fn=_die_with_parent,
-            )
+        popen = spawn_daemon(
+            args,
+            log_path,
+            env={**os.environ, "PATH": f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"},
+            cwd=self.workdir,
+        )
         self.daemons[name] = Daemon(name, popen, log_path)
 
     def check_alive(self) -> None:
