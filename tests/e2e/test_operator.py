@@ -41,6 +41,7 @@ def test_apply_creates_children_and_fills_status(
     cluster: LocalCluster, operator: OperatorProcess
 ) -> None:
     with cell_world(cluster, "e2e-basic", "basic", 3) as world:
+        operator.wait_knows_budgets(world.pool.nodes)  # else it may claim two of the three
         pods = world.create("web", replicas=3, base=50, per_peer=10)
         assert {p["spec"]["nodeName"] for p in pods} == set(world.pool.nodes)
         deployment = get_json(cluster, "deployment", "web", "-n", "e2e-basic")

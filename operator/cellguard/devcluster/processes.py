@@ -20,12 +20,14 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from cellguard.devcluster.cluster import free_port, spawn_daemon
+from cellguard.devcluster.waiting import wait_for
+from cellguard.metrics import NODE_BUDGET_KNOWN
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_OPERATOR_NAMESPACE = "cellguard-system"
@@ -225,6 +227,21 @@ class OperatorProcess(LoggedProcess):
         with urllib.request.urlopen(self.metrics_url, timeout=timeout) as response:
             text: str = response.read().decode()
             return text
+
+    def wait_knows_budgets(self, nodes: Iterable[str], timeout: float = 30.0) -> None:
+        """Wait until the operator's planner snapshot knows the budget of each of `nodes`
+        (`cellguard_node_budget_known` 1 for each, from its last status round). It takes
+        budget reports at most once a second: a cell created just after its pool's first
+        reports may be admitted on the nodes known so far, and claim fewer of them than
+        the test then expects."""
+        wanted = set(nodes)
+
+        def known() -> bool | None:
+            text = self.metrics()
+            seen = {n for n in wanted if f'{NODE_BUDGET_KNOWN}{{node="{n}"}} 1.0' in text}
+            return True if seen == wanted else None
+
+        wait_for(known, what=f"the operator's budgets of {sorted(wanted)}", timeout=timeout)
 
 
 # ---------------------------------------------------------------------- the node agent
