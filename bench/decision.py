@@ -68,13 +68,13 @@ from cellguard.budget import (
     with_cell,
     with_reservation,
 )
+from cellguard.budget.eligibility import CLAIMS
 
 RESULTS = Path(__file__).parent / "results"
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 PODS_PER_NODE = 30
 CELLS_PER_SERVICE = 5
 DEDICATED = Taint("dedicated", "stream", "NoSchedule")
-CLAIMS_INDEX = "eligibility.claims"  # what a burst rebuilt after each hold before session 10
 EDGE = 100  # steps at each end of a burst compared
 TOLERATE_DEDICATED = Toleration(key="dedicated", operator="Exists")
 
@@ -269,7 +269,8 @@ def new_cells_burst(
                 current, decision.reservation_until(NOW + timedelta(minutes=2))
             )
         if rebuild_claims:
-            current = current.keeping(lambda index: index.name != CLAIMS_INDEX)
+            # As before session 10: the claims index dropped after each hold.
+            current = current.keeping(lambda index: index.name != CLAIMS.name)
         steps.append((time.perf_counter_ns() - started) / 1e6)
     return steps, admitted
 
